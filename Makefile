@@ -1,0 +1,32 @@
+# One entry point for users and CI. `make test` is the test command; CI runs it
+# through .ci/run on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup lint test test-fast run bench clean
+
+setup: $(STAMP)
+
+# Reinstall only when the dependency pins or the project metadata change.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+lint: setup
+	$(BIN)/ruff check processor tests
+	$(BIN)/ruff format --check processor tests
+	$(BIN)/mypy --strict processor
+
+test: lint
+	$(BIN)/pytest
+
+# The fast loop: pure unit tests only, no broker.
+test-fast: setup
+	$(BIN)/pytest tests/unit
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

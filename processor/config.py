@@ -1,0 +1,283 @@
+"""The one typed, frozen configuration object, built once at start-up.
+
+`config.yaml` is decoded into these structs with msgspec, so a typo in a key or a
+wrong type fails at start with the key's path instead of surfacing hours later.
+Environment variables override the file:
+
+- `KAFKA_BOOTSTRAP_SERVERS` sets `kafka.bootstrap_servers`;
+- `WEBHOOK_SECRET` sets `ingress.secrets` (comma-separated, for rotation);
+- `PROCESSOR_<SECTION>__<KEY>` sets any other key, e.g. `PROCESSOR_WORKER__GROUP_ID`.
+  The value is read as a YAML scalar or flow list, so `8081`, `true` and `[a, b]`
+  arrive typed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "IngressConfig",
+    "KafkaConfig",
+    "LoggingConfig",
+    "RoutingConfig",
+    "TopicsConfig",
+    "WorkerConfig",
+    "load_config",
+]
+
+ENV_PREFIX = "PROCESSOR_"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and the fix."""
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base for every section: immutable, keyword-built, strict about keys."""
+
+
+class KafkaConfig(_Section):
+    """How every client (producer, consumer, admin) reaches the cluster."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "processor"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    # Upper bound on one broker request; a metadata or produce call never hangs longer.
+    request_timeout_ms: int = 30_000
+
+
+class TopicsConfig(_Section):
+    """Topic names and the shape `processor topics create` gives them."""
+
+    raw: str = "webhooks.raw"
+    unrouted: str = "webhooks.unrouted"
+    dlq: str = "webhooks.dlq"
+    # Partitions bound the number of useful workers: one partition feeds one worker.
+    partitions: int = 6
+    replication_factor: int = 1
+    # Topic-level configs (retention.ms, min.insync.replicas, ...) for every topic created.
+    configs: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class RoutingConfig(_Section):
+    """Which categories have a route, and which integration statuses get a topic."""
+
+    # category -> topic template; `{status}` is the normalised `data.status`.
+    routes: dict[str, str] = msgspec.field(
+        default_factory=lambda: {"integration": "integration.status.{status}"}
+    )
+    # Every status the provider documents for integrations (event spec and Integrations API).
+    statuses: tuple[str, ...] = (
+        "queued",
+        "ongoing",
+        "completed",
+        "failed",
+        "active",
+        "inactive",
+        "error",
+        "partially_synced",
+    )
+    # Where a status outside `statuses` goes; the original value stays in the header.
+    other_status: str = "other"
+
+
+class WorkerConfig(_Section):
+    """The consumer group that routes `webhooks.raw`."""
+
+    group_id: str = "processor-workers"
+    # Records per getmany(): large enough to amortise a produce round trip.
+    max_batch_records: int = 2_000
+    # How long getmany() waits for the first record; bounds shutdown latency when idle.
+    fetch_timeout_ms: int = 500
+    # A batch whose records are not all acknowledged in this time is retried, not committed.
+    produce_timeout_s: float = 30.0
+    # Offsets commit is one round trip to the group coordinator.
+    commit_timeout_s: float = 10.0
+    # SIGTERM to exit: finish the batch in flight, commit, leave the group.
+    shutdown_timeout_s: float = 30.0
+    # Broker declares the worker dead after this long without heartbeats.
+    session_timeout_ms: int = 45_000
+    heartbeat_interval_ms: int = 3_000
+    # A batch must finish well inside this, or the group evicts the worker.
+    max_poll_interval_ms: int = 300_000
+
+
+class IngressConfig(_Section):
+    """The HTTP door: where it listens and how it decides a delivery is genuine."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    path: str = "/webhooks"
+    # Larger bodies are refused with 413 before being read; provider events are a few KiB.
+    max_body_bytes: int = 1_048_576
+    # 503 + Retry-After when Kafka has not acknowledged within this; the provider retries.
+    publish_timeout_s: float = 10.0
+    retry_after_s: int = 5
+    # "hmac-sha256" (the provider's X-Webhook-Signature), "standard-webhooks", or "none"
+    # (no verification: only for local experiments, and logged as a warning).
+    signature_scheme: Literal["hmac-sha256", "standard-webhooks", "none"] = "hmac-sha256"
+    # Any one matching is enough, so a secret can be rotated without downtime.
+    secrets: tuple[str, ...] = ()
+    # Standard Webhooks: reject timestamps further than this from now (replay window).
+    timestamp_tolerance_s: int = 300
+    # SIGTERM to exit: in-flight publishes finish, the producer flushes.
+    shutdown_timeout_s: float = 15.0
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # "auto": key=value on a terminal, JSON otherwise (production).
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Config(_Section):
+    """The whole of `config.yaml`."""
+
+    kafka: KafkaConfig = msgspec.field(default_factory=KafkaConfig)
+    topics: TopicsConfig = msgspec.field(default_factory=TopicsConfig)
+    routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
+    worker: WorkerConfig = msgspec.field(default_factory=WorkerConfig)
+    ingress: IngressConfig = msgspec.field(default_factory=IngressConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    "kafka": KafkaConfig,
+    "topics": TopicsConfig,
+    "routing": RoutingConfig,
+    "worker": WorkerConfig,
+    "ingress": IngressConfig,
+    "logging": LoggingConfig,
+}
+
+
+def load_config(
+    path: str | Path | None = "config.yaml", *, env: Mapping[str, str] | None = None
+) -> Config:
+    """Read `path` (skipped when None), apply environment overrides, validate.
+
+    Raises ConfigError naming the file, key and expected type on any problem.
+    """
+    environ = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        raw = _read_yaml(Path(path))
+    _apply_env(raw, environ)
+    try:
+        config = msgspec.convert(raw, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from None
+    _check(config, source)
+    return config
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {path} not found: pass --config PATH, or run from the repository root"
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    if servers := environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        raw.setdefault("kafka", {})["bootstrap_servers"] = servers
+    if secrets := environ.get("WEBHOOK_SECRET"):
+        parts = [s.strip() for s in secrets.split(",") if s.strip()]
+        raw.setdefault("ingress", {})["secrets"] = parts
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if section not in _SECTIONS:
+            known = ", ".join(sorted(_SECTIONS))
+            raise ConfigError(f"{name}: unknown section {section!r}; sections are {known}")
+        if key not in _SECTIONS[section].__struct_fields__:
+            known = ", ".join(_SECTIONS[section].__struct_fields__)
+            raise ConfigError(f"{name}: unknown key {section}.{key}; keys are {known}")
+        target = raw.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"section {section!r} must be a mapping")
+        target[key] = yaml.safe_load(value) if value else value
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    # msgspec says "... - at `$.worker.group_id`"; turn that into a key path users know.
+    message = str(exc)
+    head, sep, where = message.rpartition(" - at `$.")
+    if sep:
+        key = where.rstrip("`")
+        if head.startswith("Object contains unknown field"):
+            return f"unknown key {key}: remove it or check its spelling"
+        return f"{key}: {head}"
+    return message
+
+
+def _check(config: Config, source: str) -> None:
+    """Rules a type cannot express."""
+    positive = {
+        "topics.partitions": config.topics.partitions,
+        "topics.replication_factor": config.topics.replication_factor,
+        "worker.max_batch_records": config.worker.max_batch_records,
+        "worker.fetch_timeout_ms": config.worker.fetch_timeout_ms,
+        "worker.produce_timeout_s": config.worker.produce_timeout_s,
+        "worker.commit_timeout_s": config.worker.commit_timeout_s,
+        "worker.shutdown_timeout_s": config.worker.shutdown_timeout_s,
+        "ingress.max_body_bytes": config.ingress.max_body_bytes,
+        "ingress.publish_timeout_s": config.ingress.publish_timeout_s,
+        "ingress.retry_after_s": config.ingress.retry_after_s,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{source}: {key} must be positive, got {value}")
+    if not 0 < config.ingress.port < 65536:
+        raise ConfigError(f"{source}: ingress.port must be 1..65535, got {config.ingress.port}")
+    if not config.ingress.path.startswith("/"):
+        raise ConfigError(
+            f"{source}: ingress.path must start with '/', got {config.ingress.path!r}"
+        )
+    if not config.kafka.bootstrap_servers.strip():
+        raise ConfigError(
+            f"{source}: kafka.bootstrap_servers is empty; set it or KAFKA_BOOTSTRAP_SERVERS"
+        )
+    if config.kafka.security_protocol.startswith("SASL") and not (
+        config.kafka.sasl_mechanism and config.kafka.sasl_username and config.kafka.sasl_password
+    ):
+        raise ConfigError(
+            f"{source}: kafka.security_protocol {config.kafka.security_protocol} needs "
+            "kafka.sasl_mechanism, kafka.sasl_username and kafka.sasl_password"
+        )
+    for category, template in config.routing.routes.items():
+        try:
+            template.format(status="x")
+        except (KeyError, IndexError, ValueError):
+            raise ConfigError(
+                f"{source}: routing.routes.{category}: template {template!r} may only use "
+                "the placeholder {status}"
+            ) from None
