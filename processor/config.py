@@ -44,7 +44,7 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Base for every section: immutable, keyword-built, strict about keys."""
 
 
-class KafkaConfig(_Section):
+class KafkaConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How every client (producer, consumer, admin) reaches the cluster."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -60,7 +60,7 @@ class KafkaConfig(_Section):
     request_timeout_ms: int = 30_000
 
 
-class TopicsConfig(_Section):
+class TopicsConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Topic names and the shape `processor topics create` gives them."""
 
     raw: str = "webhooks.raw"
@@ -73,7 +73,7 @@ class TopicsConfig(_Section):
     configs: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-class RoutingConfig(_Section):
+class RoutingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Which categories have a route, and which integration statuses get a topic."""
 
     # category -> topic template; `{status}` is the normalised `data.status`.
@@ -95,7 +95,7 @@ class RoutingConfig(_Section):
     other_status: str = "other"
 
 
-class WorkerConfig(_Section):
+class WorkerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The consumer group that routes `webhooks.raw`."""
 
     group_id: str = "processor-workers"
@@ -116,7 +116,7 @@ class WorkerConfig(_Section):
     max_poll_interval_ms: int = 300_000
 
 
-class IngressConfig(_Section):
+class IngressConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The HTTP door: where it listens and how it decides a delivery is genuine."""
 
     host: str = "127.0.0.1"
@@ -138,13 +138,13 @@ class IngressConfig(_Section):
     shutdown_timeout_s: float = 15.0
 
 
-class LoggingConfig(_Section):
+class LoggingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # "auto": key=value on a terminal, JSON otherwise (production).
     format: Literal["auto", "json", "console"] = "auto"
 
 
-class Config(_Section):
+class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The whole of `config.yaml`."""
 
     kafka: KafkaConfig = msgspec.field(default_factory=KafkaConfig)
