@@ -1,0 +1,248 @@
+"""Signature verification against vectors computed here with the hmac module."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+
+import pytest
+from multidict import CIMultiDict
+
+from processor.config import ConfigError, IngressConfig
+from processor.signing import (
+    HmacSha256Verifier,
+    NoVerification,
+    SignatureError,
+    StandardWebhooksVerifier,
+    build_verifier,
+    sign_hmac_sha256,
+)
+
+BODY = b'{"id":"whd_1","event":"integration.created","data":{"uid":"user_1"}}'
+OLD_SECRET = "old-secret"
+NEW_SECRET = "new-secret"
+
+
+def hex_hmac(secret: str, body: bytes) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+# --- hmac-sha256 (the provider's X-Webhook-Signature) --------------------------------
+
+
+def test_sign_hmac_sha256_matches_an_independent_computation() -> None:
+    assert sign_hmac_sha256(BODY, OLD_SECRET) == hex_hmac(OLD_SECRET, BODY)
+
+
+def test_hmac_valid_signature_passes() -> None:
+    verifier = HmacSha256Verifier(secrets=[OLD_SECRET])
+    verifier.verify(BODY, {"X-Webhook-Signature": hex_hmac(OLD_SECRET, BODY)})
+
+
+def test_hmac_header_name_is_case_insensitive_and_hex_case_is_ignored() -> None:
+    verifier = HmacSha256Verifier(secrets=[OLD_SECRET])
+    headers = CIMultiDict({"x-webhook-signature": hex_hmac(OLD_SECRET, BODY).upper()})
+    verifier.verify(BODY, headers)
+
+
+def test_hmac_missing_signature_is_rejected() -> None:
+    verifier = HmacSha256Verifier(secrets=[OLD_SECRET])
+    with pytest.raises(SignatureError, match="missing X-Webhook-Signature"):
+        verifier.verify(BODY, {})
+
+
+def test_hmac_wrong_secret_is_rejected() -> None:
+    verifier = HmacSha256Verifier(secrets=[OLD_SECRET])
+    with pytest.raises(SignatureError, match="does not match"):
+        verifier.verify(BODY, {"X-Webhook-Signature": hex_hmac("guess", BODY)})
+
+
+def test_hmac_signature_of_another_body_is_rejected() -> None:
+    verifier = HmacSha256Verifier(secrets=[OLD_SECRET])
+    other = hex_hmac(OLD_SECRET, BODY + b" ")
+    with pytest.raises(SignatureError, match="does not match"):
+        verifier.verify(BODY, {"X-Webhook-Signature": other})
+
+
+@pytest.mark.parametrize("value", ["not-hex", "abc", "é" * 64, "00" * 31])
+def test_hmac_malformed_signature_is_rejected(value: str) -> None:
+    verifier = HmacSha256Verifier(secrets=[OLD_SECRET])
+    with pytest.raises(SignatureError):
+        verifier.verify(BODY, {"X-Webhook-Signature": value})
+
+
+@pytest.mark.parametrize("signer", [OLD_SECRET, NEW_SECRET])
+def test_hmac_either_secret_passes_while_rotating(signer: str) -> None:
+    verifier = HmacSha256Verifier(secrets=[OLD_SECRET, NEW_SECRET])
+    verifier.verify(BODY, {"X-Webhook-Signature": hex_hmac(signer, BODY)})
+
+
+def test_hmac_retired_secret_is_rejected_after_rotation() -> None:
+    verifier = HmacSha256Verifier(secrets=[NEW_SECRET])
+    with pytest.raises(SignatureError):
+        verifier.verify(BODY, {"X-Webhook-Signature": hex_hmac(OLD_SECRET, BODY)})
+
+
+def test_reason_never_contains_the_secret_or_the_expected_digest() -> None:
+    verifier = HmacSha256Verifier(secrets=[OLD_SECRET])
+    with pytest.raises(SignatureError) as caught:
+        verifier.verify(BODY, {"X-Webhook-Signature": "00" * 32})
+    assert OLD_SECRET not in caught.value.reason
+    assert hex_hmac(OLD_SECRET, BODY) not in caught.value.reason
+
+
+# --- Standard Webhooks --------------------------------------------------------------
+
+# The vector published in the Standard Webhooks reference libraries' tests.
+PUBLISHED_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+PUBLISHED_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
+PUBLISHED_TIMESTAMP = 1614265330
+PUBLISHED_BODY = b'{"test": 2432232314}'
+PUBLISHED_SIGNATURE = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+KEY_A = b"key-a-0123456789abcdef"
+KEY_B = b"key-b-fedcba9876543210"
+WHSEC_A = "whsec_" + base64.b64encode(KEY_A).decode()
+WHSEC_B = "whsec_" + base64.b64encode(KEY_B).decode()
+NOW = 1_700_000_000
+
+
+def v1(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.digest(key, signed, "sha256")).decode()
+
+
+def sw_headers(signature: str, *, msg_id: str = "msg_1", timestamp: int = NOW) -> dict[str, str]:
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": signature,
+    }
+
+
+def sw_verifier(*secrets: str, now: float = NOW) -> StandardWebhooksVerifier:
+    return StandardWebhooksVerifier(secrets=secrets, tolerance_s=300, now=lambda: now)
+
+
+def test_standard_webhooks_published_vector_passes() -> None:
+    verifier = sw_verifier(PUBLISHED_SECRET, now=PUBLISHED_TIMESTAMP)
+    headers = sw_headers(PUBLISHED_SIGNATURE, msg_id=PUBLISHED_ID, timestamp=PUBLISHED_TIMESTAMP)
+    verifier.verify(PUBLISHED_BODY, headers)
+
+
+def test_standard_webhooks_valid_signature_passes() -> None:
+    sw_verifier(WHSEC_A).verify(BODY, sw_headers(v1(KEY_A, "msg_1", NOW, BODY)))
+
+
+def test_standard_webhooks_secret_without_prefix_is_accepted() -> None:
+    bare = base64.b64encode(KEY_A).decode()
+    sw_verifier(bare).verify(BODY, sw_headers(v1(KEY_A, "msg_1", NOW, BODY)))
+
+
+def test_standard_webhooks_any_of_several_signatures_may_match() -> None:
+    header = " ".join(
+        [
+            "v1a,ignored-asymmetric-entry",
+            v1(b"unknown", "msg_1", NOW, BODY),
+            v1(KEY_A, "msg_1", NOW, BODY),
+        ]
+    )
+    sw_verifier(WHSEC_A).verify(BODY, sw_headers(header))
+
+
+@pytest.mark.parametrize("signer", [KEY_A, KEY_B])
+def test_standard_webhooks_either_secret_passes_while_rotating(signer: bytes) -> None:
+    verifier = sw_verifier(WHSEC_A, WHSEC_B)
+    verifier.verify(BODY, sw_headers(v1(signer, "msg_1", NOW, BODY)))
+
+
+def test_standard_webhooks_wrong_key_is_rejected() -> None:
+    with pytest.raises(SignatureError, match="no webhook-signature entry matches"):
+        sw_verifier(WHSEC_A).verify(BODY, sw_headers(v1(KEY_B, "msg_1", NOW, BODY)))
+
+
+def test_standard_webhooks_signature_of_another_body_is_rejected() -> None:
+    with pytest.raises(SignatureError, match="matches"):
+        sw_verifier(WHSEC_A).verify(BODY, sw_headers(v1(KEY_A, "msg_1", NOW, BODY + b" ")))
+
+
+def test_standard_webhooks_signature_for_another_id_is_rejected() -> None:
+    signature = v1(KEY_A, "msg_other", NOW, BODY)
+    with pytest.raises(SignatureError, match="matches"):
+        sw_verifier(WHSEC_A).verify(BODY, sw_headers(signature, msg_id="msg_1"))
+
+
+@pytest.mark.parametrize(
+    ("offset", "direction"), [(-301, "past"), (301, "future"), (-86_400, "past")]
+)
+def test_standard_webhooks_timestamp_outside_tolerance_is_rejected(
+    offset: int, direction: str
+) -> None:
+    # Correctly signed for its own timestamp: only the clock check can refuse it.
+    stamp = NOW + offset
+    headers = sw_headers(v1(KEY_A, "msg_1", stamp, BODY), timestamp=stamp)
+    with pytest.raises(SignatureError, match=f"in the {direction}"):
+        sw_verifier(WHSEC_A).verify(BODY, headers)
+
+
+@pytest.mark.parametrize("offset", [-300, 0, 300])
+def test_standard_webhooks_timestamp_at_the_tolerance_edge_passes(offset: int) -> None:
+    stamp = NOW + offset
+    headers = sw_headers(v1(KEY_A, "msg_1", stamp, BODY), timestamp=stamp)
+    sw_verifier(WHSEC_A).verify(BODY, headers)
+
+
+@pytest.mark.parametrize("missing", ["webhook-id", "webhook-timestamp", "webhook-signature"])
+def test_standard_webhooks_missing_header_is_named(missing: str) -> None:
+    headers = sw_headers(v1(KEY_A, "msg_1", NOW, BODY))
+    del headers[missing]
+    with pytest.raises(SignatureError, match=f"missing {missing}"):
+        sw_verifier(WHSEC_A).verify(BODY, headers)
+
+
+@pytest.mark.parametrize("stamp", ["1700000000.5", "-1", "soon", "9" * 5000])
+def test_standard_webhooks_non_integer_timestamp_is_rejected(stamp: str) -> None:
+    headers = sw_headers(v1(KEY_A, "msg_1", NOW, BODY))
+    headers["webhook-timestamp"] = stamp
+    with pytest.raises(SignatureError, match="integer Unix seconds"):
+        sw_verifier(WHSEC_A).verify(BODY, headers)
+
+
+@pytest.mark.parametrize("header", ["v2,abc", "v1", "v1,!!!not-base64", "   "])
+def test_standard_webhooks_header_without_usable_v1_entry_is_rejected(header: str) -> None:
+    with pytest.raises(SignatureError):
+        sw_verifier(WHSEC_A).verify(BODY, sw_headers(header))
+
+
+# --- building from config -----------------------------------------------------------
+
+
+def test_build_verifier_picks_the_configured_scheme() -> None:
+    hmac_config = IngressConfig(secrets=(OLD_SECRET,))
+    sw_config = IngressConfig(signature_scheme="standard-webhooks", secrets=(WHSEC_A,))
+    assert isinstance(build_verifier(hmac_config), HmacSha256Verifier)
+    assert isinstance(build_verifier(sw_config), StandardWebhooksVerifier)
+    assert isinstance(build_verifier(IngressConfig(signature_scheme="none")), NoVerification)
+
+
+@pytest.mark.parametrize("scheme", ["hmac-sha256", "standard-webhooks"])
+def test_build_verifier_without_secrets_says_to_set_webhook_secret(scheme: str) -> None:
+    config = IngressConfig(signature_scheme=scheme, secrets=())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="WEBHOOK_SECRET"):
+        build_verifier(config)
+
+
+def test_build_verifier_rejects_a_standard_webhooks_secret_that_is_not_base64() -> None:
+    config = IngressConfig(signature_scheme="standard-webhooks", secrets=("whsec_%%%",))
+    with pytest.raises(ConfigError, match="whsec_ followed by base64"):
+        build_verifier(config)
+
+
+def test_build_verifier_passes_the_clock_and_tolerance() -> None:
+    config = IngressConfig(
+        signature_scheme="standard-webhooks", secrets=(WHSEC_A,), timestamp_tolerance_s=10
+    )
+    verifier = build_verifier(config, now=lambda: NOW + 11)
+    with pytest.raises(SignatureError, match="10 s tolerance"):
+        verifier.verify(BODY, sw_headers(v1(KEY_A, "msg_1", NOW, BODY)))
