@@ -1,0 +1,230 @@
+"""The webhook delivery contract: msgspec models of the envelope and each category's data.
+
+Downstream services import this module to read the derived topics. Every record
+carries the provider's bytes unchanged, so a consumer of `integration.status.completed`
+decodes its value directly::
+
+    from processor.events import InvalidDelivery, decode_integration_event
+
+    try:
+        event = decode_integration_event(record.value)
+    except InvalidDelivery as exc:  # only if a producer other than the worker wrote it
+        log.error("event.invalid", error_class=exc.error_class, error=exc.message)
+    else:
+        handle(event.data.uid, event.data.status, event.data.wallet_id)
+
+The structs accept unknown fields (the provider keeps adding them; the bytes that
+travel keep them) but reject known fields of the wrong type. Rules:
+
+- `id` is `whd_` and at least one non-space character.
+- `event` is `<category>.<action>`: lower-case `a-z`, `0-9` and `_` on each side of
+  exactly one dot. The provider documents only lower-case names, so anything else is
+  a contract break to look at in the DLQ, not a spelling to guess.
+- `timestamp` is RFC 3339 (the ISO 8601 profile the provider's example uses) and must
+  carry a timezone: a naive time cannot be placed on the timeline.
+- `data` is an object with a non-empty string `uid`.
+- `id`, `event`, `data.uid` and `data.status` are at most 256 characters: they are
+  repeated in record keys and headers, and an unbounded one could push a record past
+  the broker's size limit and stall a partition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Mapping
+from datetime import datetime
+from typing import Annotated, Final, Generic, TypeAlias, TypeVar
+
+import msgspec
+
+__all__ = [
+    "DATA_TYPES",
+    "MAX_IDENTIFIER_LENGTH",
+    "BaseData",
+    "DecodedDelivery",
+    "Delivery",
+    "IntegrationData",
+    "IntegrationEvent",
+    "InvalidDelivery",
+    "StatusData",
+    "category_of",
+    "decode_delivery",
+    "decode_integration_event",
+]
+
+MAX_IDENTIFIER_LENGTH: Final = 256
+
+_DeliveryId = Annotated[str, msgspec.Meta(pattern=r"^whd_\S+\Z", max_length=MAX_IDENTIFIER_LENGTH)]
+_EventType = Annotated[
+    str, msgspec.Meta(pattern=r"^[a-z0-9_]+\.[a-z0-9_]+\Z", max_length=MAX_IDENTIFIER_LENGTH)
+]
+_AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
+_Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_IDENTIFIER_LENGTH)]
+# The provider's numbers are milliseconds and counts; a value outside int64 would not
+# survive a JVM or Go consumer, so it is a contract break, not a big number.
+_Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+
+
+class InvalidDelivery(Exception):
+    """The bytes are not a delivery this contract accepts.
+
+    `error_class` is `DecodeError` (not a JSON document: empty, invalid UTF-8,
+    malformed, nested too deeply) or `ValidationError` (JSON, but a field is missing,
+    mistyped or breaks a rule above). `message` names the field path where there is
+    one, e.g. "Expected `str`, got `int` - at `$.data.status`".
+    """
+
+    def __init__(self, error_class: str, message: str) -> None:
+        super().__init__(f"{error_class}: {message}")
+        self.error_class = error_class
+        self.message = message
+
+
+class BaseData(msgspec.Struct, frozen=True, kw_only=True):
+    """What every category's `data` has: the user it is about. Extra fields are fine."""
+
+    uid: _Identifier
+
+
+class StatusData(BaseData, frozen=True, kw_only=True):
+    """`data` that carries a status: what a status-routed category needs at the least."""
+
+    status: _Identifier
+
+
+class IntegrationData(StatusData, frozen=True, kw_only=True, rename="camel"):
+    """`data` of `integration.*` events (the provider's Integrations API shape).
+
+    Only `uid` and `status` are required: they decide key and topic. The rest is
+    typed (a wrong type is a contract break) but may be absent or null, read as None:
+    the provider says the shape is still growing, and a delivery missing its `alias`
+    is still worth routing rather than parking in the DLQ.
+    """
+
+    provider: str | None = None
+    provider_public_name: str | None = None
+    public_address: str | None = None
+    wallet_id: str | None = None
+    logo_url: str | None = None
+    is_contract: bool | None = None
+    alias: str | None = None
+    added_on: _Int64 | None = None
+    last_synced_at: _Int64 | None = None
+    category: str | None = None
+    type: str | None = None
+    total_transactions: _Int64 | None = None
+
+
+DataT = TypeVar("DataT")
+
+
+class Delivery(msgspec.Struct, Generic[DataT], frozen=True, kw_only=True):
+    """The envelope every delivery shares; `data` depends on the event's category."""
+
+    id: _DeliveryId
+    event: _EventType
+    timestamp: _AwareDatetime
+    data: DataT
+
+
+IntegrationEvent: TypeAlias = Delivery[IntegrationData]
+
+# Category -> model of its `data`. A category without one is checked with BaseData
+# (or StatusData when routed by status), so the uid rule holds for every delivery.
+DATA_TYPES: Final[Mapping[str, type[BaseData]]] = {"integration": IntegrationData}
+
+
+class DecodedDelivery(msgspec.Struct, frozen=True, kw_only=True):
+    """A checked delivery, with the facts routing needs already pulled out."""
+
+    id: str
+    event: str
+    timestamp: datetime
+    category: str
+    action: str
+    data: BaseData
+    # `data.status` as sent, when the category's data carries one.
+    status: str | None
+
+
+# Built once: msgspec decoders compile their type on construction.
+_ENVELOPE: Final = msgspec.json.Decoder(Delivery[msgspec.Raw])
+_INTEGRATION_EVENT: Final = msgspec.json.Decoder(IntegrationEvent)
+_BASE_DATA: Final[msgspec.json.Decoder[BaseData]] = msgspec.json.Decoder(BaseData)
+_STATUS_DATA: Final[msgspec.json.Decoder[BaseData]] = msgspec.json.Decoder(StatusData)
+_DATA: Final[Mapping[str, msgspec.json.Decoder[BaseData]]] = {
+    category: msgspec.json.Decoder(model) for category, model in DATA_TYPES.items()
+}
+
+
+def category_of(event: str) -> str:
+    """`integration` for `integration.created`: the part of the event type routes key on."""
+    return event.partition(".")[0]
+
+
+def decode_delivery(
+    raw: bytes, *, status_categories: Container[str] = frozenset()
+) -> DecodedDelivery:
+    """Check `raw` against the contract and return what it says.
+
+    The envelope is decoded first with `data` left raw, then `data` with its
+    category's model. `status_categories` are categories routed by status: without a
+    model of their own, their `data` must still carry a string `status`.
+    Raises InvalidDelivery.
+    """
+    envelope = _decode(_ENVELOPE, raw)
+    category, _, action = envelope.event.partition(".")
+    decoder = _DATA.get(category)
+    if decoder is None:
+        decoder = _STATUS_DATA if category in status_categories else _BASE_DATA
+    try:
+        data = decoder.decode(envelope.data)
+    except msgspec.ValidationError as exc:
+        raise InvalidDelivery("ValidationError", _under_data(str(exc))) from None
+    return DecodedDelivery(
+        id=envelope.id,
+        event=envelope.event,
+        timestamp=envelope.timestamp,
+        category=category,
+        action=action,
+        data=data,
+        status=data.status if isinstance(data, StatusData) else None,
+    )
+
+
+def decode_integration_event(raw: bytes) -> IntegrationEvent:
+    """Decode a record of an `integration.status.*` topic. Raises InvalidDelivery."""
+    event = _decode(_INTEGRATION_EVENT, raw)
+    if category_of(event.event) != "integration":
+        raise InvalidDelivery(
+            "ValidationError",
+            f"Expected an `integration.*` event, got {event.event!r} - at `$.event`",
+        )
+    return event
+
+
+_T = TypeVar("_T")
+
+
+def _decode(decoder: msgspec.json.Decoder[_T], raw: bytes) -> _T:
+    # msgspec checks UTF-8 only in strings it decodes, not in the ones it skips, and
+    # JSON must be UTF-8 throughout; bytes.decode is the fast C check for that.
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidDelivery("DecodeError", f"not valid UTF-8: {exc}") from None
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise InvalidDelivery("ValidationError", str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidDelivery("DecodeError", str(exc)) from None
+    except RecursionError:
+        raise InvalidDelivery("DecodeError", "JSON is nested too deeply") from None
+
+
+def _under_data(message: str) -> str:
+    """Re-root a path from a decode of `data` alone: `$.status` -> `$.data.status`."""
+    head, sep, path = message.rpartition(" - at `$")
+    if sep:
+        return f"{head} - at `$.data{path}"
+    return f"{message} - at `$.data`"
