@@ -1,0 +1,101 @@
+"""The `processor` command: one entry point for every process of the pipeline.
+
+Each subcommand loads the configuration once (`--config PATH`, default
+`config.yaml`), sets up logging and hands the frozen `Config` down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from processor import devbroker
+from processor.config import Config, ConfigError, load_config
+
+__all__ = ["main"]
+
+# `processor broker` keeps its data here by default, so a restart keeps the topics.
+DEFAULT_BROKER_DIR = Path(".kafka") / "broker"
+
+Command = Callable[[argparse.Namespace, Config], int]
+
+
+def _broker(args: argparse.Namespace) -> devbroker.LocalBroker:
+    return devbroker.LocalBroker(directory=args.dir, port=args.port)
+
+
+def broker_start(args: argparse.Namespace, config: Config) -> int:
+    broker = _broker(args)
+    if (status := broker.status()).running:
+        print(f"broker already running from {args.dir}: {status}")
+        return 0
+    bootstrap = broker.start()
+    print(f"Kafka {devbroker.KAFKA_VERSION} running on {bootstrap} (data in {args.dir})")
+    print(f"  export KAFKA_BOOTSTRAP_SERVERS={bootstrap}")
+    return 0
+
+
+def broker_stop(args: argparse.Namespace, config: Config) -> int:
+    broker = _broker(args)
+    if not broker.status().running:
+        print(f"no broker running from {args.dir}")
+        return 0
+    broker.stop()
+    print(f"broker from {args.dir} stopped")
+    return 0
+
+
+def broker_status(args: argparse.Namespace, config: Config) -> int:
+    status = _broker(args).status()
+    print(f"broker from {args.dir}: {status}")
+    return 0 if status.running else 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="processor", description=__doc__)
+    parser.add_argument(
+        "--config",
+        default="config.yaml",
+        type=Path,
+        help="configuration file (default: %(default)s)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    broker = commands.add_parser("broker", help="the local Apache Kafka for development and tests")
+    broker_commands = broker.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, handler, help_text in (
+        ("start", broker_start, "fetch the jars once, start a KRaft node in the background"),
+        ("stop", broker_stop, "stop the broker gracefully, then hard after a timeout"),
+        ("status", broker_status, "say whether the broker runs (exit 3 when stopped)"),
+    ):
+        sub = broker_commands.add_parser(name, help=help_text)
+        sub.add_argument(
+            "--port", type=int, help="client port (default: the dir's last port, else 9092)"
+        )
+        sub.add_argument(
+            "--dir",
+            type=Path,
+            default=DEFAULT_BROKER_DIR,
+            help="broker data dir (default: %(default)s)",
+        )
+        sub.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        handler: Command = args.handler
+        return handler(args, config)
+    except (ConfigError, devbroker.BrokerError) as exc:
+        print(f"processor: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
