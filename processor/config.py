@@ -69,6 +69,9 @@ class TopicsConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # Partitions bound the number of useful workers: one partition feeds one worker.
     partitions: int = 6
     replication_factor: int = 1
+    # Largest record batch a topic takes (its max.message.bytes; producers' max request).
+    # Above Kafka's 1 MiB default, so a delivery at ingress.max_body_bytes plus headers fits.
+    max_message_bytes: int = 2_097_152
     # Topic-level configs (retention.ms, min.insync.replicas, ...) for every topic created.
     configs: dict[str, str] = msgspec.field(default_factory=dict)
 
@@ -256,6 +259,13 @@ def _check(config: Config, source: str) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{source}: {key} must be positive, got {value}")
+    headroom = 64 * 1024  # headers and record framing around the largest body
+    if config.topics.max_message_bytes < config.ingress.max_body_bytes + headroom:
+        raise ConfigError(
+            f"{source}: topics.max_message_bytes ({config.topics.max_message_bytes}) must exceed "
+            f"ingress.max_body_bytes ({config.ingress.max_body_bytes}) by at least {headroom}, "
+            "or an accepted delivery could not be written to Kafka"
+        )
     if not 0 < config.ingress.port < 65536:
         raise ConfigError(f"{source}: ingress.port must be 1..65535, got {config.ingress.port}")
     if not config.ingress.path.startswith("/"):
