@@ -14,7 +14,11 @@ from aiokafka.helpers import create_ssl_context
 
 from processor.config import ConfigError, KafkaConfig
 
-__all__ = ["client_options"]
+__all__ = ["BrokerUnavailable", "client_options"]
+
+
+class BrokerUnavailable(Exception):
+    """No broker answered at start-up; the message names the address and the fix."""
 
 
 def client_options(config: KafkaConfig) -> dict[str, Any]:
