@@ -1,0 +1,252 @@
+"""Where a raw delivery goes: one record in, exactly one destination out. No I/O.
+
+`Router.route` never raises, so one bad record can neither stop a worker nor stall
+its partition; whatever cannot be routed goes to the DLQ with headers saying why.
+The value always travels as the bytes that were read; routing facts go in headers.
+
+`error.class` on DLQ records is one of:
+
+- `DecodeError`: the value is not a JSON document (absent, empty, invalid UTF-8,
+  malformed, nested too deeply);
+- `ValidationError`: JSON, but it breaks the contract of `processor.events`;
+- `RoutingError`: a valid delivery of a status-routed category whose status has no
+  letter or digit, so no topic can be named after it;
+- `InternalError`: a bug in this module, caught so the record is parked, not lost.
+
+Raw headers are not copied, except `received-at` (set by the ingress): derived
+records carry exactly the documented header set, whatever the raw topic gained.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from string import Formatter
+from typing import Final, Literal, Protocol
+
+import msgspec
+
+from processor.config import RoutingConfig, TopicsConfig
+from processor.events import MAX_IDENTIFIER_LENGTH, InvalidDelivery, decode_delivery
+
+__all__ = ["Routed", "Router", "SourceRecord", "normalise_status"]
+
+# A DLQ message is for a human reading logs; msgspec's are short, a bug's may not be.
+MAX_ERROR_MESSAGE_CHARS: Final = 1000
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_NOT_TOPIC_CHARS: Final = re.compile(r"[^a-z0-9]+")
+_SALVAGE: Final = msgspec.json.Decoder()
+
+
+class SourceRecord(Protocol):
+    """The parts of a consumed record routing reads; aiokafka's ConsumerRecord fits."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...  # milliseconds since the epoch
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """The one record to produce for a source record, and why."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None  # the source value itself, never re-encoded
+    headers: list[tuple[str, bytes]]
+    outcome: Literal["routed", "unrouted", "dlq"]
+    delivery_id: str | None
+    error: str | None  # for dlq: the error message, for logs
+
+
+@lru_cache(maxsize=1024)
+def normalise_status(status: str) -> str:
+    """A status as a topic-name part: "PARTIALLY SYNCED" -> "partially_synced".
+
+    Lower case; every run of characters other than a-z and 0-9 becomes one `_`;
+    no `_` at either end. Empty when the status has no letter or digit.
+    """
+    return _NOT_TOPIC_CHARS.sub("_", status.lower()).strip("_")
+
+
+@dataclass(frozen=True, slots=True)
+class _StatusRoute:
+    by_status: dict[str, str]  # normalised status -> topic
+    other: str
+
+
+class Router:
+    """Routes raw records per the routing config; all lookups precomputed here."""
+
+    def __init__(self, *, routing: RoutingConfig, topics: TopicsConfig) -> None:
+        self._unrouted = topics.unrouted
+        self._dlq = topics.dlq
+        self._routes: dict[str, str | _StatusRoute] = {}
+        for category, template in routing.routes.items():
+            if _uses_status(template):
+                by_status = {
+                    normal: template.format(status=normal)
+                    for normal in map(normalise_status, routing.statuses)
+                    if normal
+                }
+                other = template.format(status=routing.other_status)
+                self._routes[category] = _StatusRoute(by_status, other)
+            else:
+                self._routes[category] = template.format()
+        self._status_categories = frozenset(
+            category for category, route in self._routes.items() if isinstance(route, _StatusRoute)
+        )
+
+    def destination_topics(self) -> list[str]:
+        """Every topic `route` can return, each once, for `processor topics create`."""
+        topics: list[str] = []
+        for route in self._routes.values():
+            if isinstance(route, _StatusRoute):
+                topics.extend(route.by_status.values())
+                topics.append(route.other)
+            else:
+                topics.append(route)
+        topics += [self._unrouted, self._dlq]
+        return list(dict.fromkeys(topics))
+
+    def route(self, record: SourceRecord) -> Routed:
+        """The destination of `record`; never raises."""
+        try:
+            return self._route(record)
+        except InvalidDelivery as exc:
+            return self._to_dlq(record, exc.error_class, exc.message)
+        except Exception as exc:  # a bug must park the record, not stall the partition
+            return self._to_dlq(record, "InternalError", f"{type(exc).__name__}: {exc}")
+
+    def _route(self, record: SourceRecord) -> Routed:
+        value = record.value
+        if not value:
+            state = "absent (a tombstone)" if value is None else "empty"
+            raise InvalidDelivery("DecodeError", f"record value is {state}")
+        delivery = decode_delivery(value, status_categories=self._status_categories)
+        route = self._routes.get(delivery.category)
+        outcome: Literal["routed", "unrouted"] = "routed"
+        if route is None:
+            topic, outcome = self._unrouted, "unrouted"
+        elif isinstance(route, str):
+            topic = route
+        else:
+            topic = _status_topic(route, delivery.status, delivery.category)
+        uid = delivery.data.uid.encode()
+        headers = [
+            ("delivery-id", delivery.id.encode()),
+            ("event", delivery.event.encode()),
+            ("uid", uid),
+        ]
+        if delivery.status is not None:
+            headers.append(("status", delivery.status.encode()))
+        if (received_at := _received_at(record)) is not None:
+            headers.append(("received-at", received_at))
+        return Routed(
+            topic=topic,
+            key=uid,
+            value=value,
+            headers=headers,
+            outcome=outcome,
+            delivery_id=delivery.id,
+            error=None,
+        )
+
+    def _to_dlq(self, record: SourceRecord, error_class: str, message: str) -> Routed:
+        if len(message) > MAX_ERROR_MESSAGE_CHARS:
+            message = message[: MAX_ERROR_MESSAGE_CHARS - 1] + "…"
+        delivery_id, event, uid = _salvage(record.value)
+        headers: list[tuple[str, bytes]] = [
+            (name, text.encode())
+            for name, text in (("delivery-id", delivery_id), ("event", event), ("uid", uid))
+            if text is not None
+        ]
+        if (received_at := _received_at(record)) is not None:
+            headers.append(("received-at", received_at))
+        headers += [
+            ("error.class", error_class.encode()),
+            # backslashreplace: an exception's text may hold lone surrogates.
+            ("error.message", message.encode("utf-8", "backslashreplace")),
+            ("source.topic", record.topic.encode()),
+            ("source.partition", str(record.partition).encode()),
+            ("source.offset", str(record.offset).encode()),
+        ]
+        return Routed(
+            topic=self._dlq,
+            key=record.key,
+            value=record.value,
+            headers=headers,
+            outcome="dlq",
+            delivery_id=delivery_id,
+            error=message,
+        )
+
+
+def _uses_status(template: str) -> bool:
+    return any(field == "status" for _, field, _, _ in Formatter().parse(template))
+
+
+def _status_topic(route: _StatusRoute, status: str | None, category: str) -> str:
+    if status is None:
+        raise InvalidDelivery(
+            "RoutingError", f"category {category!r} is routed by status but its data has none"
+        )
+    normal = normalise_status(status)
+    if not normal:
+        raise InvalidDelivery(
+            "RoutingError",
+            f"status {status[:80]!r} has no letter or digit to name a topic - at `$.data.status`",
+        )
+    return route.by_status.get(normal, route.other)
+
+
+def _received_at(record: SourceRecord) -> bytes | None:
+    """The ingress's `received-at` header, else the record's timestamp in ISO 8601 UTC.
+
+    None when neither exists (a record without a timestamp carries -1).
+    """
+    for name, value in record.headers:
+        if name == "received-at" and value:
+            return value
+    if record.timestamp < 0:
+        return None
+    try:
+        moment = _EPOCH + timedelta(milliseconds=record.timestamp)
+    except OverflowError:
+        return None
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z").encode()
+
+
+def _salvage(value: bytes | None) -> tuple[str | None, str | None, str | None]:
+    """Whatever id, event and uid an invalid delivery still shows, for DLQ headers."""
+    if not value:
+        return None, None, None
+    try:
+        document = _SALVAGE.decode(value)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None, None, None
+    if not isinstance(document, dict):
+        return None, None, None
+    data = document.get("data")
+    uid = data.get("uid") if isinstance(data, dict) else None
+    return _short_str(document.get("id")), _short_str(document.get("event")), _short_str(uid)
+
+
+def _short_str(value: object) -> str | None:
+    if isinstance(value, str) and len(value) <= MAX_IDENTIFIER_LENGTH:
+        return value
+    return None
