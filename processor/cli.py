@@ -7,12 +7,18 @@ Each subcommand loads the configuration once (`--config PATH`, default
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from processor import devbroker
 from processor.config import Config, ConfigError, load_config
+from processor.ingress import run_ingress
+from processor.kafka_clients import BrokerUnavailable
+from processor.logging import configure_logging
+from processor.topics import create_topics
+from processor.worker import run_worker
 
 __all__ = ["main"]
 
@@ -53,6 +59,34 @@ def broker_status(args: argparse.Namespace, config: Config) -> int:
     return 0 if status.running else 3
 
 
+def worker(args: argparse.Namespace, config: Config) -> int:
+    configure_logging(config.logging)
+    asyncio.run(run_worker(config))
+    return 0
+
+
+def ingress(args: argparse.Namespace, config: Config) -> int:
+    configure_logging(config.logging)
+    asyncio.run(run_ingress(config))
+    return 0
+
+
+def topics_create(args: argparse.Namespace, config: Config) -> int:
+    report = asyncio.run(create_topics(config))
+    for name in report.created:
+        print(f"created  {name}")
+    for name in report.existing:
+        print(f"exists   {name}")
+    for name, (actual, wanted) in report.mismatched.items():
+        print(
+            f"warning: {name} has {actual} partitions, the config says {wanted}; "
+            "Kafka can only add partitions, and adding moves keys: decide, then "
+            "use kafka-topics.sh --alter",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="processor", description=__doc__)
     parser.add_argument(
@@ -62,6 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="configuration file (default: %(default)s)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("worker", help="route webhooks.raw until SIGTERM").set_defaults(
+        handler=worker
+    )
+    commands.add_parser("ingress", help="serve POST /webhooks until SIGTERM").set_defaults(
+        handler=ingress
+    )
+    topics = commands.add_parser("topics", help="the pipeline's topics")
+    topics_commands = topics.add_subparsers(dest="action", required=True, metavar="ACTION")
+    topics_commands.add_parser(
+        "create", help="create every topic as configured; report those that differ"
+    ).set_defaults(handler=topics_create)
 
     broker = commands.add_parser("broker", help="the local Apache Kafka for development and tests")
     broker_commands = broker.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -90,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config)
         handler: Command = args.handler
         return handler(args, config)
-    except (ConfigError, devbroker.BrokerError) as exc:
+    except (ConfigError, BrokerUnavailable, devbroker.BrokerError) as exc:
         print(f"processor: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

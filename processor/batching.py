@@ -1,0 +1,87 @@
+"""Produce a whole batch of records with aiokafka's batch API.
+
+aiokafka's per-record `send()` costs a coroutine, a future and a metadata lookup
+per record; profiling a naive worker put 65 % of its time there. Here the records
+of a batch are grouped by destination partition, appended to `BatchBuilder`s and
+submitted with one `send_batch` each, so the cost is per partition, not per record.
+
+Partitions are chosen with murmur2 exactly as the Java client's default
+partitioner does, so a key lands where any other client would put it, and one
+user's records keep their order within each destination topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
+
+__all__ = ["OutgoingRecord", "produce_batch"]
+
+
+class OutgoingRecord(Protocol):
+    """What `produce_batch` needs of a record (processor.routing.Routed has it)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+@lru_cache(maxsize=65_536)
+def _partition_for(key: bytes, partitions: int) -> int:
+    # murmur2 is pure Python in aiokafka; users repeat, so the cache saves most calls.
+    hashed: int = murmur2(key)
+    return (hashed & 0x7FFFFFFF) % partitions
+
+
+async def produce_batch(
+    producer: AIOKafkaProducer, records: Iterable[OutgoingRecord]
+) -> list[asyncio.Future[Any]]:
+    """Submit `records` in order and return one future per submitted Kafka batch.
+
+    Every future must complete before the source offsets may be committed. Records
+    without a key are spread round-robin over the topic's partitions.
+    """
+    grouped: dict[tuple[str, int], list[OutgoingRecord]] = {}
+    partition_counts: dict[str, int] = {}
+    unkeyed = 0
+    for record in records:
+        count = partition_counts.get(record.topic)
+        if count is None:
+            count = partition_counts[record.topic] = len(
+                await producer.partitions_for(record.topic)
+            )
+        if record.key is None:
+            partition = unkeyed % count
+            unkeyed += 1
+        else:
+            partition = _partition_for(record.key, count)
+        grouped.setdefault((record.topic, partition), []).append(record)
+
+    futures: list[asyncio.Future[Any]] = []
+    for (topic, partition), group in grouped.items():
+        batch = producer.create_batch()
+        for record in group:
+            if (
+                batch.append(
+                    key=record.key, value=record.value, timestamp=None, headers=record.headers
+                )
+                is None
+            ):
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                # An empty builder always takes its first record, however large.
+                batch.append(
+                    key=record.key, value=record.value, timestamp=None, headers=record.headers
+                )
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
+    return futures

@@ -1,0 +1,84 @@
+"""`processor topics create`: every topic of the pipeline, shaped as configured.
+
+Idempotent: topics that exist are left alone, and any whose partition count
+differs from the config is reported, since partitions can only grow and growing
+them moves keys (and so per-user order) to other partitions: an operator decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+
+from processor.config import Config
+from processor.kafka_clients import BrokerUnavailable, client_options
+from processor.routing import Router
+
+__all__ = ["TopicsReport", "all_topics", "create_topics"]
+
+# Creating a dozen topics is one request; this bounds a cluster that does not answer.
+ADMIN_TIMEOUT_S = 30.0
+
+
+@dataclass
+class TopicsReport:
+    created: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+    # topic -> (partitions it has, partitions the config asks for)
+    mismatched: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def all_topics(config: Config) -> list[str]:
+    """The raw topic and every destination the router can produce to."""
+    router = Router(routing=config.routing, topics=config.topics)
+    return [config.topics.raw, *router.destination_topics()]
+
+
+async def create_topics(config: Config) -> TopicsReport:
+    wanted = all_topics(config)
+    settings = {"max.message.bytes": str(config.topics.max_message_bytes), **config.topics.configs}
+    admin = AIOKafkaAdminClient(**client_options(config.kafka))
+    report = TopicsReport()
+    try:
+        async with asyncio.timeout(ADMIN_TIMEOUT_S):
+            await admin.start()
+            present = set(await admin.list_topics())
+            report.existing = [name for name in wanted if name in present]
+            missing = [
+                NewTopic(
+                    name,
+                    num_partitions=config.topics.partitions,
+                    replication_factor=config.topics.replication_factor,
+                    topic_configs=settings,
+                )
+                for name in wanted
+                if name not in present
+            ]
+            if missing:
+                response = await admin.create_topics(missing)
+                for name, code, message in response.topic_errors:
+                    if (
+                        code == TopicAlreadyExistsError.errno
+                    ):  # created by another process meanwhile
+                        report.existing.append(name)
+                    elif code:
+                        raise for_code(code)(f"{name}: {message}")
+                    else:
+                        report.created.append(name)
+            if report.existing:
+                for description in await admin.describe_topics(report.existing):
+                    count = len(description["partitions"])
+                    if count != config.topics.partitions:
+                        report.mismatched[description["topic"]] = (count, config.topics.partitions)
+    except (TimeoutError, KafkaError) as exc:
+        raise BrokerUnavailable(
+            f"cannot create topics on {config.kafka.bootstrap_servers} ({type(exc).__name__}: "
+            f"{exc}); check that the broker is up and the replication factor "
+            f"({config.topics.replication_factor}) is not above the number of brokers"
+        ) from None
+    finally:
+        await admin.close()
+    return report

@@ -1,0 +1,230 @@
+"""The worker: consume `webhooks.raw`, route each delivery, produce, then commit.
+
+One loop, batch in and batch out, at least once:
+
+1. `getmany` a batch from the partitions this member owns;
+2. route every record (pure, never raises) to exactly one destination;
+3. produce the batch with the batch API and wait for every acknowledgement;
+4. only then commit the batch's offsets.
+
+A crash anywhere before 4 re-delivers the batch to whoever owns the partitions
+next: duplicates are possible, loss is not. A failed produce seeks back to the
+batch's first offsets and retries it. A rebalance waits for the batch in flight to
+be committed before the partitions are given away. Exactly-once (transactions)
+later replaces steps 3 and 4 with one transaction; the loop keeps its shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from processor.batching import produce_batch
+from processor.config import Config
+from processor.kafka_clients import BrokerUnavailable, client_options
+from processor.routing import Routed, Router
+
+__all__ = ["Worker", "run_worker"]
+
+log = structlog.get_logger(__name__)
+
+# Pause before retrying a batch whose produce failed, so a broken cluster is not hammered.
+RETRY_BACKOFF_S = 1.0
+# Start-up gives the cluster this long to answer before failing with a clear message.
+CONNECT_TIMEOUT_S = 30.0
+
+
+class Worker:
+    """One member of the routing consumer group; `run` until `stop` is set."""
+
+    def __init__(self, *, config: Config, router: Router | None = None) -> None:
+        self._config = config
+        self._router = router or Router(routing=config.routing, topics=config.topics)
+        options = client_options(config.kafka)
+        self._consumer = AIOKafkaConsumer(
+            **options,
+            group_id=config.worker.group_id,
+            enable_auto_commit=False,
+            # A new group starts at the beginning: nothing written before the first
+            # worker ever ran is skipped.
+            auto_offset_reset="earliest",
+            max_poll_interval_ms=config.worker.max_poll_interval_ms,
+            session_timeout_ms=config.worker.session_timeout_ms,
+            heartbeat_interval_ms=config.worker.heartbeat_interval_ms,
+        )
+        self._producer = AIOKafkaProducer(
+            **options,
+            acks="all",
+            enable_idempotence=True,
+            # One Kafka batch per destination partition per worker batch, up to the topic limit.
+            max_batch_size=config.topics.max_message_bytes // 2,
+            max_request_size=config.topics.max_message_bytes,
+            linger_ms=5,
+        )
+        # Held while a batch is between fetch and commit; a revoke waits for it.
+        self._in_flight = asyncio.Lock()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Route until `stop` is set, then finish the batch in flight and leave the group."""
+        await self._start()
+        try:
+            while not stop.is_set():
+                batch = await self._consumer.getmany(
+                    timeout_ms=self._config.worker.fetch_timeout_ms,
+                    max_records=self._config.worker.max_batch_records,
+                )
+                if batch:
+                    async with self._in_flight:
+                        await self._process(batch)
+        finally:
+            await self._close()
+
+    async def _start(self) -> None:
+        bootstrap = self._config.kafka.bootstrap_servers
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                await self._producer.start()
+                await self._check_topics()
+                self._consumer.subscribe(
+                    [self._config.topics.raw], listener=_FinishBatchOnRevoke(self._in_flight)
+                )
+                await self._consumer.start()
+        except (TimeoutError, KafkaError) as exc:
+            await self._close()
+            raise BrokerUnavailable(
+                f"cannot reach Kafka at {bootstrap} ({type(exc).__name__}): check "
+                "kafka.bootstrap_servers / KAFKA_BOOTSTRAP_SERVERS and that the broker is up"
+            ) from None
+        except BaseException:
+            await self._close()
+            raise
+        log.info(
+            "worker.started",
+            topic=self._config.topics.raw,
+            group_id=self._config.worker.group_id,
+            bootstrap=bootstrap,
+        )
+
+    async def _check_topics(self) -> None:
+        """Every destination must exist, or the first batch for it would stall."""
+        known = await self._producer.client.fetch_all_metadata()
+        wanted = [self._config.topics.raw, *self._router.destination_topics()]
+        missing = [topic for topic in wanted if topic not in known.topics()]
+        if missing:
+            raise BrokerUnavailable(
+                f"topics missing on {self._config.kafka.bootstrap_servers}: "
+                f"{', '.join(missing)}; create them with `processor topics create`"
+            )
+
+    async def _close(self) -> None:
+        # Leaving the group hands the partitions over at once instead of after a session timeout.
+        for client in (self._consumer, self._producer):
+            try:
+                async with asyncio.timeout(self._config.worker.shutdown_timeout_s):
+                    await client.stop()
+            except (TimeoutError, KafkaError) as exc:
+                log.warning("worker.close_failed", client=type(client).__name__, error=repr(exc))
+        log.info("worker.stopped", group_id=self._config.worker.group_id)
+
+    async def _process(self, batch: Mapping[TopicPartition, Sequence[Any]]) -> None:
+        route = self._router.route
+        routed = [route(record) for records in batch.values() for record in records]
+        if not await self._produce(routed):
+            self._rewind(batch)
+            await asyncio.sleep(RETRY_BACKOFF_S)
+            return
+        offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+        try:
+            async with asyncio.timeout(self._config.worker.commit_timeout_s):
+                await self._consumer.commit(offsets)
+        except (TimeoutError, CommitFailedError, KafkaError) as exc:
+            # The outputs are written; the next owner re-routes the batch (duplicates).
+            log.warning("batch.commit_failed", error=repr(exc), records=len(routed))
+            return
+        self._log_batch(batch, routed)
+
+    async def _produce(self, routed: list[Routed]) -> bool:
+        """True when Kafka acknowledged every record of the batch in time."""
+        timeout = self._config.worker.produce_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                futures = await produce_batch(self._producer, routed)
+                await asyncio.gather(*futures)
+        except (TimeoutError, KafkaError) as exc:
+            log.error(
+                "batch.produce_failed", error=repr(exc), records=len(routed), timeout_s=timeout
+            )
+            return False
+        return True
+
+    def _rewind(self, batch: Mapping[TopicPartition, Sequence[Any]]) -> None:
+        for tp, records in batch.items():
+            if tp in self._consumer.assignment():
+                self._consumer.seek(tp, records[0].offset)
+
+    def _log_batch(
+        self, batch: Mapping[TopicPartition, Sequence[Any]], routed: list[Routed]
+    ) -> None:
+        outcomes = Counter(r.outcome for r in routed)
+        index = 0
+        for records in batch.values():
+            for record in records:
+                result = routed[index]
+                index += 1
+                if result.outcome == "dlq":
+                    log.warning(
+                        "delivery.dead_lettered",
+                        delivery_id=result.delivery_id,
+                        reason=result.error,
+                        topic=record.topic,
+                        partition=record.partition,
+                        offset=record.offset,
+                    )
+        log.info(
+            "batch.committed",
+            records=len(routed),
+            routed=outcomes["routed"],
+            unrouted=outcomes["unrouted"],
+            dlq=outcomes["dlq"],
+            partitions={
+                f"{tp.topic}/{tp.partition}": recs[-1].offset for tp, recs in batch.items()
+            },
+        )
+
+
+class _FinishBatchOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Partitions are given away only after the batch in flight is committed."""
+
+    def __init__(self, in_flight: asyncio.Lock) -> None:
+        self._in_flight = in_flight
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self._in_flight:
+            log.info(
+                "partitions.revoked", partitions=[f"{tp.topic}/{tp.partition}" for tp in revoked]
+            )
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info(
+            "partitions.assigned", partitions=[f"{tp.topic}/{tp.partition}" for tp in assigned]
+        )
+
+
+async def run_worker(config: Config) -> None:
+    """The `processor worker` process: run until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await Worker(config=config).run(stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
