@@ -102,6 +102,9 @@ class WorkerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """The consumer group that routes `webhooks.raw`."""
 
     group_id: str = "processor-workers"
+    # Static membership (Kubernetes: the pod name): a restarted pod gets its partitions
+    # back without a rebalance if it returns within session_timeout_ms.
+    group_instance_id: str | None = None
     # Records per getmany(): large enough to amortise a produce round trip.
     max_batch_records: int = 2_000
     # How long getmany() waits for the first record; bounds shutdown latency when idle.

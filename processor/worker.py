@@ -51,6 +51,7 @@ class Worker:
         self._consumer = AIOKafkaConsumer(
             **options,
             group_id=config.worker.group_id,
+            group_instance_id=config.worker.group_instance_id,
             enable_auto_commit=False,
             # A new group starts at the beginning: nothing written before the first
             # worker ever ran is skipped.
