@@ -1,0 +1,631 @@
+"""The ingress against a real broker: what it answers, and what the raw topic then holds.
+
+Assertions are on the topic's records (bytes, key, headers), read back to the end
+offsets, so "exactly the accepted deliveries" means no more and no fewer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import io
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from processor.config import Config, ConfigError, IngressConfig, KafkaConfig, LoggingConfig
+from processor.devbroker import LocalBroker, free_port
+from processor.ingress import READY_TIMEOUT_S, create_app, new_producer, run_ingress
+from processor.kafka_clients import BrokerUnavailable
+from processor.logging import configure_logging
+from processor.signing import sign_hmac_sha256
+
+pytestmark = pytest.mark.integration
+
+SECRET = "current-signing-secret-4f1c"
+OLD_SECRET = "previous-signing-secret-9a2e"
+PARTITIONS = 3
+
+Client = TestClient[web.Request, web.Application]
+Serve = Callable[..., Awaitable[Client]]
+
+
+def delivery(n: int | str, *, uid: str = "user_1", **extra: Any) -> bytes:
+    envelope = {
+        "id": f"whd_{n}",
+        "event": "integration.updated",
+        "timestamp": "2025-02-19T12:00:00.000Z",
+        "data": {"uid": uid, "status": "active", **extra},
+    }
+    return json.dumps(envelope).encode()
+
+
+def signed(body: bytes, secret: str = SECRET) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "X-Webhook-Signature": sign_hmac_sha256(body, secret),
+    }
+
+
+async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record in `topic` now: read from the beginning up to the end offsets."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        async with asyncio.timeout(30):
+            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+                for batch in (await consumer.getmany(timeout_ms=500)).values():
+                    records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()
+
+
+def ids_of(records: list[ConsumerRecord[bytes, bytes]]) -> list[str]:
+    return sorted(dict(r.headers)["delivery-id"].decode() for r in records)
+
+
+@pytest.fixture
+async def producer(
+    config: Config, create_topics: Callable[..., Awaitable[None]]
+) -> AsyncIterator[AIOKafkaProducer]:
+    await create_topics(config.topics.raw, partitions=PARTITIONS)
+    producer = new_producer(config)
+    await producer.start()
+    yield producer
+    await producer.stop()
+
+
+@pytest.fixture
+async def serve(config: Config, producer: AIOKafkaProducer) -> AsyncIterator[Serve]:
+    """`client = await serve(max_body_bytes=...)`: the ingress in-process on a free port."""
+    clients: list[Client] = []
+
+    async def start(**ingress: Any) -> Client:
+        settings = IngressConfig(**{"secrets": (SECRET,), **ingress})
+        app = create_app(
+            config=msgspec.structs.replace(config, ingress=settings), producer=producer
+        )
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        await client.close()
+
+
+# --- accepted deliveries --------------------------------------------------------------
+
+
+async def test_signed_delivery_is_stored_byte_for_byte_with_key_and_headers(
+    serve: Serve, config: Config, kafka_bootstrap: str
+) -> None:
+    client = await serve()
+    # Unusual spacing, key order and non-ASCII: the topic must hold these exact bytes.
+    body = (
+        '{ "event" : "integration.created",\n "id": "whd_exact", "data": '
+        '{"uid": "user_\u00e9", "alias": "Caf\u00e9 \u2615"}, "timestamp": "x" }\n'
+    ).encode()
+    before = datetime.now(UTC)
+    headers = signed(body) | {"Content-Type": "application/json; charset=utf-8"}
+    response = await client.post("/webhooks", data=body, headers=headers)
+
+    assert response.status == 202
+    assert await response.json() == {"id": "whd_exact"}
+    [record] = await read_topic(kafka_bootstrap, config.topics.raw)
+    assert record.value == body
+    assert record.key == "user_\u00e9".encode()
+    record_headers = dict(record.headers)
+    assert record_headers.keys() == {"delivery-id", "event", "received-at", "content-type"}
+    assert record_headers["delivery-id"] == b"whd_exact"
+    assert record_headers["event"] == b"integration.created"
+    assert record_headers["content-type"] == b"application/json; charset=utf-8"
+    received_at = record_headers["received-at"].decode()
+    assert received_at.endswith("Z")
+    assert len(received_at) == len("2025-02-19T12:00:00.000Z")
+    assert 0 <= (datetime.fromisoformat(received_at) - before).total_seconds() < 5
+
+
+@pytest.mark.parametrize("signer", [SECRET, OLD_SECRET])
+async def test_either_secret_is_accepted_while_rotating(
+    serve: Serve, config: Config, kafka_bootstrap: str, signer: str
+) -> None:
+    client = await serve(secrets=(SECRET, OLD_SECRET))
+    response = await client.post("/webhooks", data=delivery(1), headers=signed(delivery(1), signer))
+    assert response.status == 202
+    assert ids_of(await read_topic(kafka_bootstrap, config.topics.raw)) == ["whd_1"]
+
+
+async def test_thousand_concurrent_deliveries_become_thousand_records(
+    serve: Serve, config: Config, kafka_bootstrap: str
+) -> None:
+    client = await serve()
+    url = client.make_url("/webhooks")
+    bodies = [delivery(i, uid=f"user_{i % 37}") for i in range(1000)]
+    # One connection per request, so the thousand really are in flight together.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def post(body: bytes) -> int:
+            async with session.post(url, data=body, headers=signed(body)) as response:
+                return response.status
+
+        statuses = await asyncio.gather(*(post(body) for body in bodies))
+
+    assert statuses == [202] * 1000
+    records = await read_topic(kafka_bootstrap, config.topics.raw)
+    assert ids_of(records) == sorted(f"whd_{i}" for i in range(1000))
+    assert {r.value for r in records} == set(bodies)
+
+
+# --- refused deliveries ---------------------------------------------------------------
+
+
+async def test_topic_holds_exactly_the_accepted_deliveries(
+    serve: Serve, config: Config, kafka_bootstrap: str
+) -> None:
+    client = await serve()
+    accepted = [delivery("ok1"), delivery("ok2", uid="user_2")]
+    refused = [
+        (delivery("bad_secret"), signed(delivery("bad_secret"), "guess")),
+        (delivery("no_signature"), {"Content-Type": "application/json"}),
+        (delivery("other_body"), signed(delivery("something_else"))),
+        (
+            delivery("not_json_type"),
+            signed(delivery("not_json_type")) | {"Content-Type": "text/plain"},
+        ),
+        (
+            b'{"id": "whd_no_data", "event": "x.y"}',
+            signed(b'{"id": "whd_no_data", "event": "x.y"}'),
+        ),
+    ]
+    for body in accepted:
+        assert (await client.post("/webhooks", data=body, headers=signed(body))).status == 202
+    for body, headers in refused:
+        assert (await client.post("/webhooks", data=body, headers=headers)).status >= 400
+
+    records = await read_topic(kafka_bootstrap, config.topics.raw)
+    assert sorted(r.value for r in records) == sorted(accepted)
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({}, "missing X-Webhook-Signature"),
+        ({"X-Webhook-Signature": sign_hmac_sha256(delivery(1), "guess")}, "does not match"),
+        ({"X-Webhook-Signature": sign_hmac_sha256(delivery(2), SECRET)}, "does not match"),
+        ({"X-Webhook-Signature": "zz" * 32}, "not a hex"),
+    ],
+    ids=["missing", "wrong-secret", "other-body", "not-hex"],
+)
+async def test_bad_signature_is_401_and_names_the_problem(
+    serve: Serve, headers: dict[str, str], reason: str
+) -> None:
+    client = await serve()
+    response = await client.post(
+        "/webhooks", data=delivery(1), headers={"Content-Type": "application/json", **headers}
+    )
+    assert response.status == 401
+    error = await response.json()
+    assert error["error"] == "invalid_signature"
+    assert reason in error["detail"]
+
+
+async def test_unset_or_non_json_content_type_is_415(serve: Serve) -> None:
+    client = await serve()
+    body = delivery(1)
+    for content_type in (None, "text/plain", "application/x-www-form-urlencoded"):
+        headers = signed(body)
+        if content_type is None:
+            del headers["Content-Type"]
+        else:
+            headers["Content-Type"] = content_type
+        # skip_auto_headers: aiohttp would otherwise add application/octet-stream.
+        response = await client.post(
+            "/webhooks", data=body, headers=headers, skip_auto_headers={"Content-Type"}
+        )
+        assert response.status == 415, content_type
+        assert (await response.json())["error"] == "unsupported_media_type"
+
+
+async def test_structured_json_suffix_is_accepted(serve: Serve) -> None:
+    client = await serve()
+    headers = signed(delivery(1)) | {"Content-Type": "application/cloudevents+json"}
+    assert (await client.post("/webhooks", data=delivery(1), headers=headers)).status == 202
+
+
+@pytest.mark.parametrize(
+    ("body", "error", "names"),
+    [
+        (b'{"id": "whd_1", "event": ', "malformed_json", "truncated"),
+        (b"\xff\xfe not utf-8", "malformed_json", "JSON"),
+        (b'{"id": "whd_1", "event": "a.b", "data": {"uid": "\xff"}}', "malformed_json", "utf-8"),
+        (b"[]", "invalid_envelope", "Expected `object`"),
+        (b'{"event": "a.b", "data": {"uid": "u"}}', "invalid_envelope", "`id`"),
+        (b'{"id": "whd_1", "data": {"uid": "u"}}', "invalid_envelope", "`event`"),
+        (b'{"id": "whd_1", "event": "a.b"}', "invalid_envelope", "`data`"),
+        (b'{"id": "whd_1", "event": "a.b", "data": {}}', "invalid_envelope", "`uid`"),
+        (b'{"id": "whd_1", "event": "a.b", "data": {"uid": 7}}', "invalid_envelope", "$.data.uid"),
+        (b'{"id": "whd_1", "event": "a.b", "data": {"uid": ""}}', "invalid_envelope", "$.data.uid"),
+        (b'{"id": 1, "event": "a.b", "data": {"uid": "u"}}', "invalid_envelope", "$.id"),
+    ],
+)
+async def test_undecodable_envelope_is_400_and_names_what_is_wrong(
+    serve: Serve, config: Config, kafka_bootstrap: str, body: bytes, error: str, names: str
+) -> None:
+    client = await serve()
+    response = await client.post("/webhooks", data=body, headers=signed(body))
+    assert response.status == 400
+    payload = await response.json()
+    assert payload["error"] == error
+    assert names in payload["detail"]
+    assert await read_topic(kafka_bootstrap, config.topics.raw) == []
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    status = int((await reader.readline()).split()[1])
+    headers = {}
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers["content-length"]))
+    return status, headers, body
+
+
+async def test_declared_oversize_body_is_413_before_the_body_is_sent(serve: Serve) -> None:
+    client = await serve()
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        # 100 MiB announced, 100 bytes sent: the answer must not wait for the rest.
+        writer.write(
+            b"POST /webhooks HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"X-Webhook-Signature: 00\r\nContent-Length: 104857600\r\n\r\n" + b"x" * 100
+        )
+        await writer.drain()
+        async with asyncio.timeout(5):
+            status, _, body = await read_response(reader)
+    finally:
+        writer.close()
+    assert status == 413
+    assert json.loads(body)["error"] == "body_too_large"
+
+
+async def test_chunked_body_is_413_as_soon_as_it_passes_the_limit(serve: Serve) -> None:
+    client = await serve(max_body_bytes=1024)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(
+            b"POST /webhooks HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        # 1,025 bytes in two chunks and no final chunk: the upload is still open.
+        writer.write(b"400\r\n" + b"x" * 1024 + b"\r\n" + b"1\r\nx\r\n")
+        await writer.drain()
+        async with asyncio.timeout(5):
+            status, _, body = await read_response(reader)
+    finally:
+        writer.close()
+    assert status == 413
+    assert "1024 bytes" in json.loads(body)["detail"]
+
+
+async def test_body_at_the_limit_is_accepted(serve: Serve) -> None:
+    client = await serve(max_body_bytes=1024)
+    body = delivery(1, alias="a" * (1024 - len(delivery(1, alias=""))))
+    assert len(body) == 1024
+    assert (await client.post("/webhooks", data=body, headers=signed(body))).status == 202
+
+
+# --- Standard Webhooks ------------------------------------------------------------------
+
+SW_KEY = b"standard-webhooks-test-key-32byt"
+SW_SECRET = "whsec_" + base64.b64encode(SW_KEY).decode()
+
+
+def standard_headers(
+    body: bytes, *, msg_id: str = "msg_1", at: float | None = None
+) -> dict[str, str]:
+    timestamp = str(int(time.time() if at is None else at))
+    mac = hmac.new(SW_KEY, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return {
+        "Content-Type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": timestamp,
+        "webhook-signature": "v1," + base64.b64encode(mac).decode(),
+    }
+
+
+@pytest.mark.parametrize(
+    ("skew_s", "status"), [(0, 202), (-240, 202), (-301, 401), (301, 401), (-3600, 401)]
+)
+async def test_standard_webhooks_accepts_fresh_and_refuses_stale_timestamps(
+    serve: Serve, skew_s: int, status: int
+) -> None:
+    client = await serve(signature_scheme="standard-webhooks", secrets=(SW_SECRET,))
+    body = delivery(1)
+    headers = standard_headers(body, at=time.time() + skew_s)
+    response = await client.post("/webhooks", data=body, headers=headers)
+    assert response.status == status
+    if status == 401:
+        assert "tolerance" in (await response.json())["detail"]
+
+
+async def test_standard_webhooks_refuses_a_signature_for_another_body(serve: Serve) -> None:
+    client = await serve(signature_scheme="standard-webhooks", secrets=(SW_SECRET,))
+    headers = standard_headers(delivery(2))
+    response = await client.post("/webhooks", data=delivery(1), headers=headers)
+    assert response.status == 401
+
+
+async def test_unverified_mode_accepts_unsigned_and_warns(serve: Serve) -> None:
+    buffer = io.StringIO()
+    with captured_logs(buffer):
+        client = await serve(signature_scheme="none", secrets=())
+    body = delivery(1)
+    headers = {"Content-Type": "application/json"}
+    assert (await client.post("/webhooks", data=body, headers=headers)).status == 202
+    warnings = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    assert any(w["event"] == "ingress.unverified" and w["level"] == "warning" for w in warnings)
+
+
+# --- health, readiness, metrics ---------------------------------------------------------
+
+
+async def test_healthz_readyz_and_metrics_answer(serve: Serve) -> None:
+    client = await serve()
+    assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/readyz")).status == 200
+    await client.post("/webhooks", data=delivery(1), headers=signed(delivery(1)))
+    await client.post("/webhooks", data=delivery(2), headers={"Content-Type": "application/json"})
+
+    response = await client.get("/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    text = await response.text()
+    assert 'processor_ingress_requests_total{code="202"} 1.0' in text
+    assert 'processor_ingress_requests_total{code="401"} 1.0' in text
+    assert "processor_ingress_publish_seconds_count 1.0" in text
+    assert "processor_ingress_publishes_in_flight 0.0" in text
+
+
+async def test_readyz_is_503_when_the_raw_topic_is_missing(
+    config: Config, producer: AIOKafkaProducer, unique_name: Callable[[str], str]
+) -> None:
+    missing = msgspec.structs.replace(config.topics, raw=unique_name("missing"))
+    settings = IngressConfig(secrets=(SECRET,))
+    app = create_app(
+        config=msgspec.structs.replace(config, topics=missing, ingress=settings), producer=producer
+    )
+    async with TestClient(TestServer(app)) as client:
+        response = await client.get("/readyz")
+        assert response.status == 503
+        assert (await response.json())["error"] == "topic_missing"
+
+
+# --- Kafka outage -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def throwaway_broker() -> Iterator[LocalBroker]:
+    """A broker of this test's own, which it may stop and restart."""
+    with LocalBroker.temporary() as broker:
+        yield broker
+
+
+@pytest.mark.slow
+async def test_kafka_outage_is_503_with_retry_after_then_recovers(
+    config: Config, throwaway_broker: LocalBroker
+) -> None:
+    bootstrap = throwaway_broker.bootstrap
+    config = msgspec.structs.replace(
+        config,
+        kafka=KafkaConfig(bootstrap_servers=bootstrap),
+        ingress=IngressConfig(secrets=(SECRET,), publish_timeout_s=2.0, retry_after_s=7),
+    )
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(config.topics.raw, PARTITIONS, 1)])
+    await admin.close()
+    producer = new_producer(config)
+    await producer.start()
+    accepted: list[str] = []
+    try:
+        async with TestClient(TestServer(create_app(config=config, producer=producer))) as client:
+
+            async def post(n: str) -> aiohttp.ClientResponse:
+                body = delivery(n)
+                response = await client.post("/webhooks", data=body, headers=signed(body))
+                if response.status == 202:
+                    accepted.append(f"whd_{n}")
+                return response
+
+            assert (await post("before")).status == 202
+
+            await asyncio.to_thread(throwaway_broker.stop)
+            started = time.monotonic()
+            during = await asyncio.gather(*(post(f"during{i}") for i in range(5)))
+            assert [r.status for r in during] == [503] * 5
+            assert time.monotonic() - started < config.ingress.publish_timeout_s + 2
+            assert all(r.headers["Retry-After"] == "7" for r in during)
+            assert (await during[0].json())["error"] in ("kafka_timeout", "kafka_unavailable")
+            started = time.monotonic()
+            assert (await client.get("/readyz")).status == 503
+            assert time.monotonic() - started < READY_TIMEOUT_S + 1
+
+            await asyncio.to_thread(throwaway_broker.start)
+            # The provider's retries of one delivery: 503 until Kafka takes it, never else.
+            async with asyncio.timeout(60):
+                while (status := (await post("after")).status) != 202:
+                    assert status == 503
+                    await asyncio.sleep(0.5)
+            assert (await client.get("/readyz")).status == 200
+    finally:
+        await producer.stop()
+
+    stored = set(ids_of(await read_topic(bootstrap, config.topics.raw)))
+    # Every 202 is in the topic; a 503'd record may also have landed (the provider's
+    # retry then duplicates it, which the delivery id makes harmless).
+    assert set(accepted) <= stored
+    assert stored <= {"whd_before", "whd_after"} | {f"whd_during{i}" for i in range(5)}
+
+
+# --- process life -----------------------------------------------------------------------
+
+
+async def test_refuses_to_start_without_a_secret(config: Config) -> None:
+    with pytest.raises(ConfigError, match="WEBHOOK_SECRET"):
+        await run_ingress(config)
+
+
+async def test_refuses_to_start_when_kafka_is_unreachable(config: Config) -> None:
+    nobody = KafkaConfig(bootstrap_servers=f"127.0.0.1:{free_port()}")
+    unreachable = msgspec.structs.replace(
+        config, kafka=nobody, ingress=IngressConfig(secrets=(SECRET,))
+    )
+    with pytest.raises(BrokerUnavailable, match="processor broker start"):
+        await run_ingress(unreachable)
+
+
+@pytest.mark.slow
+async def test_sigterm_finishes_in_flight_deliveries_and_exits_zero(
+    config: Config,
+    kafka_bootstrap: str,
+    create_topics: Callable[..., Awaitable[None]],
+    tmp_path: Path,
+) -> None:
+    await create_topics(config.topics.raw, partitions=PARTITIONS)
+    port = free_port()
+    env = os.environ | {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "WEBHOOK_SECRET": SECRET,
+        "PROCESSOR_TOPICS__RAW": config.topics.raw,
+        "PROCESSOR_INGRESS__PORT": str(port),
+        "PROCESSOR_LOGGING__FORMAT": "json",
+    }
+    script = (
+        "import asyncio\n"
+        "from processor.config import load_config\n"
+        "from processor.ingress import run_ingress\n"
+        "from processor.logging import configure_logging\n"
+        "config = load_config(None)\n"
+        "configure_logging(config.logging)\n"
+        "asyncio.run(run_ingress(config))\n"
+    )
+    log_path = tmp_path / "ingress.log"
+    with log_path.open("w") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, env=env, stderr=log_file
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with asyncio.timeout(30):
+                while True:
+                    with contextlib.suppress(aiohttp.ClientConnectionError):
+                        async with session.get(f"{base}/healthz") as response:
+                            if response.status == 200:
+                                break
+                    await asyncio.sleep(0.1)
+
+            async def post(n: int) -> int | None:
+                body = delivery(n)
+                try:
+                    async with session.post(
+                        f"{base}/webhooks", data=body, headers=signed(body)
+                    ) as response:
+                        return response.status
+                except aiohttp.ClientConnectionError:
+                    return None  # arrived after the listener closed: never answered
+
+            posts = [asyncio.create_task(post(n)) for n in range(200)]
+            await asyncio.sleep(0.05)
+            stopped_at = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            statuses = await asyncio.gather(*posts)
+        code = await asyncio.wait_for(process.wait(), 30)
+        elapsed = time.monotonic() - stopped_at
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    stderr = log_path.read_text()
+
+    assert code == 0, stderr
+    assert elapsed < IngressConfig().shutdown_timeout_s
+    assert set(statuses) <= {202, None}, statuses
+    assert statuses.count(202) > 0
+    assert '"ingress.stopped"' in stderr
+    accepted = {f"whd_{n}" for n, status in enumerate(statuses) if status == 202}
+    assert accepted <= set(ids_of(await read_topic(kafka_bootstrap, config.topics.raw)))
+
+
+# --- logs -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def captured_logs(stream: io.StringIO) -> Iterator[None]:
+    """Route every log line (structlog and stdlib) to `stream` as JSON, then restore."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging(LoggingConfig(level="DEBUG", format="json"), stream=stream)
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+async def test_access_log_has_id_status_latency_and_no_secret_or_body(serve: Serve) -> None:
+    canary = "body-canary-7d3f"
+    good = delivery("logged", alias=canary)
+    buffer = io.StringIO()
+    with captured_logs(buffer):
+        client = await serve(secrets=(SECRET, OLD_SECRET))
+        for headers in (
+            signed(good),
+            signed(good, OLD_SECRET),
+            signed(good, "guess"),
+            {"Content-Type": "application/json"},
+            signed(b"{" + canary.encode()),  # a signature of another body
+        ):
+            await client.post("/webhooks", data=good, headers=headers)
+        await client.post(
+            "/webhooks", data=b"{" + canary.encode(), headers=signed(b"{" + canary.encode())
+        )
+    text = buffer.getvalue()
+
+    for forbidden in (SECRET, OLD_SECRET, canary, sign_hmac_sha256(good, SECRET)):
+        assert forbidden not in text
+    lines = [json.loads(line) for line in text.splitlines()]
+    accepted = [line for line in lines if line["event"] == "ingress.accepted"]
+    assert len(accepted) == 2
+    assert all(
+        line["delivery_id"] == "whd_logged" and line["status"] == 202 and line["latency_ms"] >= 0
+        for line in accepted
+    )
+    rejected = [line for line in lines if line["event"] == "ingress.rejected"]
+    assert sorted(line["status"] for line in rejected) == [400, 401, 401, 401]
