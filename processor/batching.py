@@ -13,7 +13,7 @@ user's records keep their order within each destination topic.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -33,7 +33,7 @@ class OutgoingRecord(Protocol):
     @property
     def value(self) -> bytes | None: ...
     @property
-    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+    def headers(self) -> list[tuple[str, bytes]]: ...  # a list: aiokafka's C builder takes no other
 
 
 @lru_cache(maxsize=65_536)
