@@ -14,6 +14,7 @@ Environment variables override the file:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +35,8 @@ __all__ = [
 ]
 
 ENV_PREFIX = "PROCESSOR_"
+_CATEGORY = re.compile(r"[a-z0-9_]+")
+_UNKNOWN_FIELD = re.compile(r"Object contains unknown field `(?P<key>[^`]*)`")
 
 
 class ConfigError(Exception):
@@ -234,15 +237,13 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
 
 
 def _describe(exc: msgspec.ValidationError) -> str:
-    # msgspec says "... - at `$.worker.group_id`"; turn that into a key path users know.
-    message = str(exc)
-    head, sep, where = message.rpartition(" - at `$.")
-    if sep:
-        key = where.rstrip("`")
-        if head.startswith("Object contains unknown field"):
-            return f"unknown key {key}: remove it or check its spelling"
-        return f"{key}: {head}"
-    return message
+    """msgspec's "... - at `$.worker.port`" as a key path users know."""
+    message, _, where = str(exc).partition(" - at `$")
+    path = where.rstrip("`").lstrip(".")
+    if unknown := _UNKNOWN_FIELD.fullmatch(message):
+        key = f"{path}.{unknown['key']}" if path else unknown["key"]
+        return f"unknown key {key}: remove it or check its spelling"
+    return f"{path}: {message}" if path else message
 
 
 def _check(config: Config, source: str) -> None:
@@ -287,6 +288,12 @@ def _check(config: Config, source: str) -> None:
             "kafka.sasl_mechanism, kafka.sasl_username and kafka.sasl_password"
         )
     for category, template in config.routing.routes.items():
+        if not _CATEGORY.fullmatch(category):
+            raise ConfigError(
+                f"{source}: routing.routes.{category}: categories are lower case a-z, 0-9 and _ "
+                "as in the provider's event names (integration.created), so this route "
+                "would never match"
+            )
         try:
             template.format(status="x")
         except (KeyError, IndexError, ValueError):

@@ -1,0 +1,114 @@
+"""config.yaml and environment overrides: typed, strict, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from processor.config import Config, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_repository_config_yaml_equals_the_defaults() -> None:
+    # config.yaml documents the defaults; the two must not drift apart.
+    assert load_config(REPO / "config.yaml", env={}) == Config()
+
+
+def test_default_statuses_cover_both_provider_documents() -> None:
+    assert set(Config().routing.statuses) == {
+        "queued", "ongoing", "completed", "failed",
+        "active", "inactive", "error", "partially_synced",
+    }  # fmt: skip
+
+
+def test_unknown_key_is_an_error_naming_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "worker:\n  group_idd: x\n")
+    with pytest.raises(ConfigError, match=r"unknown key worker\.group_idd"):
+        load_config(path, env={})
+
+
+def test_unknown_section_is_an_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown key workers"):
+        load_config(write(tmp_path, "workers: {}\n"), env={})
+
+
+def test_wrong_type_names_the_key_and_the_expected_type(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"ingress\.port: Expected `int`"):
+        load_config(write(tmp_path, "ingress:\n  port: eighty\n"), env={})
+
+
+def test_missing_file_says_how_to_point_at_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--config"):
+        load_config(tmp_path / "absent.yaml", env={})
+
+
+def test_invalid_yaml_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "kafka: [\n"), env={})
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "worker:\n  group_id: from-file\n")
+    config = load_config(
+        path,
+        env={
+            "PROCESSOR_WORKER__GROUP_ID": "from-env",
+            "PROCESSOR_INGRESS__PORT": "8081",
+            "PROCESSOR_ROUTING__STATUSES": "[active, paused]",
+            "KAFKA_BOOTSTRAP_SERVERS": "kafka-1:9092,kafka-2:9092",
+            "WEBHOOK_SECRET": "old-secret, new-secret",
+        },
+    )
+    assert config.worker.group_id == "from-env"
+    assert config.ingress.port == 8081
+    assert config.routing.statuses == ("active", "paused")
+    assert config.kafka.bootstrap_servers == "kafka-1:9092,kafka-2:9092"
+    assert config.ingress.secrets == ("old-secret", "new-secret")
+
+
+def test_unknown_environment_key_is_an_error_naming_it() -> None:
+    with pytest.raises(
+        ConfigError, match=r"PROCESSOR_WORKER__GROUPID: unknown key worker\.groupid"
+    ):
+        load_config(None, env={"PROCESSOR_WORKER__GROUPID": "x"})
+
+
+def test_unknown_environment_section_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="unknown section 'wrker'"):
+        load_config(None, env={"PROCESSOR_WRKER__GROUP_ID": "x"})
+
+
+def test_unrelated_environment_is_ignored() -> None:
+    assert load_config(None, env={"PROCESSOR_HOME": "/x", "PATH": "/bin"}) == Config()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("worker:\n  max_batch_records: 0\n", "worker.max_batch_records must be positive"),
+        ("ingress:\n  port: 70000\n", "ingress.port must be 1..65535"),
+        ("ingress:\n  path: webhooks\n", "ingress.path must start with '/'"),
+        ("kafka:\n  security_protocol: SASL_SSL\n", "needs kafka.sasl_mechanism"),
+        ("kafka:\n  security_protocol: TLS\n", "kafka.security_protocol"),
+        ("routing:\n  routes: {integration: 'x.{state}'}\n", "only use the placeholder"),
+        ("routing:\n  routes: {Integration: 'x.{status}'}\n", "would never match"),
+        ("ingress:\n  max_body_bytes: 4194304\n", "topics.max_message_bytes"),
+    ],
+)
+def test_values_a_type_cannot_check_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text), env={})
+
+
+def test_config_is_frozen() -> None:
+    config = Config()
+    with pytest.raises(AttributeError):
+        config.worker = config.worker  # type: ignore[misc]
