@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup lint test test-fast run bench clean
+.PHONY: setup lint test test-fast run clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ test: lint
 # The fast loop: pure unit tests only, no broker.
 test-fast: setup
 	$(BIN)/pytest tests/unit
+
+# The whole pipeline on this machine: Kafka, topics, ingress on :8080, two workers.
+run: setup
+	$(BIN)/processor dev
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

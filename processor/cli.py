@@ -14,6 +14,7 @@ from pathlib import Path
 
 from processor import devbroker
 from processor.config import Config, ConfigError, load_config
+from processor.dev import DevOptions, run_dev
 from processor.ingress import run_ingress
 from processor.kafka_clients import BrokerUnavailable
 from processor.logging import configure_logging
@@ -24,6 +25,8 @@ __all__ = ["main"]
 
 # `processor broker` keeps its data here by default, so a restart keeps the topics.
 DEFAULT_BROKER_DIR = Path(".kafka") / "broker"
+# `processor dev` keeps its own broker, so it never disturbs one started by hand.
+DEFAULT_DEV_DIR = Path(".kafka") / "dev"
 
 Command = Callable[[argparse.Namespace, Config], int]
 
@@ -87,6 +90,17 @@ def topics_create(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def dev(args: argparse.Namespace, config: Config) -> int:
+    options = DevOptions(
+        config_path=args.config,
+        workers=args.workers,
+        ingress_port=args.port or config.ingress.port,
+        kafka_port=args.kafka_port,
+        broker_dir=args.dir,
+    )
+    return run_dev(config, options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="processor", description=__doc__)
     parser.add_argument(
@@ -108,6 +122,19 @@ def build_parser() -> argparse.ArgumentParser:
     topics_commands.add_parser(
         "create", help="create every topic as configured; report those that differ"
     ).set_defaults(handler=topics_create)
+
+    dev_parser = commands.add_parser(
+        "dev", help="broker + topics + ingress + workers in one terminal (development)"
+    )
+    dev_parser.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
+    dev_parser.add_argument("--port", type=int, help="ingress port (default: ingress.port, 8080)")
+    dev_parser.add_argument(
+        "--kafka-port", type=int, default=9092, help="local broker port (default: %(default)s)"
+    )
+    dev_parser.add_argument(
+        "--dir", type=Path, default=DEFAULT_DEV_DIR, help="broker data dir (default: %(default)s)"
+    )
+    dev_parser.set_defaults(handler=dev)
 
     broker = commands.add_parser("broker", help="the local Apache Kafka for development and tests")
     broker_commands = broker.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -1,0 +1,212 @@
+"""`processor dev`: the whole pipeline on one machine, in one terminal.
+
+Starts (or reuses) the local Kafka broker, creates the topics, then runs the
+ingress and N workers as child processes, exactly the commands production runs,
+with their output prefixed by process name. Ctrl-C (or SIGTERM) stops the
+children gracefully, then the broker it started; a child that dies on its own is
+reported and brings the rest down, so a broken pipeline never looks healthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import msgspec
+
+from processor.config import Config
+from processor.devbroker import LocalBroker
+from processor.signing import sign_hmac_sha256
+from processor.topics import all_topics, create_topics
+
+__all__ = ["DevOptions", "run_dev"]
+
+# The ingress needs a moment to import, connect and bind; a slower start is a failure.
+READY_TIMEOUT_S = 60.0
+# Children get this long after SIGTERM (their own bounded shutdowns fit in it).
+CHILD_STOP_TIMEOUT_S = 45.0
+EXAMPLE_BODY = (
+    b'{"id":"whd_dev000001","event":"integration.updated",'
+    b'"timestamp":"2025-02-19T12:00:00.000Z","data":{"uid":"user_123",'
+    b'"provider":"binance","status":"COMPLETED"}}'
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DevOptions:
+    config_path: Path
+    workers: int
+    ingress_port: int
+    kafka_port: int
+    broker_dir: Path
+
+
+@dataclass
+class _Child:
+    name: str
+    process: asyncio.subprocess.Process
+    pump: asyncio.Task[None]
+
+
+def run_dev(config: Config, options: DevOptions) -> int:
+    """Run until Ctrl-C or a child's death; returns the exit code for the shell.
+
+    The broker is started here, on the main thread, before the event loop: its JVM
+    is tied to this process (it gets SIGTERM if we die), and a Ctrl-C during its
+    start-up still stops it.
+    """
+    if bootstrap := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        _say(f"using the Kafka at {bootstrap} (KAFKA_BOOTSTRAP_SERVERS)")
+        return asyncio.run(_run_pipeline(config, options, bootstrap))
+    broker = LocalBroker(directory=options.broker_dir, port=options.kafka_port, tie_to_parent=True)
+    if (status := broker.status()).bootstrap is not None:
+        _say(f"using the broker already running from {options.broker_dir}: {status}")
+        return asyncio.run(_run_pipeline(config, options, status.bootstrap))
+    _say(f"starting Kafka on 127.0.0.1:{options.kafka_port} (data in {options.broker_dir})")
+    try:
+        bootstrap = broker.start()
+        return asyncio.run(_run_pipeline(config, options, bootstrap))
+    finally:
+        _say("stopping Kafka")
+        broker.stop()
+
+
+async def _run_pipeline(config: Config, options: DevOptions, bootstrap: str) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "PROCESSOR_INGRESS__PORT": str(options.ingress_port),
+        "PROCESSOR_LOGGING__FORMAT": "console",
+    }
+    if config.ingress.secrets:
+        secret = config.ingress.secrets[0]
+    else:
+        secret = env["WEBHOOK_SECRET"] = secrets.token_hex(24)
+        _say("WEBHOOK_SECRET is not set: generated one for this run (development only)")
+    config = msgspec.structs.replace(
+        config,
+        kafka=msgspec.structs.replace(config.kafka, bootstrap_servers=bootstrap),
+        ingress=msgspec.structs.replace(config.ingress, port=options.ingress_port),
+    )
+    await create_topics(config)
+
+    command = [sys.executable, "-m", "processor.cli", "--config", str(options.config_path)]
+    children = [await _spawn("ingress", [*command, "ingress"], env)]
+    try:
+        children += [
+            await _spawn(f"worker-{index}", [*command, "worker"], env)
+            for index in range(1, options.workers + 1)
+        ]
+        url = f"http://{config.ingress.host}:{config.ingress.port}"
+        await _wait_ready(url, children, stop)
+        if not stop.is_set():
+            _say(_banner(config, url=url, secret=secret))
+        return await _supervise(children, stop)
+    finally:
+        await _stop_children(children)
+
+
+def _say(message: str) -> None:
+    print(f"{'dev':>9} | {message}", flush=True)
+
+
+async def _spawn(name: str, argv: list[str], env: dict[str, str]) -> _Child:
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        # Own process group: Ctrl-C reaches only us, and we stop children in order.
+        start_new_session=True,
+    )
+    return _Child(name, process, asyncio.create_task(_prefix(name, process)))
+
+
+async def _prefix(name: str, process: asyncio.subprocess.Process) -> None:
+    assert process.stdout is not None
+    async for line in process.stdout:
+        sys.stdout.write(f"{name:>9} | {line.decode(errors='replace')}")
+        sys.stdout.flush()
+
+
+async def _wait_ready(url: str, children: list[_Child], stop: asyncio.Event) -> None:
+    """Until the ingress answers /readyz (Kafka reachable, raw topic there)."""
+    async with aiohttp.ClientSession() as session, asyncio.timeout(READY_TIMEOUT_S):
+        while not stop.is_set() and all(c.process.returncode is None for c in children):
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"{url}/readyz") as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.2)
+
+
+async def _supervise(children: list[_Child], stop: asyncio.Event) -> int:
+    waits = {asyncio.create_task(c.process.wait()): c for c in children}
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait([stopping, *waits], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in [stopping, *waits]:
+            task.cancel()
+    if stopping in done:
+        _say("stopping: interrupted (Ctrl-C or SIGTERM)")
+        return 0
+    dead = next(waits[t] for t in done if t in waits)
+    _say(f"{dead.name} exited with code {dead.process.returncode}; stopping the rest")
+    return 1
+
+
+async def _stop_children(children: list[_Child]) -> None:
+    for child in children:
+        if child.process.returncode is None:
+            child.process.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            async with asyncio.timeout(CHILD_STOP_TIMEOUT_S):
+                await child.process.wait()
+        except TimeoutError:
+            _say(f"{child.name} ignored SIGTERM for {CHILD_STOP_TIMEOUT_S:.0f} s; killing it")
+            child.process.kill()
+            await child.process.wait()
+        with contextlib.suppress(asyncio.CancelledError):
+            await child.pump
+
+
+def _banner(config: Config, *, url: str, secret: str) -> str:
+    template = config.routing.routes.get("integration", "integration.status.{status}")
+    watched = template.format(status="completed")
+    bootstrap = config.kafka.bootstrap_servers
+    signature = sign_hmac_sha256(EXAMPLE_BODY, secret)
+    body = EXAMPLE_BODY.decode()
+    topics = "\n".join(f"      {topic}" for topic in all_topics(config))
+    return f"""pipeline is up
+    ingress:  POST {url}{config.ingress.path}   (also /healthz /readyz /metrics)
+    kafka:    {bootstrap}
+    secret:   WEBHOOK_SECRET={secret}
+    topics:
+{topics}
+
+    send a signed delivery:
+      export WEBHOOK_SECRET={secret}
+      BODY='{body}'
+      SIG=$(printf '%s' "$BODY" | openssl dgst -sha256 -hmac "$WEBHOOK_SECRET" | sed 's/^.* //')
+      curl -i {url}{config.ingress.path} -H 'Content-Type: application/json' \\
+           -H "X-Webhook-Signature: $SIG" --data-binary "$BODY"
+      (the signature of exactly this body is {signature})
+
+    watch where it lands:
+      kcat -b {bootstrap} -C -t {watched} -f '%k %h\\n%s\\n'
+
+    Ctrl-C stops everything."""
