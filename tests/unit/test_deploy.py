@@ -1,0 +1,357 @@
+"""deploy/ agrees with the code: names, ports, topics and limits come from config.yaml.
+
+No Docker engine or cluster here: these read the files as YAML and text, and compare
+them with what `processor` itself would do with the same settings.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from processor.config import Config, load_config
+from processor.devbroker import KAFKA_VERSION
+from processor.ingress import create_app
+from processor.topics import all_topics
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+CONFIG_PATH = "/etc/processor/config.yaml"
+APP_SERVICES = ("topics", "ingress", "worker")
+# Containers must listen beyond loopback for ports and probes to reach them.
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104
+
+
+@pytest.fixture(scope="module")
+def config() -> Config:
+    return load_config(ROOT / "config.yaml", env={})
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    services: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    return services
+
+
+@pytest.fixture(scope="module")
+def manifests() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    return [
+        doc
+        for name in kustomization["resources"]
+        for doc in yaml.safe_load_all((K8S / name).read_text())
+        if doc is not None
+    ]
+
+
+def of_kind(manifests: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [m for m in manifests if m["kind"] == kind]
+
+
+def workload(manifests: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    (found,) = [
+        m
+        for m in manifests
+        if m["kind"] in ("Deployment", "StatefulSet")
+        and m["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    ]
+    return found
+
+
+def container(manifests: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    (found,) = workload(manifests, component)["spec"]["template"]["spec"]["containers"]
+    return found
+
+
+def plain_env(spec: dict[str, Any]) -> dict[str, str]:
+    """The container's env with literal values (not those from secrets or fields)."""
+    return {e["name"]: e["value"] for e in spec["env"] if "value" in e}
+
+
+def test_every_deploy_yaml_file_parses() -> None:
+    files = [DEPLOY / "compose.yaml", *sorted(K8S.glob("*.yaml"))]
+    for path in files:
+        assert list(yaml.safe_load_all(path.read_text())), path
+
+
+def test_kustomization_applies_every_manifest_in_the_folder() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert sorted(kustomization["resources"]) == sorted(on_disk)
+
+
+def test_compose_kafka_is_the_devbroker_version(compose: dict[str, Any]) -> None:
+    assert compose["kafka"]["image"] == f"apache/kafka:{KAFKA_VERSION}"
+
+
+def test_compose_kafka_sets_the_full_single_node_kraft_environment(
+    compose: dict[str, Any], config: Config
+) -> None:
+    env = compose["kafka"]["environment"]
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{env['KAFKA_NODE_ID']}@kafka:9093"
+    assert env["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
+    for key in (
+        "KAFKA_CONTROLLER_LISTENER_NAMES",
+        "KAFKA_LISTENERS",
+        "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP",
+    ):
+        assert env[key], key
+    for key in (
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+    ):
+        assert int(env[key]) == 1, key
+    assert int(env["KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS"]) == 0
+    assert str(env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"]) == "false"
+    assert int(env["KAFKA_MESSAGE_MAX_BYTES"]) == config.topics.max_message_bytes
+
+
+def test_compose_app_services_reach_the_advertised_kafka_listener(
+    compose: dict[str, Any],
+) -> None:
+    advertised = compose["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    for name in APP_SERVICES:
+        servers = compose[name]["environment"]["KAFKA_BOOTSTRAP_SERVERS"]
+        assert f"PLAINTEXT://{servers}" == advertised, name
+
+
+def test_compose_services_run_their_processor_command_from_the_one_image(
+    compose: dict[str, Any],
+) -> None:
+    commands = {name: compose[name]["command"] for name in APP_SERVICES}
+    assert commands == {
+        "topics": ["topics", "create"],
+        "ingress": ["ingress"],
+        "worker": ["worker"],
+    }
+    for name in APP_SERVICES:
+        assert compose[name]["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
+        assert compose[name]["image"] == compose["topics"]["image"]
+
+
+def test_compose_starts_topics_after_kafka_is_healthy_and_apps_after_topics(
+    compose: dict[str, Any],
+) -> None:
+    assert "kafka-broker-api-versions.sh" in " ".join(compose["kafka"]["healthcheck"]["test"])
+    assert compose["topics"]["depends_on"] == {"kafka": {"condition": "service_healthy"}}
+    for name in ("ingress", "worker"):
+        wanted = {"topics": {"condition": "service_completed_successfully"}}
+        assert compose[name]["depends_on"] == wanted, name
+
+
+def test_compose_ingress_env_gives_a_config_listening_on_all_interfaces(
+    compose: dict[str, Any], config: Config
+) -> None:
+    ingress = compose["ingress"]
+    env = dict(ingress["environment"])
+    assert env["WEBHOOK_SECRET"] == "${WEBHOOK_SECRET:?set WEBHOOK_SECRET}"
+    env["WEBHOOK_SECRET"] = "from-the-shell"  # what compose substitutes
+    loaded = load_config(ROOT / "config.yaml", env=env)
+    assert loaded.ingress.host == ALL_INTERFACES
+    assert loaded.ingress.secrets == ("from-the-shell",)
+    assert loaded.kafka.bootstrap_servers == "kafka:9092"
+    port = config.ingress.port
+    assert ingress["ports"] == [f"{port}:{port}"]
+    assert f"127.0.0.1:{port}/healthz" in " ".join(ingress["healthcheck"]["test"])
+
+
+def test_compose_worker_can_scale_out(compose: dict[str, Any]) -> None:
+    assert "container_name" not in compose["worker"]
+    assert "ports" not in compose["worker"]
+
+
+def test_compose_stop_grace_outlasts_the_shutdown_timeouts(
+    compose: dict[str, Any], config: Config
+) -> None:
+    def seconds(duration: str) -> int:
+        assert duration.endswith("s"), duration
+        return int(duration[:-1])
+
+    assert seconds(compose["ingress"]["stop_grace_period"]) > config.ingress.shutdown_timeout_s
+    assert seconds(compose["worker"]["stop_grace_period"]) > config.worker.shutdown_timeout_s
+
+
+def test_every_processor_env_variable_in_deploy_is_a_config_key() -> None:
+    defaults = Config()
+    sections = {name: type(getattr(defaults, name)) for name in Config.__struct_fields__}
+    named = {
+        match
+        for path in DEPLOY.rglob("*")
+        if path.is_file()
+        for match in re.findall(r"\bPROCESSOR_([A-Z0-9_]+?)__([A-Z0-9_]+)", path.read_text())
+    }
+    assert named, "expected PROCESSOR_<SECTION>__<KEY> variables in deploy/"
+    for section, key in named:
+        assert section.lower() in sections, f"PROCESSOR_{section}__{key}: no such section"
+        fields = sections[section.lower()].__struct_fields__
+        assert key.lower() in fields, f"PROCESSOR_{section}__{key}: no such key"
+
+
+def test_dockerfile_is_multi_stage_slim_non_root_and_enters_processor(config: Config) -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    lines = [line.strip() for line in text.splitlines() if line.strip() and line[0] != "#"]
+    stages = [line.split()[1] for line in lines if line.startswith("FROM ")]
+    assert stages == ["python:3.11-slim", "python:3.11-slim"]
+    final = text[text.rindex("\nFROM ") :].splitlines()
+    (user,) = [line.split()[1] for line in final if line.startswith("USER ")]
+    assert user.split(":")[0] not in ("0", "root")
+    assert 'ENTRYPOINT ["processor"]' in final
+    assert "COPY --from=builder /opt/venv /opt/venv" in final
+    assert "COPY config.yaml /app/config.yaml" in final
+    assert "WORKDIR /app" in final
+    assert f"EXPOSE {config.ingress.port}" in final
+    assert "pip install -c constraints.txt ." in text
+    assert "PROCESSOR_INGRESS__HOST=0.0.0.0" in text
+    assert "PYTHONUNBUFFERED=1" in text
+
+
+def test_dockerignore_keeps_secrets_and_local_state_out_of_the_build_context() -> None:
+    rules = (ROOT / ".dockerignore").read_text().splitlines()
+    assert rules[rules.index("*") :].count("*") == 1, "allow-list: ignore all, then re-include"
+    included = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
+    assert {"pyproject.toml", "constraints.txt", "config.yaml", "processor"} <= included
+    assert not included & {".env", ".git", ".venv", ".kafka"}
+
+
+def test_configmap_embeds_config_yaml_byte_for_byte(manifests: list[dict[str, Any]]) -> None:
+    (configmap,) = of_kind(manifests, "ConfigMap")
+    embedded = configmap["data"]["config.yaml"]
+    assert embedded == (ROOT / "config.yaml").read_text(), (
+        "deploy/k8s/configmap.yaml differs from config.yaml: copy config.yaml into it, "
+        "indented four spaces under `config.yaml: |`"
+    )
+
+
+def test_configmap_config_decodes_with_the_pods_environment(
+    manifests: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    (configmap,) = of_kind(manifests, "ConfigMap")
+    path = tmp_path / "config.yaml"
+    path.write_text(configmap["data"]["config.yaml"])
+    for component in ("ingress", "worker"):
+        env = plain_env(container(manifests, component))
+        env |= {"WEBHOOK_SECRET": "s", "PROCESSOR_WORKER__GROUP_INSTANCE_ID": "worker-0"}
+        loaded = load_config(path, env=env)
+        assert loaded.kafka.bootstrap_servers == env["KAFKA_BOOTSTRAP_SERVERS"]
+        if component == "ingress":
+            assert loaded.ingress.host == ALL_INTERFACES
+
+
+def test_kafka_topics_are_exactly_the_configured_topics(
+    manifests: list[dict[str, Any]], config: Config
+) -> None:
+    topics = {
+        t["spec"].get("topicName", t["metadata"]["name"]): t["spec"]
+        for t in of_kind(manifests, "KafkaTopic")
+    }
+    assert sorted(topics) == sorted(all_topics(config))
+    for name, spec in topics.items():
+        assert spec["partitions"] == config.topics.partitions, name
+        assert spec["replicas"] == 3, name
+        settings = {key: str(value) for key, value in spec["config"].items()}
+        assert settings["max.message.bytes"] == str(config.topics.max_message_bytes), name
+        assert settings["min.insync.replicas"] == "2", name
+        assert config.topics.configs.items() <= settings.items(), name
+
+
+def test_kafka_topics_are_strimzi_resources_with_valid_names(
+    manifests: list[dict[str, Any]],
+) -> None:
+    for topic in of_kind(manifests, "KafkaTopic"):
+        assert topic["apiVersion"] == "kafka.strimzi.io/v1beta2"
+        assert "strimzi.io/cluster" in topic["metadata"]["labels"]
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", topic["metadata"]["name"])
+
+
+def test_keda_scales_the_worker_group_up_to_the_partition_count(
+    manifests: list[dict[str, Any]], config: Config
+) -> None:
+    (scaled,) = of_kind(manifests, "ScaledObject")
+    worker = workload(manifests, "worker")
+    target = scaled["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == (worker["kind"], worker["metadata"]["name"])
+    assert scaled["spec"]["maxReplicaCount"] == config.topics.partitions
+    assert "replicas" not in worker["spec"], "KEDA owns the worker count"
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "kafka"
+    meta = trigger["metadata"]
+    assert meta["consumerGroup"] == config.worker.group_id
+    assert meta["topic"] == config.topics.raw
+    assert int(meta["lagThreshold"]) > 0
+    assert meta["offsetResetPolicy"] == "earliest"
+    bootstrap = plain_env(container(manifests, "worker"))["KAFKA_BOOTSTRAP_SERVERS"]
+    assert meta["bootstrapServers"] == bootstrap
+
+
+def test_worker_joins_the_group_statically_as_its_pod_name(
+    manifests: list[dict[str, Any]],
+) -> None:
+    (instance_id,) = [
+        e
+        for e in container(manifests, "worker")["env"]
+        if e["name"] == "PROCESSOR_WORKER__GROUP_INSTANCE_ID"
+    ]
+    assert instance_id["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    pdbs = {p["metadata"]["name"] for p in of_kind(manifests, "PodDisruptionBudget")}
+    assert workload(manifests, "worker")["metadata"]["name"] in pdbs
+
+
+def test_ingress_probes_hit_the_ingress_routes(
+    manifests: list[dict[str, Any]], config: Config
+) -> None:
+    app = create_app(
+        config=load_config(None, env={"WEBHOOK_SECRET": "s"}),
+        producer=None,  # routing only: nothing is published
+    )
+    routes = {r.resource.canonical for r in app.router.routes() if r.method == "GET"}
+    ingress = container(manifests, "ingress")
+    assert ingress["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert ingress["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert {"/readyz", "/healthz"} <= routes
+    (port,) = ingress["ports"]
+    assert port["containerPort"] == config.ingress.port
+    assert ingress["readinessProbe"]["httpGet"]["port"] == port["name"]
+    (service,) = [s for s in of_kind(manifests, "Service") if s["spec"].get("ports")]
+    assert service["spec"]["ports"][0]["targetPort"] == port["name"]
+
+
+def test_ingress_reads_its_signing_secret_from_the_secret(
+    manifests: list[dict[str, Any]],
+) -> None:
+    (secret_env,) = [e for e in container(manifests, "ingress")["env"] if "valueFrom" in e]
+    assert secret_env["name"] == "WEBHOOK_SECRET"
+    ref = secret_env["valueFrom"]["secretKeyRef"]
+    secrets = {s["metadata"]["name"]: s for s in of_kind(manifests, "Secret")}
+    assert ref["key"] in secrets[ref["name"]]["stringData"]
+
+
+@pytest.mark.parametrize("component", ["ingress", "worker"])
+def test_pods_run_non_root_with_the_mounted_config_limits_and_grace(
+    manifests: list[dict[str, Any]], config: Config, component: str
+) -> None:
+    pod = workload(manifests, component)["spec"]["template"]["spec"]
+    main = container(manifests, component)
+    assert main["args"] == ["--config", CONFIG_PATH, component]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert main["securityContext"]["allowPrivilegeEscalation"] is False
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= main["resources"][kind].keys(), kind
+    (mount,) = [m for m in main["volumeMounts"] if CONFIG_PATH.startswith(m["mountPath"] + "/")]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    (configmap,) = of_kind(manifests, "ConfigMap")
+    assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+    shutdown = {
+        "ingress": config.ingress.shutdown_timeout_s,
+        "worker": config.worker.shutdown_timeout_s,
+    }
+    pre_stop = main.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    pre_stop_s = int(pre_stop[1]) if pre_stop[:1] == ["sleep"] else 0
+    assert pod["terminationGracePeriodSeconds"] > shutdown[component] + pre_stop_s
