@@ -1,0 +1,186 @@
+"""`processor dev` end to end, driven by the README's own examples.
+
+One pipeline for the module: the dev command as a user starts it, on free ports.
+The README's marked shell and Python blocks run against it unchanged but for the
+ports, so the README cannot drift from what works. The last test presses Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from processor.devbroker import free_port
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+README = (REPO / "README.md").read_text()
+SECRET = "readme-example-secret"
+
+
+def readme_block(name: str) -> str:
+    """The fenced block right after `<!-- readme-test: name -->` in the README."""
+    match = re.search(rf"<!-- readme-test: {name} -->\n```\w+\n(.*?)```", README, re.DOTALL)
+    assert match, f"README has no block marked readme-test: {name}"
+    return match.group(1)
+
+
+@dataclass
+class Pipeline:
+    process: subprocess.Popen[str]
+    ingress_port: int
+    kafka_port: int
+    directory: Path
+    output: list[str] = field(default_factory=list)
+
+    def localise(self, text: str) -> str:
+        """README examples use the default ports; this pipeline runs on free ones."""
+        return text.replace("127.0.0.1:8080", f"127.0.0.1:{self.ingress_port}").replace(
+            "127.0.0.1:9092", f"127.0.0.1:{self.kafka_port}"
+        )
+
+    def wait_for_output(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.output):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} from processor dev:\n{''.join(self.output)}")
+            time.sleep(0.1)
+
+
+def pipeline_pids(pipeline: Pipeline) -> list[int]:
+    """Processes of this pipeline: its children (by their environment) and its JVM."""
+    marker = f"KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{pipeline.kafka_port}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if str(pipeline.directory).encode() in cmdline or marker in environ.split(b"\0"):
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    directory = tmp_path_factory.mktemp("dev") / "kafka"
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    env["WEBHOOK_SECRET"] = SECRET
+    ingress_port, kafka_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "processor.cli", "--config", str(REPO / "config.yaml"), "dev",
+         "--port", str(ingress_port), "--kafka-port", str(kafka_port), "--dir", str(directory)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    running = Pipeline(process, ingress_port, kafka_port, directory)
+    assert process.stdout is not None
+    reader = threading.Thread(target=lambda: running.output.extend(process.stdout or ()))
+    reader.start()
+    try:
+        running.wait_for_output("pipeline is up", timeout=180)
+        yield running
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for pid in pipeline_pids(running):
+            os.kill(pid, signal.SIGKILL)
+        reader.join(10)
+
+
+def test_banner_shows_the_url_the_secret_and_every_topic(pipeline: Pipeline) -> None:
+    banner = "".join(pipeline.output)
+    assert f"POST http://127.0.0.1:{pipeline.ingress_port}/webhooks" in banner
+    assert f"WEBHOOK_SECRET={SECRET}" in banner
+    for topic in ("webhooks.raw", "integration.status.partially_synced", "webhooks.dlq"):
+        assert topic in banner
+
+
+def test_readme_send_example_is_accepted(pipeline: Pipeline) -> None:
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", pipeline.localise(readme_block("send"))],
+        env={**os.environ, "WEBHOOK_SECRET": SECRET},
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "HTTP/1.1 202" in result.stdout
+    assert '"id":"whd_readme0001"' in result.stdout.replace(" ", "")
+
+
+async def test_sent_delivery_lands_in_its_status_topic_unchanged(pipeline: Pipeline) -> None:
+    body = re.search(r"BODY='(.*)'", readme_block("send"))
+    assert body
+    consumer = AIOKafkaConsumer(
+        "integration.status.completed",
+        bootstrap_servers=f"127.0.0.1:{pipeline.kafka_port}",
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        found = None
+        deadline = time.monotonic() + 30
+        while found is None and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            found = next((r for rs in batch.values() for r in rs), None)
+    finally:
+        await consumer.stop()
+    assert found is not None, "the delivery never reached integration.status.completed"
+    assert found.value == body.group(1).encode()
+    assert found.key == b"user_123"
+    assert dict(found.headers)["status"] == b"COMPLETED"
+
+
+def test_readme_subscriber_example_prints_the_delivery(pipeline: Pipeline) -> None:
+    subscriber = subprocess.Popen(
+        [sys.executable, "-c", pipeline.localise(readme_block("subscribe"))],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert subscriber.stdout is not None
+        deadline = time.monotonic() + 60
+        for line in subscriber.stdout:
+            if "whd_readme0001 user_123 COMPLETED" in line or time.monotonic() > deadline:
+                break
+        else:
+            raise AssertionError("the subscriber example ended without printing the delivery")
+        assert "whd_readme0001 user_123 COMPLETED" in line
+    finally:
+        subscriber.kill()
+        subscriber.wait()
+
+
+def test_readme_kcat_example_shows_the_delivery(pipeline: Pipeline) -> None:
+    if subprocess.run(["sh", "-c", "command -v kcat"], capture_output=True).returncode:
+        pytest.skip("kcat is not installed (optional: apt-get install kcat)")
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", pipeline.localise(readme_block("watch"))],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "delivery-id=whd_readme0001" in result.stdout
+
+
+def test_ctrl_c_stops_every_child_and_the_broker(pipeline: Pipeline) -> None:
+    assert len(pipeline_pids(pipeline)) >= 4, "ingress, two workers and the JVM should run"
+    pipeline.process.send_signal(signal.SIGINT)
+    assert pipeline.process.wait(60) == 0
+    assert pipeline_pids(pipeline) == []
+    assert not any("exited with code" in line for line in pipeline.output)
