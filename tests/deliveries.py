@@ -10,6 +10,29 @@ import msgspec
 from processor.config import Config
 from processor.routing import normalise_status
 
+# The provider's own example payload (spec/webhook-events.md), byte for byte.
+SPEC_EXAMPLE = b"""{
+  "id": "whd_abc123def456",
+  "event": "integration.created",
+  "timestamp": "2025-02-19T12:00:00.000Z",
+  "data": {
+    "uid": "user_123",
+    "provider": "binance",
+    "providerPublicName": "Binance",
+    "publicAddress": null,
+    "walletId": "wallet_abc123",
+    "logoUrl": "https://storage.googleapis.com/kryptos-public/logos/binance.png",
+    "isContract": false,
+    "alias": "Main Trading Account",
+    "status": "active",
+    "addedOn": 1640995200000,
+    "lastSyncedAt": 1672531200000,
+    "category": "exchange",
+    "type": "api",
+    "totalTransactions": 0
+  }
+}"""
+
 # Statuses as the provider spells them in its two documents, plus ones nobody configured.
 KNOWN_STATUSES = ("QUEUED", "ONGOING", "COMPLETED", "FAILED", "active", "inactive", "error",
                   "PARTIALLY SYNCED", "Completed")  # fmt: skip

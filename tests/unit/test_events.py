@@ -17,28 +17,7 @@ from processor.events import (
     decode_delivery,
     decode_integration_event,
 )
-
-SPEC_EXAMPLE = b"""{
-  "id": "whd_abc123def456",
-  "event": "integration.created",
-  "timestamp": "2025-02-19T12:00:00.000Z",
-  "data": {
-    "uid": "user_123",
-    "provider": "binance",
-    "providerPublicName": "Binance",
-    "publicAddress": null,
-    "walletId": "wallet_abc123",
-    "logoUrl": "https://storage.googleapis.com/kryptos-public/logos/binance.png",
-    "isContract": false,
-    "alias": "Main Trading Account",
-    "status": "active",
-    "addedOn": 1640995200000,
-    "lastSyncedAt": 1672531200000,
-    "category": "exchange",
-    "type": "api",
-    "totalTransactions": 0
-  }
-}"""
+from tests.deliveries import SPEC_EXAMPLE
 
 
 def envelope(**changes: Any) -> dict[str, Any]:
