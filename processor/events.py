@@ -30,8 +30,10 @@ travel keep them) but reject known fields of the wrong type. Rules:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Container, Mapping
 from datetime import datetime
+from functools import lru_cache
 from typing import Annotated, Final, Generic, TypeAlias, TypeVar
 
 import msgspec
@@ -53,10 +55,10 @@ __all__ = [
 
 MAX_IDENTIFIER_LENGTH: Final = 256
 
-_DeliveryId = Annotated[str, msgspec.Meta(pattern=r"^whd_\S+\Z", max_length=MAX_IDENTIFIER_LENGTH)]
-_EventType = Annotated[
-    str, msgspec.Meta(pattern=r"^[a-z0-9_]+\.[a-z0-9_]+\Z", max_length=MAX_IDENTIFIER_LENGTH)
-]
+# Checked in Delivery.__post_init__ rather than as msgspec `pattern`s: a pattern costs
+# a regex call per record, while event types repeat and their check is cached.
+_DELIVERY_ID: Final = re.compile(r"whd_\S+")
+_EVENT_TYPE: Final = re.compile(r"[a-z0-9_]+\.[a-z0-9_]+")
 _AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 _Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_IDENTIFIER_LENGTH)]
 # The provider's numbers are milliseconds and counts; a value outside int64 would not
@@ -120,10 +122,28 @@ DataT = TypeVar("DataT")
 class Delivery(msgspec.Struct, Generic[DataT], frozen=True, kw_only=True):
     """The envelope every delivery shares; `data` depends on the event's category."""
 
-    id: _DeliveryId
-    event: _EventType
+    id: _Identifier
+    event: _Identifier
     timestamp: _AwareDatetime
     data: DataT
+
+    def __post_init__(self) -> None:
+        # msgspec turns a ValueError here into a ValidationError, like a failed pattern.
+        if _DELIVERY_ID.fullmatch(self.id) is None:
+            raise ValueError(
+                "Expected `id` as `whd_` and one or more non-space characters, "
+                f"got {self.id[:80]!r} - at `$.id`"
+            )
+        if not _is_event_type(self.event):
+            raise ValueError(
+                f"Expected `event` as `<category>.<action>` in lower-case a-z, 0-9 and _, "
+                f"got {self.event[:80]!r} - at `$.event`"
+            )
+
+
+@lru_cache(maxsize=1024)
+def _is_event_type(event: str) -> bool:
+    return _EVENT_TYPE.fullmatch(event) is not None
 
 
 IntegrationEvent: TypeAlias = Delivery[IntegrationData]

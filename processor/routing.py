@@ -60,9 +60,13 @@ class SourceRecord(Protocol):
     def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Routed:
-    """The one record to produce for a source record, and why."""
+class Routed(msgspec.Struct, frozen=True, gc=False):
+    """The one record to produce for a source record, and why.
+
+    A msgspec Struct: built once per record on the hot path, it is several times
+    cheaper to create than a frozen dataclass, and (holding no cycles) is left out
+    of the garbage collector's scans.
+    """
 
     topic: str
     key: bytes | None
