@@ -6,18 +6,21 @@ unchanged to the raw topic with acks=all and answers `202 {"id": ...}` once Kafk
 has acknowledged, or `503` + `Retry-After` so the provider retries. Full validation
 is the worker's job; the ingress stays thin so it is never the bottleneck.
 
-Throughput comes from concurrency, not from cutting corners: every request in flight
-shares one idempotent producer, which packs the records that arrive while one
-acks=all round trip is pending into the next request.
+Throughput comes from concurrency, not from cutting corners: requests in flight hand
+their records to one publisher, which submits everything that arrived while Kafka was
+busy as one group (a "group commit"), so one acks=all round trip serves them all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import signal
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Annotated, Final
+from typing import Annotated, Final, NamedTuple
 
 import msgspec
 import structlog
@@ -25,6 +28,7 @@ from aiohttp import hdrs, web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
+from processor.batching import produce_batch
 from processor.config import Config, ConfigError, IngressConfig
 from processor.kafka_clients import BrokerUnavailable, client_options
 from processor.metrics import IngressMetrics, render
@@ -82,6 +86,94 @@ class _Refusal(Exception):
         )
 
 
+class _Record(NamedTuple):
+    """One delivery as produce_batch takes it."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+class _GroupPublisher:
+    """Publishes the records of concurrent requests together: a group commit.
+
+    aiokafka's per-record `send()` costs a coroutine, a future and a metadata lookup
+    per record. Here a request only appends its record and awaits a future of its own;
+    one task submits everything pending with `produce_batch`. While that task waits for
+    Kafka to take a group, the next one forms, so groups grow with load by themselves
+    and there is no linger to tune. A request's future resolves to None once its group
+    is acknowledged, or to the error that stopped it (a result, not an exception, so
+    that requests that timed out and left leave nothing unretrieved behind).
+    """
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+        self._pending: list[tuple[_Record, asyncio.Future[BaseException | None]]] = []
+        self._wakeup = asyncio.Event()
+
+    def publish(self, record: _Record) -> asyncio.Future[BaseException | None]:
+        waiter = asyncio.get_running_loop().create_future()
+        self._pending.append((record, waiter))
+        self._wakeup.set()
+        return waiter
+
+    async def running(self, app: web.Application) -> AsyncIterator[None]:
+        """aiohttp cleanup context: the task lives from app start-up to app cleanup.
+
+        aiohttp cleans the app up only after in-flight requests have finished, so no
+        request is left waiting on a stopped publisher.
+        """
+        task = asyncio.create_task(self._run(), name="ingress-publisher")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            pending, self._pending = self._pending, []
+            # A request that timed out (or whose client left) was never answered 2xx and
+            # will be retried by the provider: its record need not be written at all.
+            live = [(record, waiter) for record, waiter in pending if not waiter.done()]
+            if not live:
+                continue
+            waiters = [waiter for _, waiter in live]
+            try:
+                # Returns once the group is queued in the producer, which waits for the
+                # previous group's batches to leave: the pacing that lets groups grow.
+                acks = await produce_batch(self._producer, [record for record, _ in live])
+            except Exception as exc:
+                # The requests answer 503 and the provider retries; the loop goes on.
+                if not isinstance(exc, KafkaError):
+                    log.exception("ingress.publish_failed")
+                _settle(waiters, exc)
+                continue
+            acknowledged = asyncio.gather(*acks)
+            acknowledged.add_done_callback(functools.partial(_settle_acknowledged, waiters))
+
+
+def _settle_acknowledged(
+    waiters: list[asyncio.Future[BaseException | None]], acknowledged: asyncio.Future[object]
+) -> None:
+    error: BaseException | None
+    if acknowledged.cancelled():
+        error = KafkaError("the producer stopped before Kafka acknowledged")
+    else:
+        error = acknowledged.exception()
+    _settle(waiters, error)
+
+
+def _settle(
+    waiters: list[asyncio.Future[BaseException | None]], outcome: BaseException | None
+) -> None:
+    for waiter in waiters:
+        if not waiter.done():  # its request may have timed out already
+            waiter.set_result(outcome)
+
+
 class _Ingress:
     """The request handlers, holding what they share: producer, verifier, metrics."""
 
@@ -90,12 +182,14 @@ class _Ingress:
         *,
         config: Config,
         producer: AIOKafkaProducer,
+        publisher: _GroupPublisher,
         verifier: Verifier,
         metrics: IngressMetrics,
     ) -> None:
         self._settings = config.ingress
         self._topic = config.topics.raw
         self._producer = producer
+        self._publisher = publisher
         self._verifier = verifier
         self._metrics = metrics
         self._retry_after = {"Retry-After": str(config.ingress.retry_after_s)}
@@ -137,11 +231,12 @@ class _Ingress:
         content_type = request.headers.get(hdrs.CONTENT_TYPE)
         if not content_type:
             raise _Refusal(415, "unsupported_media_type", "missing Content-Type: send JSON")
-        if not _is_json(request.content_type):
+        mime = content_type.partition(";")[0].strip().lower()
+        if not _is_json(mime):
             raise _Refusal(
                 415,
                 "unsupported_media_type",
-                f"Content-Type {request.content_type} is not JSON: send application/json",
+                f"Content-Type {mime} is not JSON: send application/json",
             )
         body = await _read_bounded(request, limit)
         try:
@@ -161,19 +256,17 @@ class _Ingress:
             ("received-at", received_at.encode()),
             ("content-type", content_type.encode("utf-8", "surrogateescape")),
         ]
+        record = _Record(self._topic, envelope.data.uid.encode(), body, headers)
         timeout = self._settings.publish_timeout_s
         in_flight = self._metrics.publishes_in_flight
         in_flight.inc()
         started = time.perf_counter()
         try:
-            # On timeout the record may still reach Kafka later (cancelling the wait does
+            # On timeout the record may still reach Kafka later (giving up the wait does
             # not withdraw it). The provider retries after our 503, so the topic may then
             # hold the delivery twice: harmless, the delivery id is the idempotency key.
             async with asyncio.timeout(timeout):
-                acknowledged = await self._producer.send(
-                    self._topic, value=body, key=envelope.data.uid.encode(), headers=headers
-                )
-                await acknowledged
+                error = await self._publisher.publish(record)
         except TimeoutError:
             raise _Refusal(
                 503,
@@ -182,16 +275,16 @@ class _Ingress:
                 headers=self._retry_after,
                 delivery_id=envelope.id,
             ) from None
-        except KafkaError as exc:
+        finally:
+            in_flight.dec()
+        if error is not None:
             raise _Refusal(
                 503,
                 "kafka_unavailable",
-                f"Kafka refused the write ({type(exc).__name__}); retry later",
+                f"Kafka refused the write ({type(error).__name__}); retry later",
                 headers=self._retry_after,
                 delivery_id=envelope.id,
-            ) from None
-        finally:
-            in_flight.dec()
+            )
         self._metrics.publish_seconds.observe(time.perf_counter() - started)
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -233,10 +326,16 @@ def create_app(*, config: Config, producer: AIOKafkaProducer) -> web.Application
             detail="ingress.signature_scheme is none: anyone can post deliveries; "
             "never expose this ingress to the internet",
         )
+    publisher = _GroupPublisher(producer)
     ingress = _Ingress(
-        config=config, producer=producer, verifier=verifier, metrics=IngressMetrics()
+        config=config,
+        producer=producer,
+        publisher=publisher,
+        verifier=verifier,
+        metrics=IngressMetrics(),
     )
     app = web.Application()
+    app.cleanup_ctx.append(publisher.running)
     app.add_routes(
         [
             web.post(config.ingress.path, ingress.webhook),
@@ -293,12 +392,15 @@ async def run_ingress(config: Config) -> None:
 def new_producer(config: Config) -> AIOKafkaProducer:
     """The producer the ingress needs: nothing is 2xx until every in-sync replica has it.
 
-    Its request limit is the topic's, which config checks leaves room for the largest
-    body the ingress accepts, so Kafka never refuses a delivery the HTTP side took.
+    Its batch and request limits are the topic's, which config checks leaves room for
+    the largest body the ingress accepts, so Kafka never refuses a delivery the HTTP
+    side took, and a busy group fills one batch per partition instead of several that
+    would each wait for the previous one's round trip.
     """
     return AIOKafkaProducer(
         acks="all",
         enable_idempotence=True,
+        max_batch_size=config.topics.max_message_bytes,
         max_request_size=config.topics.max_message_bytes,
         **client_options(config.kafka),
     )
