@@ -175,7 +175,7 @@ def _settle(
 
 
 class _Ingress:
-    """The request handlers, holding what they share: producer, verifier, metrics."""
+    """The request handlers and what they share: publisher, verifier, metrics, producer."""
 
     def __init__(
         self,
