@@ -11,9 +11,9 @@ group and output topics of its own:
 - `naive`:  the same loop producing with one `producer.send()` per record, then
             awaiting all the futures, then committing.
 
-All three use the worker's producer settings (acks=all, idempotence, linger 5 ms)
-and consumer settings (manual commit, `worker.max_batch_records` per `getmany`),
-copied here from `Worker.__init__`: keep them in step. Output topics are created
+All three use the worker's own producer and consumer settings
+(`processor.worker.producer_options` / `consumer_options`: acks=all, idempotence,
+manual commit, `worker.max_batch_records` per `getmany`). Output topics are created
 with `processor.topics.create_topics` and written to a little before each run,
 as the broker is slow on the first writes to a new partition (`Bench.warm_up`).
 
@@ -77,7 +77,7 @@ from processor.kafka_clients import client_options
 from processor.logging import configure_logging
 from processor.routing import Router
 from processor.topics import create_topics
-from processor.worker import Worker
+from processor.worker import Worker, consumer_options, producer_options
 
 RAW_PARTITIONS: Final = 6
 USERS: Final = 1000
@@ -232,35 +232,6 @@ def make_deliveries(topic: str, count: int, seed: int) -> tuple[list[Outgoing], 
     return records, expected
 
 
-# --- clients, as the worker builds them ------------------------------------------------
-
-
-def producer_settings(config: Config) -> dict[str, Any]:
-    """The worker's producer (processor.worker.Worker.__init__)."""
-    return {
-        **client_options(config.kafka),
-        "acks": "all",
-        "enable_idempotence": True,
-        "max_batch_size": config.topics.max_message_bytes // 2,
-        "max_request_size": config.topics.max_message_bytes,
-        "linger_ms": 5,
-    }
-
-
-def consumer_settings(config: Config) -> dict[str, Any]:
-    """The worker's consumer (processor.worker.Worker.__init__)."""
-    return {
-        **client_options(config.kafka),
-        "group_id": config.worker.group_id,
-        "group_instance_id": config.worker.group_instance_id,
-        "enable_auto_commit": False,
-        "auto_offset_reset": "earliest",
-        "max_poll_interval_ms": config.worker.max_poll_interval_ms,
-        "session_timeout_ms": config.worker.session_timeout_ms,
-        "heartbeat_interval_ms": config.worker.heartbeat_interval_ms,
-    }
-
-
 # --- the three consumers ---------------------------------------------------------------
 
 
@@ -290,8 +261,8 @@ async def _pipe(config: Config, stop: asyncio.Event, produce: Produce) -> None:
     (With no routes configured, every delivery is unrouted: that topic is the one
     `create_topics` makes for this config.)
     """
-    consumer = AIOKafkaConsumer(**consumer_settings(config))
-    producer = AIOKafkaProducer(**producer_settings(config))
+    consumer = AIOKafkaConsumer(**consumer_options(config))
+    producer = AIOKafkaProducer(**producer_options(config))
     try:
         await producer.start()
         consumer.subscribe([config.topics.raw])
@@ -358,7 +329,7 @@ class Bench:
         self.base = base
         self.admin = AIOKafkaAdminClient(**client_options(base.kafka))
         self.probe = AIOKafkaConsumer(**client_options(base.kafka))
-        self.warmer = AIOKafkaProducer(**producer_settings(base))
+        self.warmer = AIOKafkaProducer(**producer_options(base))
         self.coordinator = -1
         self.raw_partitions = [TopicPartition(base.topics.raw, p) for p in range(RAW_PARTITIONS)]
         self.created: list[str] = []
@@ -485,7 +456,7 @@ async def load(config: Config, count: int, seed: int) -> Counter[Outcome]:
     """
     records, expected = make_deliveries(config.topics.raw, count, seed)
     size = sum(len(r.value or b"") for r in records) / count
-    producer = AIOKafkaProducer(**producer_settings(config))
+    producer = AIOKafkaProducer(**producer_options(config))
     try:
         await producer.start()
         started = time.perf_counter()

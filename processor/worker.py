@@ -31,7 +31,7 @@ from processor.config import Config
 from processor.kafka_clients import BrokerUnavailable, client_options
 from processor.routing import Routed, Router
 
-__all__ = ["Worker", "run_worker"]
+__all__ = ["Worker", "consumer_options", "producer_options", "run_worker"]
 
 log = structlog.get_logger(__name__)
 
@@ -41,34 +41,43 @@ RETRY_BACKOFF_S = 1.0
 CONNECT_TIMEOUT_S = 30.0
 
 
+def consumer_options(config: Config) -> dict[str, Any]:
+    """The worker's consumer: manual commits, a new group reads from the beginning."""
+    return {
+        **client_options(config.kafka),
+        "group_id": config.worker.group_id,
+        "group_instance_id": config.worker.group_instance_id,
+        "enable_auto_commit": False,
+        # Nothing written before the first worker ever ran is skipped.
+        "auto_offset_reset": "earliest",
+        "max_poll_interval_ms": config.worker.max_poll_interval_ms,
+        "session_timeout_ms": config.worker.session_timeout_ms,
+        "heartbeat_interval_ms": config.worker.heartbeat_interval_ms,
+    }
+
+
+def producer_options(config: Config) -> dict[str, Any]:
+    """The worker's producer: durable (acks=all, idempotent) and fed whole batches."""
+    return {
+        **client_options(config.kafka),
+        "acks": "all",
+        "enable_idempotence": True,
+        # produce_batch hands over complete batches; lingering would only delay them.
+        "linger_ms": 0,
+        # One Kafka batch per destination partition per worker batch, up to the topic limit.
+        "max_batch_size": config.topics.max_message_bytes // 2,
+        "max_request_size": config.topics.max_message_bytes,
+    }
+
+
 class Worker:
     """One member of the routing consumer group; `run` until `stop` is set."""
 
     def __init__(self, *, config: Config, router: Router | None = None) -> None:
         self._config = config
         self._router = router or Router(routing=config.routing, topics=config.topics)
-        options = client_options(config.kafka)
-        self._consumer = AIOKafkaConsumer(
-            **options,
-            group_id=config.worker.group_id,
-            group_instance_id=config.worker.group_instance_id,
-            enable_auto_commit=False,
-            # A new group starts at the beginning: nothing written before the first
-            # worker ever ran is skipped.
-            auto_offset_reset="earliest",
-            max_poll_interval_ms=config.worker.max_poll_interval_ms,
-            session_timeout_ms=config.worker.session_timeout_ms,
-            heartbeat_interval_ms=config.worker.heartbeat_interval_ms,
-        )
-        self._producer = AIOKafkaProducer(
-            **options,
-            acks="all",
-            enable_idempotence=True,
-            # One Kafka batch per destination partition per worker batch, up to the topic limit.
-            max_batch_size=config.topics.max_message_bytes // 2,
-            max_request_size=config.topics.max_message_bytes,
-            linger_ms=5,
-        )
+        self._consumer = AIOKafkaConsumer(**consumer_options(config))
+        self._producer = AIOKafkaProducer(**producer_options(config))
         # Held while a batch is between fetch and commit; a revoke waits for it.
         self._in_flight = asyncio.Lock()
 
