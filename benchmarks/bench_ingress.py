@@ -1,7 +1,9 @@
 """Ingress throughput and latency, next to bare aiohttp handlers on the same stack.
 
-    .venv/bin/python benchmarks/bench_ingress.py --bootstrap 127.0.0.1:9092 \\
+    .venv/bin/python benchmarks/bench_ingress.py [--bootstrap 127.0.0.1:9092] \\
         [--duration 10 --concurrency 64 --rounds 3 --partitions 6 --client auto|wrk|python]
+
+Without --bootstrap it starts a local broker (processor.devbroker) for the run.
 
 Each server runs in a process of its own and the load comes from another: `wrk` (one
 thread) when it is on PATH, else an aiohttp client pool. Every server gets the same
@@ -42,7 +44,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from processor.config import Config, IngressConfig, KafkaConfig, LoggingConfig, TopicsConfig
-from processor.devbroker import free_port
+from processor.devbroker import LocalBroker, free_port
 from processor.ingress import run_ingress
 from processor.logging import configure_logging
 from processor.signing import sign_hmac_sha256
@@ -327,7 +329,9 @@ async def benchmark(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers")
+    parser.add_argument(
+        "--bootstrap", help="Kafka bootstrap servers (default: start a local broker for the run)"
+    )
     parser.add_argument("--duration", type=float, default=10, help="seconds per server, round")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved runs of each server")
@@ -349,7 +353,12 @@ def main() -> None:
     else:
         if args.client == "auto":
             args.client = "wrk" if shutil.which("wrk") else "python"
-        asyncio.run(benchmark(args))
+        if args.bootstrap is not None:
+            asyncio.run(benchmark(args))
+            return
+        with LocalBroker.temporary() as broker:
+            args.bootstrap = broker.bootstrap
+            asyncio.run(benchmark(args))
 
 
 if __name__ == "__main__":
