@@ -17,10 +17,14 @@ from processor.config import Config
 from processor.kafka_clients import BrokerUnavailable, client_options
 from processor.routing import Router
 
-__all__ = ["TopicsReport", "all_topics", "create_topics"]
+__all__ = ["ROUTING_HEADROOM_BYTES", "TopicsReport", "all_topics", "create_topics", "topic_configs"]
 
 # Creating a dozen topics is one request; this bounds a cluster that does not answer.
 ADMIN_TIMEOUT_S = 30.0
+# Routing adds headers (at most ~2.5 KiB: identifiers are capped at 256 characters,
+# DLQ messages at 1,000) to a record the raw topic took. Derived topics take this much
+# more than the raw topic, so whatever the raw topic accepted can always be routed on.
+ROUTING_HEADROOM_BYTES = 64 * 1024
 
 
 @dataclass
@@ -37,9 +41,16 @@ def all_topics(config: Config) -> list[str]:
     return [config.topics.raw, *router.destination_topics()]
 
 
+def topic_configs(config: Config, topic: str) -> dict[str, str]:
+    """The topic-level configs `topics create` gives `topic`."""
+    limit = config.topics.max_message_bytes
+    if topic != config.topics.raw:
+        limit += ROUTING_HEADROOM_BYTES
+    return {"max.message.bytes": str(limit), **config.topics.configs}
+
+
 async def create_topics(config: Config) -> TopicsReport:
     wanted = all_topics(config)
-    settings = {"max.message.bytes": str(config.topics.max_message_bytes), **config.topics.configs}
     admin = AIOKafkaAdminClient(**client_options(config.kafka))
     report = TopicsReport()
     try:
@@ -52,7 +63,7 @@ async def create_topics(config: Config) -> TopicsReport:
                     name,
                     num_partitions=config.topics.partitions,
                     replication_factor=config.topics.replication_factor,
-                    topic_configs=settings,
+                    topic_configs=topic_configs(config, name),
                 )
                 for name in wanted
                 if name not in present

@@ -9,8 +9,10 @@ One loop, batch in and batch out, at least once:
 
 A crash anywhere before 4 re-delivers the batch to whoever owns the partitions
 next: duplicates are possible, loss is not. A failed produce seeks back to the
-batch's first offsets and retries it. A rebalance waits for the batch in flight to
-be committed before the partitions are given away. Exactly-once (transactions)
+batch's first offsets and retries it, backing off while the failures last (a
+retry re-writes what the failed attempt did get written: duplicates again, never a
+gap). A rebalance waits for the batch in flight to be committed before the
+partitions are given away. Exactly-once (transactions)
 later replaces steps 3 and 4 with one transaction; the loop keeps its shape.
 """
 
@@ -20,7 +22,7 @@ import asyncio
 import signal
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -30,13 +32,16 @@ from processor.batching import produce_batch
 from processor.config import Config
 from processor.kafka_clients import BrokerUnavailable, client_options
 from processor.routing import Routed, Router
+from processor.topics import ROUTING_HEADROOM_BYTES, all_topics
 
 __all__ = ["Worker", "consumer_options", "producer_options", "run_worker"]
 
 log = structlog.get_logger(__name__)
 
-# Pause before retrying a batch whose produce failed, so a broken cluster is not hammered.
+# Pauses before retrying a batch whose produce failed: doubling from the first to the
+# last, so a broken cluster (or a missing ACL) is not hammered while someone fixes it.
 RETRY_BACKOFF_S = 1.0
+MAX_RETRY_BACKOFF_S = 30.0
 # Start-up gives the cluster this long to answer before failing with a clear message.
 CONNECT_TIMEOUT_S = 30.0
 
@@ -66,35 +71,66 @@ def producer_options(config: Config) -> dict[str, Any]:
         "linger_ms": 0,
         # One Kafka batch per destination partition per worker batch, up to the topic limit.
         "max_batch_size": config.topics.max_message_bytes // 2,
-        "max_request_size": config.topics.max_message_bytes,
+        "max_request_size": config.topics.max_message_bytes + ROUTING_HEADROOM_BYTES,
     }
+
+
+# What one getmany() returns: each partition's records, in offset order.
+Batch: TypeAlias = Mapping[TopicPartition, Sequence[Any]]
 
 
 class Worker:
     """One member of the routing consumer group; `run` until `stop` is set."""
 
-    def __init__(self, *, config: Config, router: Router | None = None) -> None:
+    def __init__(self, *, config: Config) -> None:
         self._config = config
-        self._router = router or Router(routing=config.routing, topics=config.topics)
+        self._router = Router(routing=config.routing, topics=config.topics)
         self._consumer = AIOKafkaConsumer(**consumer_options(config))
         self._producer = AIOKafkaProducer(**producer_options(config))
         # Held while a batch is between fetch and commit; a revoke waits for it.
         self._in_flight = asyncio.Lock()
+        self._backoff = RETRY_BACKOFF_S
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Route until `stop` is set, then finish the batch in flight and leave the group."""
+        """Route until `stop` is set, then finish the batch in flight and leave the group.
+
+        From `stop` to return takes at most the batch in flight (produce_timeout_s +
+        commit_timeout_s, milliseconds when Kafka is healthy) plus shutdown_timeout_s.
+        """
         await self._start()
         try:
-            while not stop.is_set():
-                batch = await self._consumer.getmany(
-                    timeout_ms=self._config.worker.fetch_timeout_ms,
-                    max_records=self._config.worker.max_batch_records,
-                )
+            while (batch := await self._fetch(stop)) is not None:
                 if batch:
                     async with self._in_flight:
                         await self._process(batch)
         finally:
             await self._close()
+
+    async def _fetch(self, stop: asyncio.Event) -> Batch | None:
+        """The next batch (maybe empty), or None once `stop` is set.
+
+        A fetch waits without bound while the group rebalances; racing it against
+        `stop` keeps SIGTERM prompt then too. A cancelled fetch loses nothing: the
+        records stay in the fetcher's buffer and the offsets are not committed.
+        """
+        if stop.is_set():
+            return None
+        fetch = asyncio.ensure_future(
+            self._consumer.getmany(
+                timeout_ms=self._config.worker.fetch_timeout_ms,
+                max_records=self._config.worker.max_batch_records,
+            )
+        )
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            done, _ = await asyncio.wait((fetch, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (fetch, stopping):
+                task.cancel()
+        if fetch in done:
+            batch: Batch = fetch.result()  # re-raises what getmany raised
+            return batch
+        return None
 
     async def _start(self) -> None:
         bootstrap = self._config.kafka.bootstrap_servers
@@ -125,8 +161,7 @@ class Worker:
     async def _check_topics(self) -> None:
         """Every destination must exist, or the first batch for it would stall."""
         known = await self._producer.client.fetch_all_metadata()
-        wanted = [self._config.topics.raw, *self._router.destination_topics()]
-        missing = [topic for topic in wanted if topic not in known.topics()]
+        missing = [topic for topic in all_topics(self._config) if topic not in known.topics()]
         if missing:
             raise BrokerUnavailable(
                 f"topics missing on {self._config.kafka.bootstrap_servers}: "
@@ -134,22 +169,26 @@ class Worker:
             )
 
     async def _close(self) -> None:
-        # Leaving the group hands the partitions over at once instead of after a session timeout.
-        for client in (self._consumer, self._producer):
-            try:
-                async with asyncio.timeout(self._config.worker.shutdown_timeout_s):
-                    await client.stop()
-            except (TimeoutError, KafkaError) as exc:
-                log.warning("worker.close_failed", client=type(client).__name__, error=repr(exc))
+        # Leaving the group hands the partitions over at once. A static member
+        # (worker.group_instance_id) does not leave: it keeps its partitions for
+        # session_timeout_ms, so that a restart within it needs no rebalance.
+        try:
+            async with asyncio.timeout(self._config.worker.shutdown_timeout_s):
+                await self._consumer.stop()
+                await self._producer.stop()
+        except (TimeoutError, KafkaError) as exc:
+            log.warning("worker.close_failed", error=repr(exc))
         log.info("worker.stopped", group_id=self._config.worker.group_id)
 
-    async def _process(self, batch: Mapping[TopicPartition, Sequence[Any]]) -> None:
+    async def _process(self, batch: Batch) -> None:
         route = self._router.route
         routed = [route(record) for records in batch.values() for record in records]
         if not await self._produce(routed):
             self._rewind(batch)
-            await asyncio.sleep(RETRY_BACKOFF_S)
+            await asyncio.sleep(self._backoff)
+            self._backoff = min(self._backoff * 2, MAX_RETRY_BACKOFF_S)
             return
+        self._backoff = RETRY_BACKOFF_S
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
         try:
             async with asyncio.timeout(self._config.worker.commit_timeout_s):
@@ -169,19 +208,21 @@ class Worker:
                 await asyncio.gather(*futures)
         except (TimeoutError, KafkaError) as exc:
             log.error(
-                "batch.produce_failed", error=repr(exc), records=len(routed), timeout_s=timeout
+                "batch.produce_failed",
+                error=repr(exc),
+                records=len(routed),
+                timeout_s=timeout,
+                retry_in_s=self._backoff,
             )
             return False
         return True
 
-    def _rewind(self, batch: Mapping[TopicPartition, Sequence[Any]]) -> None:
+    def _rewind(self, batch: Batch) -> None:
         for tp, records in batch.items():
             if tp in self._consumer.assignment():
                 self._consumer.seek(tp, records[0].offset)
 
-    def _log_batch(
-        self, batch: Mapping[TopicPartition, Sequence[Any]], routed: list[Routed]
-    ) -> None:
+    def _log_batch(self, batch: Batch, routed: list[Routed]) -> None:
         outcomes = Counter(r.outcome for r in routed)
         index = 0
         for records in batch.values():

@@ -16,7 +16,7 @@ import yaml
 from processor.config import Config, load_config
 from processor.devbroker import KAFKA_VERSION
 from processor.ingress import create_app
-from processor.topics import all_topics
+from processor.topics import all_topics, topic_configs
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -256,7 +256,8 @@ def test_kafka_topics_are_exactly_the_configured_topics(
         assert spec["partitions"] == config.topics.partitions, name
         assert spec["replicas"] == 3, name
         settings = {key: str(value) for key, value in spec["config"].items()}
-        assert settings["max.message.bytes"] == str(config.topics.max_message_bytes), name
+        wanted = topic_configs(config, name)["max.message.bytes"]
+        assert settings["max.message.bytes"] == wanted, name
         assert settings["min.insync.replicas"] == "2", name
         assert config.topics.configs.items() <= settings.items(), name
 
