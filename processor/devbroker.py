@@ -52,6 +52,10 @@ JVM_FLAGS = ("-Xms512m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true")
 STOP_TIMEOUT_S = 30.0
 # First start on a machine includes the JIT warm-up of the whole broker.
 START_TIMEOUT_S = 90.0
+# Fetching ~45 jars (~40 MiB) from Maven Central; a stalled network fails, not hangs.
+FETCH_TIMEOUT_S = 600.0
+# Formatting storage is one short JVM run.
+FORMAT_TIMEOUT_S = 120.0
 
 _LOG4J2 = """\
 status = error
@@ -127,7 +131,17 @@ def kafka_libs(version: str = KAFKA_VERSION) -> Path:
         "dependency:copy-dependencies", "-DincludeScope=runtime",
         f"-DoutputDirectory={staging}",
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    try:
+        result = subprocess.run(
+            command, capture_output=True, text=True, check=False, timeout=FETCH_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise BrokerError(
+            f"Maven did not fetch the Apache Kafka {version} jars within {FETCH_TIMEOUT_S:.0f} s: "
+            "check that Maven Central is reachable (mvn's proxy settings in ~/.m2/settings.xml), "
+            "or set KAFKA_BOOTSTRAP_SERVERS to use an existing cluster instead."
+        ) from None
     if result.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
         raise BrokerError(
@@ -231,9 +245,19 @@ class _Node:
         args = ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", properties]
         if standalone:
             args.append("--standalone")
-        result = subprocess.run(
-            self._java(libs, *args), capture_output=True, text=True, check=False
-        )
+        try:
+            result = subprocess.run(
+                self._java(libs, *args),
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=FORMAT_TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired:
+            raise BrokerError(
+                f"formatting {self.directory} took over {FORMAT_TIMEOUT_S:.0f} s; "
+                "check that the disk is writable and not full"
+            ) from None
         if result.returncode != 0:
             raise BrokerError(
                 f"formatting {self.directory} failed:\n{result.stdout}{result.stderr}"
