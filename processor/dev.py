@@ -23,7 +23,7 @@ import msgspec
 
 from processor.config import Config
 from processor.devbroker import LocalBroker
-from processor.signing import sign_hmac_sha256
+from processor.shutdown import stop_on_signals
 from processor.topics import all_topics, create_topics
 
 __all__ = ["DevOptions", "run_dev"]
@@ -62,6 +62,8 @@ def run_dev(config: Config, options: DevOptions) -> int:
     is tied to this process (it gets SIGTERM if we die), and a Ctrl-C during its
     start-up still stops it.
     """
+    # Only an explicit KAFKA_BOOTSTRAP_SERVERS means "use that cluster, start none":
+    # config.yaml's default address would otherwise stop dev from starting its broker.
     if bootstrap := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         _say(f"using the Kafka at {bootstrap} (KAFKA_BOOTSTRAP_SERVERS)")
         return asyncio.run(_run_pipeline(config, options, bootstrap))
@@ -80,19 +82,22 @@ def run_dev(config: Config, options: DevOptions) -> int:
 
 async def _run_pipeline(config: Config, options: DevOptions, bootstrap: str) -> int:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    with stop_on_signals(stop):
+        return await _run_children(config, options, bootstrap, stop)
+
+
+async def _run_children(
+    config: Config, options: DevOptions, bootstrap: str, stop: asyncio.Event
+) -> int:
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "PROCESSOR_INGRESS__PORT": str(options.ingress_port),
         "PROCESSOR_LOGGING__FORMAT": "console",
     }
-    if config.ingress.secrets:
-        secret = config.ingress.secrets[0]
-    else:
-        secret = env["WEBHOOK_SECRET"] = secrets.token_hex(24)
+    generated: str | None = None
+    if not config.ingress.secrets:
+        generated = env["WEBHOOK_SECRET"] = secrets.token_hex(24)
         _say("WEBHOOK_SECRET is not set: generated one for this run (development only)")
     config = msgspec.structs.replace(
         config,
@@ -109,9 +114,13 @@ async def _run_pipeline(config: Config, options: DevOptions, bootstrap: str) -> 
             for index in range(1, options.workers + 1)
         ]
         url = f"http://{config.ingress.host}:{config.ingress.port}"
-        await _wait_ready(url, children, stop)
-        if not stop.is_set():
-            _say(_banner(config, url=url, secret=secret))
+        try:
+            await _wait_ready(url, children, stop)
+        except TimeoutError:
+            _say(f"the ingress was not ready within {READY_TIMEOUT_S:.0f} s; see its output above")
+            return 1
+        if not stop.is_set() and all(c.process.returncode is None for c in children):
+            _say(_banner(config, url=url, generated=generated))
         return await _supervise(children, stop)
     finally:
         await _stop_children(children)
@@ -128,6 +137,9 @@ async def _spawn(name: str, argv: list[str], env: dict[str, str]) -> _Child:
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        # A log line longer than the reader's buffer would stop the prefixing (and then
+        # the child, blocked on a full pipe); no line of ours comes near 1 MiB.
+        limit=1 << 20,
         # Own process group: Ctrl-C reaches only us, and we stop children in order.
         start_new_session=True,
     )
@@ -184,27 +196,25 @@ async def _stop_children(children: list[_Child]) -> None:
             await child.pump
 
 
-def _banner(config: Config, *, url: str, secret: str) -> str:
+def _banner(config: Config, *, url: str, generated: str | None) -> str:
     template = config.routing.routes.get("integration", "integration.status.{status}")
     watched = template.format(status="completed")
     bootstrap = config.kafka.bootstrap_servers
-    signature = sign_hmac_sha256(EXAMPLE_BODY, secret)
     body = EXAMPLE_BODY.decode()
+    export = f"\n      export WEBHOOK_SECRET={generated}" if generated else ""
     topics = "\n".join(f"      {topic}" for topic in all_topics(config))
     return f"""pipeline is up
     ingress:  POST {url}{config.ingress.path}   (also /healthz /readyz /metrics)
     kafka:    {bootstrap}
-    secret:   WEBHOOK_SECRET={secret}
+    secret:   {"WEBHOOK_SECRET=" + generated if generated else "yours, from WEBHOOK_SECRET"}
     topics:
 {topics}
 
-    send a signed delivery:
-      export WEBHOOK_SECRET={secret}
+    send a signed delivery:{export}
       BODY='{body}'
       SIG=$(printf '%s' "$BODY" | openssl dgst -sha256 -hmac "$WEBHOOK_SECRET" | sed 's/^.* //')
       curl -i {url}{config.ingress.path} -H 'Content-Type: application/json' \\
            -H "X-Webhook-Signature: $SIG" --data-binary "$BODY"
-      (the signature of exactly this body is {signature})
 
     watch where it lands:
       kcat -b {bootstrap} -C -t {watched} -f '%k %h\\n%s\\n'

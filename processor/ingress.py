@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import signal
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ from processor.batching import produce_batch
 from processor.config import Config, ConfigError, IngressConfig
 from processor.kafka_clients import BrokerUnavailable, client_options
 from processor.metrics import IngressMetrics, render
+from processor.shutdown import stop_on_signals
 from processor.signing import NoVerification, SignatureError, Verifier, build_verifier
 
 __all__ = ["READY_TIMEOUT_S", "create_app", "new_producer", "run_ingress"]
@@ -435,16 +435,8 @@ async def _drain(runner: web.AppRunner | None, producer: AIOKafkaProducer) -> No
 
 async def _wait_for_stop_signal() -> None:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    signals = (signal.SIGTERM, signal.SIGINT)
-    for signum in signals:
-        loop.add_signal_handler(signum, stop.set)
-    try:
+    with stop_on_signals(stop):
         await stop.wait()
-    finally:
-        # A second Ctrl-C during the drain then interrupts as usual.
-        for signum in signals:
-            loop.remove_signal_handler(signum)
 
 
 async def _read_bounded(request: web.Request, limit: int) -> bytes:

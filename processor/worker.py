@@ -19,7 +19,6 @@ later replaces steps 3 and 4 with one transaction; the loop keeps its shape.
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias
@@ -32,6 +31,7 @@ from processor.batching import produce_batch
 from processor.config import Config
 from processor.kafka_clients import BrokerUnavailable, client_options
 from processor.routing import Routed, Router
+from processor.shutdown import stop_on_signals
 from processor.topics import ROUTING_HEADROOM_BYTES, all_topics
 
 __all__ = ["Worker", "consumer_options", "producer_options", "run_worker"]
@@ -271,11 +271,5 @@ class _FinishBatchOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 async def run_worker(config: Config) -> None:
     """The `processor worker` process: run until SIGTERM or SIGINT."""
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
+    with stop_on_signals(stop):
         await Worker(config=config).run(stop)
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)

@@ -14,13 +14,14 @@ import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import msgspec
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from processor.config import Config, KafkaConfig, TopicsConfig
-from processor.devbroker import KAFKA_VERSION, LocalBroker, free_port
+from processor.devbroker import KAFKA_VERSION, LocalBroker, free_port, kafka_libs
 
 CreateTopics = Callable[..., Awaitable[None]]
 
@@ -28,6 +29,12 @@ CreateTopics = Callable[..., Awaitable[None]]
 def unique(prefix: str) -> str:
     """A name no other test uses, so tests never see each other's records."""
     return f"{prefix}.{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def kafka_jars() -> Path:
+    """The local broker's jars, fetched (once per machine) before a test times a start."""
+    return kafka_libs()
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from processor.devbroker import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.usefixtures("kafka_jars")]
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -126,6 +126,7 @@ async def test_committed_transaction_is_visible_and_aborted_one_is_not(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("kafka_jars")
 async def test_acknowledged_records_survive_sigkill_of_the_partition_leader(
     unique_name: Callable[[str], str],
 ) -> None:

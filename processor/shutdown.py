@@ -1,0 +1,31 @@
+"""How every long-running process learns it should stop: SIGTERM or SIGINT.
+
+Orchestrators send SIGTERM, a terminal sends SIGINT (Ctrl-C); both only set an
+event, and each process then takes its own bounded path out (finish the batch,
+drain the requests, stop the children).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator
+
+__all__ = ["stop_on_signals"]
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set `stop` while the block runs; afterwards the defaults
+    return, so a second Ctrl-C during a slow shutdown interrupts as usual."""
+    loop = asyncio.get_running_loop()
+    for signum in SIGNALS:
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        yield
+    finally:
+        for signum in SIGNALS:
+            loop.remove_signal_handler(signum)
