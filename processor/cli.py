@@ -109,22 +109,30 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="configuration file (default: %(default)s)",
     )
+    # `--config` is also taken after the command (`processor worker --config x.yaml`);
+    # SUPPRESS keeps a subcommand from resetting a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser("worker", help="route webhooks.raw until SIGTERM").set_defaults(
-        handler=worker
-    )
-    commands.add_parser("ingress", help="serve POST /webhooks until SIGTERM").set_defaults(
-        handler=ingress
-    )
+    commands.add_parser(
+        "worker", parents=[common], help="route webhooks.raw until SIGTERM"
+    ).set_defaults(handler=worker)
+    commands.add_parser(
+        "ingress", parents=[common], help="serve POST /webhooks until SIGTERM"
+    ).set_defaults(handler=ingress)
     topics = commands.add_parser("topics", help="the pipeline's topics")
     topics_commands = topics.add_subparsers(dest="action", required=True, metavar="ACTION")
     topics_commands.add_parser(
-        "create", help="create every topic as configured; report those that differ"
+        "create",
+        parents=[common],
+        help="create every topic as configured; report those that differ",
     ).set_defaults(handler=topics_create)
 
     dev_parser = commands.add_parser(
-        "dev", help="broker + topics + ingress + workers in one terminal (development)"
+        "dev",
+        parents=[common],
+        help="broker + topics + ingress + workers in one terminal (development)",
     )
     dev_parser.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
     dev_parser.add_argument("--port", type=int, help="ingress port (default: ingress.port, 8080)")
@@ -143,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("stop", broker_stop, "stop the broker gracefully, then hard after a timeout"),
         ("status", broker_status, "say whether the broker runs (exit 3 when stopped)"),
     ):
-        sub = broker_commands.add_parser(name, help=help_text)
+        sub = broker_commands.add_parser(name, parents=[common], help=help_text)
         sub.add_argument(
             "--port", type=int, help="client port (default: the dir's last port, else 9092)"
         )
