@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+import msgspec.inspect
 import yaml
 
 __all__ = [
@@ -187,11 +188,13 @@ def load_config(
     if path is not None:
         source = str(path)
         raw = _read_yaml(Path(path))
-    _apply_env(raw, environ)
+    from_env = _apply_env(raw, environ)
     try:
         config = msgspec.convert(raw, Config, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {_describe(exc)}") from None
+        message, key = _describe(exc)
+        where = f"{from_env[key]} (environment)" if key in from_env else source
+        raise ConfigError(f"{where}: {message}") from None
     _check(config, source)
     return config
 
@@ -214,12 +217,16 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """Merge the overrides into `raw`; returns key path -> the variable that set it."""
+    sources: dict[str, str] = {}
     if servers := environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         raw.setdefault("kafka", {})["bootstrap_servers"] = servers
+        sources["kafka.bootstrap_servers"] = "KAFKA_BOOTSTRAP_SERVERS"
     if secrets := environ.get("WEBHOOK_SECRET"):
         parts = [s.strip() for s in secrets.split(",") if s.strip()]
         raw.setdefault("ingress", {})["secrets"] = parts
+        sources["ingress.secrets"] = "WEBHOOK_SECRET"
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
@@ -233,17 +240,38 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
         target = raw.setdefault(section, {})
         if not isinstance(target, dict):
             raise ConfigError(f"section {section!r} must be a mapping")
-        target[key] = yaml.safe_load(value) if value else value
+        target[key] = _env_value(name, value, _SECTIONS[section], key)
+        sources[f"{section}.{key}"] = name
+    return sources
 
 
-def _describe(exc: msgspec.ValidationError) -> str:
-    """msgspec's "... - at `$.worker.port`" as a key path users know."""
+def _env_value(name: str, value: str, section: type[msgspec.Struct], key: str) -> Any:
+    """A string setting takes the value as is (a password may hold `#` or `*`);
+    others read it as YAML, so `8081`, `true` and `[a, b]` arrive typed."""
+    if _takes_string(section, key):
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise ConfigError(
+            f"{name}: not a valid value for {key}: write it as in config.yaml"
+        ) from None
+
+
+def _takes_string(section: type[msgspec.Struct], key: str) -> bool:
+    field = next(f for f in msgspec.inspect.type_info(section).fields if f.name == key)  # type: ignore[attr-defined]
+    kinds = field.type.types if isinstance(field.type, msgspec.inspect.UnionType) else (field.type,)
+    return any(isinstance(kind, msgspec.inspect.StrType) for kind in kinds)
+
+
+def _describe(exc: msgspec.ValidationError) -> tuple[str, str]:
+    """msgspec's "... - at `$.worker.port`" as a key path users know, and that path."""
     message, _, where = str(exc).partition(" - at `$")
     path = where.rstrip("`").lstrip(".")
     if unknown := _UNKNOWN_FIELD.fullmatch(message):
         key = f"{path}.{unknown['key']}" if path else unknown["key"]
-        return f"unknown key {key}: remove it or check its spelling"
-    return f"{path}: {message}" if path else message
+        return f"unknown key {key}: remove it or check its spelling", key
+    return (f"{path}: {message}" if path else message), path
 
 
 def _check(config: Config, source: str) -> None:

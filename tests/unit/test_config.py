@@ -112,3 +112,31 @@ def test_config_is_frozen() -> None:
     config = Config()
     with pytest.raises(AttributeError):
         config.worker = config.worker  # type: ignore[misc]
+
+
+def test_string_settings_from_the_environment_are_taken_verbatim() -> None:
+    config = load_config(
+        None,
+        env={
+            "PROCESSOR_KAFKA__SASL_PASSWORD": "s3cr3t #not-a-comment",
+            "PROCESSOR_KAFKA__SASL_USERNAME": "123456",
+            "PROCESSOR_WORKER__GROUP_ID": "*anchor-like",
+        },
+    )
+    assert config.kafka.sasl_password == "s3cr3t #not-a-comment"
+    assert config.kafka.sasl_username == "123456"
+    assert config.worker.group_id == "*anchor-like"
+
+
+def test_a_bad_environment_value_names_the_variable_not_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "ingress:\n  port: 8080\n")
+    with pytest.raises(
+        ConfigError, match=r"^PROCESSOR_INGRESS__PORT \(environment\): ingress\.port"
+    ):
+        load_config(path, env={"PROCESSOR_INGRESS__PORT": "eighty"})
+
+
+def test_unparsable_environment_value_is_an_error_without_the_value() -> None:
+    with pytest.raises(ConfigError, match="PROCESSOR_KAFKA__SASL_MECHANISM") as caught:
+        load_config(None, env={"PROCESSOR_KAFKA__SASL_MECHANISM": "*hunter2"})
+    assert "hunter2" not in str(caught.value)
