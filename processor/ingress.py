@@ -25,10 +25,11 @@ import msgspec
 import structlog
 from aiohttp import hdrs, web
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 
 from processor.batching import produce_batch
 from processor.config import Config, ConfigError, IngressConfig
+from processor.events import MAX_IDENTIFIER_LENGTH
 from processor.kafka_clients import BrokerUnavailable, client_options
 from processor.metrics import IngressMetrics, render
 from processor.shutdown import stop_on_signals
@@ -40,8 +41,12 @@ log = structlog.get_logger(__name__)
 
 # A readiness probe must answer before the orchestrator gives up on it, broker down or not.
 READY_TIMEOUT_S: Final = 2.0
+# Start-up gives the cluster this long to answer before failing with a clear message.
+CONNECT_TIMEOUT_S: Final = 30.0
 
-_NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+# The same bounds as the contract (processor.events): these become the record key and
+# headers, and an unbounded one could push a record past the topic's size limit.
+_NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_IDENTIFIER_LENGTH)]
 
 
 class _Data(msgspec.Struct):
@@ -358,11 +363,13 @@ async def run_ingress(config: Config) -> None:
     try:
         app = create_app(config=config, producer=producer)
         try:
-            await producer.start()
-        except KafkaConnectionError:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                await producer.start()
+        except (TimeoutError, KafkaError) as exc:
             raise BrokerUnavailable(
-                f"cannot reach Kafka at {config.kafka.bootstrap_servers}: start it "
-                "(`processor broker start`) or fix kafka.bootstrap_servers"
+                f"cannot reach Kafka at {config.kafka.bootstrap_servers} "
+                f"({type(exc).__name__}): start it (`processor broker start`), or fix "
+                "kafka.bootstrap_servers / KAFKA_BOOTSTRAP_SERVERS and the TLS/SASL settings"
             ) from None
         runner = await _listen(app, settings)
         log.info(
