@@ -8,6 +8,7 @@ processes, signalled the way an orchestrator would.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -88,7 +89,8 @@ async def read_outputs(config: Config, expected: int, *, settle_s: float = 1.0) 
                         for r in records
                     )
                 now = asyncio.get_running_loop().time()
-                if batch or len(found) < expected:
+                # Distinct values: after a crash, duplicates can reach the count early.
+                if batch or len({o.value for o in found}) < expected:
                     quiet_since = now
                 elif quiet_since is not None and now - quiet_since >= settle_s:
                     return found
@@ -237,6 +239,17 @@ async def wait_for_outputs(config: Config, at_least: int, timeout: float = 60) -
             await asyncio.sleep(0.2)
 
 
+async def wait_for_partitions(log: Path, timeout: float = 60) -> None:
+    """Until the worker logging to `log` has been assigned at least one partition."""
+    async with asyncio.timeout(timeout):
+        while True:
+            for line in (await asyncio.to_thread(log.read_text)).splitlines():
+                entry = json.loads(line) if line.startswith("{") else {}
+                if entry.get("event") == "partitions.assigned" and entry.get("partitions"):
+                    return
+            await asyncio.sleep(0.2)
+
+
 async def wait_exit(process: subprocess.Popen[bytes], timeout: float) -> int:
     async with asyncio.timeout(timeout):
         while process.poll() is None:
@@ -285,7 +298,7 @@ async def test_sigterm_finishes_the_batch_commits_and_exits_zero(
 @pytest.mark.slow
 @pytest.mark.usefixtures("topics")
 async def test_rebalance_between_two_workers_under_load_loses_nothing(
-    config: Config, spawn_worker: Callable[[], subprocess.Popen[bytes]]
+    config: Config, spawn_worker: Callable[[], subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     stream = mixed_stream(30_000, seed=17)
     chunks = [stream[i : i + 2_000] for i in range(0, len(stream), 2_000)]
@@ -295,6 +308,7 @@ async def test_rebalance_between_two_workers_under_load_loses_nothing(
         await produce_raw(config, chunk)
         if index == 4:
             second = spawn_worker()  # joins: partitions move from the first to the second
+            await wait_for_partitions(tmp_path / "worker1.log")
         if index == 10:
             first.send_signal(signal.SIGTERM)  # leaves: everything moves to the second
         await asyncio.sleep(0.2)
