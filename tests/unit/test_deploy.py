@@ -167,6 +167,12 @@ def test_compose_worker_can_scale_out(compose: dict[str, Any]) -> None:
     assert "ports" not in compose["worker"]
 
 
+def worker_stop_bound(config: Config) -> float:
+    """SIGTERM to exit at worst: the batch in flight, then leaving the group."""
+    w = config.worker
+    return w.produce_timeout_s + w.commit_timeout_s + w.shutdown_timeout_s
+
+
 def test_compose_stop_grace_outlasts_the_shutdown_timeouts(
     compose: dict[str, Any], config: Config
 ) -> None:
@@ -175,7 +181,7 @@ def test_compose_stop_grace_outlasts_the_shutdown_timeouts(
         return int(duration[:-1])
 
     assert seconds(compose["ingress"]["stop_grace_period"]) > config.ingress.shutdown_timeout_s
-    assert seconds(compose["worker"]["stop_grace_period"]) > config.worker.shutdown_timeout_s
+    assert seconds(compose["worker"]["stop_grace_period"]) > worker_stop_bound(config)
 
 
 def test_every_processor_env_variable_in_deploy_is_a_config_key() -> None:
@@ -351,7 +357,7 @@ def test_pods_run_non_root_with_the_mounted_config_limits_and_grace(
     assert volume["configMap"]["name"] == configmap["metadata"]["name"]
     shutdown = {
         "ingress": config.ingress.shutdown_timeout_s,
-        "worker": config.worker.shutdown_timeout_s,
+        "worker": worker_stop_bound(config),
     }
     pre_stop = main.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
     pre_stop_s = int(pre_stop[1]) if pre_stop[:1] == ["sleep"] else 0
