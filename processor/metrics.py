@@ -27,8 +27,9 @@ _PUBLISH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 class IngressMetrics:
     """What an operator watches on the ingress: outcomes, Kafka latency, backlog."""
 
-    def __init__(self, *, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else _process_registry()
+    def __init__(self) -> None:
+        # A registry per app, not the global one: tests and benchmarks run several apps.
+        self.registry = _process_registry()
         self._requests = Counter(
             "processor_ingress_requests",
             "Webhook deliveries answered, by HTTP status code.",
