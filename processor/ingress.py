@@ -19,7 +19,7 @@ import functools
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Annotated, Final, NamedTuple
+from typing import Annotated, Final
 
 import msgspec
 import structlog
@@ -27,11 +27,11 @@ from aiohttp import hdrs, web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from processor.batching import produce_batch
 from processor.config import Config, ConfigError, IngressConfig
 from processor.events import MAX_IDENTIFIER_LENGTH
 from processor.kafka_clients import BrokerUnavailable, client_options
 from processor.metrics import IngressMetrics, render
+from processor.publisher import GroupPublisher, RawRecord
 from processor.shutdown import stop_on_signals
 from processor.signing import NoVerification, SignatureError, Verifier, build_verifier
 
@@ -91,94 +91,6 @@ class _Refusal(Exception):
         )
 
 
-class _Record(NamedTuple):
-    """One delivery as produce_batch takes it."""
-
-    topic: str
-    key: bytes
-    value: bytes
-    headers: list[tuple[str, bytes]]
-
-
-class _GroupPublisher:
-    """Publishes the records of concurrent requests together: a group commit.
-
-    aiokafka's per-record `send()` costs a coroutine, a future and a metadata lookup
-    per record. Here a request only appends its record and awaits a future of its own;
-    one task submits everything pending with `produce_batch`. While that task waits for
-    Kafka to take a group, the next one forms, so groups grow with load by themselves
-    and there is no linger to tune. A request's future resolves to None once its group
-    is acknowledged, or to the error that stopped it (a result, not an exception, so
-    that requests that timed out and left leave nothing unretrieved behind).
-    """
-
-    def __init__(self, producer: AIOKafkaProducer) -> None:
-        self._producer = producer
-        self._pending: list[tuple[_Record, asyncio.Future[BaseException | None]]] = []
-        self._wakeup = asyncio.Event()
-
-    def publish(self, record: _Record) -> asyncio.Future[BaseException | None]:
-        waiter = asyncio.get_running_loop().create_future()
-        self._pending.append((record, waiter))
-        self._wakeup.set()
-        return waiter
-
-    async def running(self, app: web.Application) -> AsyncIterator[None]:
-        """aiohttp cleanup context: the task lives from app start-up to app cleanup.
-
-        aiohttp cleans the app up only after in-flight requests have finished, so no
-        request is left waiting on a stopped publisher.
-        """
-        task = asyncio.create_task(self._run(), name="ingress-publisher")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    async def _run(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            pending, self._pending = self._pending, []
-            # A request that timed out (or whose client left) was never answered 2xx and
-            # will be retried by the provider: its record need not be written at all.
-            live = [(record, waiter) for record, waiter in pending if not waiter.done()]
-            if not live:
-                continue
-            waiters = [waiter for _, waiter in live]
-            try:
-                # Returns once the group is queued in the producer, which waits for the
-                # previous group's batches to leave: the pacing that lets groups grow.
-                acks = await produce_batch(self._producer, [record for record, _ in live])
-            except Exception as exc:
-                # The requests answer 503 and the provider retries; the loop goes on.
-                if not isinstance(exc, KafkaError):
-                    log.exception("ingress.publish_failed")
-                _settle(waiters, exc)
-                continue
-            acknowledged = asyncio.gather(*acks)
-            acknowledged.add_done_callback(functools.partial(_settle_acknowledged, waiters))
-
-
-def _settle_acknowledged(
-    waiters: list[asyncio.Future[BaseException | None]], acknowledged: asyncio.Future[object]
-) -> None:
-    error: BaseException | None
-    if acknowledged.cancelled():
-        error = KafkaError("the producer stopped before Kafka acknowledged")
-    else:
-        error = acknowledged.exception()
-    _settle(waiters, error)
-
-
-def _settle(
-    waiters: list[asyncio.Future[BaseException | None]], outcome: BaseException | None
-) -> None:
-    for waiter in waiters:
-        if not waiter.done():  # its request may have timed out already
-            waiter.set_result(outcome)
-
-
 class _Ingress:
     """The request handlers and what they share: publisher, verifier, metrics, producer."""
 
@@ -187,7 +99,7 @@ class _Ingress:
         *,
         config: Config,
         producer: AIOKafkaProducer,
-        publisher: _GroupPublisher,
+        publisher: GroupPublisher,
         verifier: Verifier,
         metrics: IngressMetrics,
     ) -> None:
@@ -261,7 +173,7 @@ class _Ingress:
             ("received-at", received_at.encode()),
             ("content-type", content_type.encode("utf-8", "surrogateescape")),
         ]
-        record = _Record(self._topic, envelope.data.uid.encode(), body, headers)
+        record = RawRecord(self._topic, envelope.data.uid.encode(), body, headers)
         timeout = self._settings.publish_timeout_s
         in_flight = self._metrics.publishes_in_flight
         in_flight.inc()
@@ -331,7 +243,7 @@ def create_app(*, config: Config, producer: AIOKafkaProducer) -> web.Application
             detail="ingress.signature_scheme is none: anyone can post deliveries; "
             "never expose this ingress to the internet",
         )
-    publisher = _GroupPublisher(producer)
+    publisher = GroupPublisher(producer)
     ingress = _Ingress(
         config=config,
         producer=producer,
@@ -340,7 +252,7 @@ def create_app(*, config: Config, producer: AIOKafkaProducer) -> web.Application
         metrics=IngressMetrics(),
     )
     app = web.Application()
-    app.cleanup_ctx.append(publisher.running)
+    app.cleanup_ctx.append(functools.partial(_publishing, publisher))
     app.add_routes(
         [
             web.post(config.ingress.path, ingress.webhook),
@@ -438,6 +350,19 @@ async def _drain(runner: web.AppRunner | None, producer: AIOKafkaProducer) -> No
     # A record still queued now was never answered 2xx, so the provider will retry it:
     # the flush is a courtesy, and the caller bounds it so that shutdown always ends.
     await producer.stop()
+
+
+async def _publishing(publisher: GroupPublisher, app: web.Application) -> AsyncIterator[None]:
+    """aiohttp cleanup context: the publisher runs from app start-up to app cleanup.
+
+    aiohttp cleans the app up only after in-flight requests have finished, so no
+    request is left waiting on a stopped publisher.
+    """
+    task = asyncio.create_task(publisher.run(), name="ingress-publisher")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _wait_for_stop_signal() -> None:
