@@ -110,8 +110,8 @@ class Worker:
         """The next batch (maybe empty), or None once `stop` is set.
 
         A fetch waits without bound while the group rebalances; racing it against
-        `stop` keeps SIGTERM prompt then too. A cancelled fetch loses nothing: the
-        records stay in the fetcher's buffer and the offsets are not committed.
+        `stop` keeps SIGTERM prompt then too. Giving up a fetch loses nothing: its
+        offsets are never committed, so the group reads those records again.
         """
         if stop.is_set():
             return None
