@@ -18,11 +18,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from processor.batching import produce_batch
-from processor.config import Config
+from processor.config import Config, KafkaConfig
+from processor.devbroker import LocalBroker
 from processor.topics import all_topics, create_topics
 from processor.worker import Worker
 from tests.deliveries import Delivery, mixed_stream
@@ -320,3 +322,31 @@ async def test_rebalance_between_two_workers_under_load_loses_nothing(
     duplicates = sum(n - 1 for n in written.values())
     assert duplicates <= BATCH, f"{duplicates} duplicates across two clean rebalances"
     assert second.poll() is None, "the surviving worker is still running"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("kafka_jars")
+async def test_broker_outage_mid_stream_loses_nothing(config: Config) -> None:
+    with LocalBroker.temporary() as broker:
+        config = msgspec.structs.replace(
+            config,
+            kafka=KafkaConfig(bootstrap_servers=broker.bootstrap),
+            # Fail fast while the broker is away, so the retries are what gets tested.
+            worker=msgspec.structs.replace(config.worker, produce_timeout_s=3, commit_timeout_s=3),
+        )
+        await create_topics(config)
+        stream = mixed_stream(6_000, seed=23)
+        await produce_raw(config, stream[:3_000])
+        stop = asyncio.Event()
+        worker = asyncio.create_task(Worker(config=config).run(stop))
+        try:
+            await wait_for_outputs(config, 1_000)
+            await asyncio.to_thread(broker.kill)  # a crash: acknowledged writes must survive
+            await asyncio.sleep(3)
+            await asyncio.to_thread(broker.start)  # same directory and ports
+            await produce_raw(config, stream[3_000:])
+            outputs = await read_outputs(config, len(stream))
+        finally:
+            stop.set()
+            await asyncio.wait_for(worker, 60)
+        assert_each_delivered(config, stream, outputs)
