@@ -7,6 +7,8 @@ first and a test reads only its own numbers.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -18,10 +20,15 @@ from prometheus_client import (
     generate_latest,
 )
 
-__all__ = ["IngressMetrics", "render"]
+__all__ = ["IngressMetrics", "WorkerMetrics", "render"]
 
 # From a local acks=all round trip (a few ms) up to ingress.publish_timeout_s's default.
 _PUBLISH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# From a small batch on a local broker (about a millisecond) up to
+# worker.produce_timeout_s's default, where a batch gives up and is retried.
+_BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Where routing can send a record (processor.routing.Routed.outcome).
+_OUTCOMES = ("routed", "unrouted", "dlq")
 
 
 class IngressMetrics:
@@ -55,6 +62,61 @@ class IngressMetrics:
         if counter is None:
             counter = self._by_status[status] = self._requests.labels(code=str(status))
         counter.inc()
+
+
+class WorkerMetrics:
+    """What an operator watches on a worker: outcomes, batch latency, Kafka failures, progress.
+
+    Updated once per batch, not per record: the worker counts outcomes anyway for its
+    `batch.committed` log line, and hands the totals over here.
+    """
+
+    def __init__(self) -> None:
+        # A registry per worker, not the global one: tests run several workers in one process.
+        self.registry = _process_registry()
+        records = Counter(
+            "processor_worker_records",
+            "Records routed and committed, by outcome (routed, unrouted, dlq).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        # Every child resolved up front: a batch costs a few inc() calls, and each
+        # outcome is exported (as 0) before its first record, so rate() works from the start.
+        self._records = {outcome: records.labels(outcome=outcome) for outcome in _OUTCOMES}
+        self._batches = Counter(
+            "processor_worker_batches",
+            "Batches routed, produced and committed.",
+            registry=self.registry,
+        )
+        self._batch_seconds = Histogram(
+            "processor_worker_batch_seconds",
+            "Time from a batch's fetch to its offsets' commit.",
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self._last_commit = Gauge(
+            "processor_worker_last_commit_timestamp_seconds",
+            "Unix time of the last committed batch; old while consumer lag grows: a stuck worker.",
+            registry=self.registry,
+        )
+        self.produce_failures = Counter(
+            "processor_worker_produce_failures",
+            "Batches whose produce failed or timed out; each is retried from its first offsets.",
+            registry=self.registry,
+        )
+        self.commit_failures = Counter(
+            "processor_worker_commit_failures",
+            "Batches produced whose offsets commit failed; their next owner re-routes them.",
+            registry=self.registry,
+        )
+
+    def count_batch(self, outcomes: Mapping[str, int], *, seconds: float) -> None:
+        """A committed batch: records by outcome, and `seconds` from fetch to commit."""
+        for outcome, counter in self._records.items():
+            counter.inc(outcomes.get(outcome, 0))
+        self._batches.inc()
+        self._batch_seconds.observe(seconds)
+        self._last_commit.set_to_current_time()
 
 
 def render(registry: CollectorRegistry) -> tuple[bytes, str]:
