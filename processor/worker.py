@@ -19,6 +19,7 @@ later replaces steps 3 and 4 with one transaction; the loop keeps its shape.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias
@@ -30,6 +31,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from processor.batching import produce_batch
 from processor.config import Config
 from processor.kafka_clients import BrokerUnavailable, client_options
+from processor.metrics import WorkerMetrics
 from processor.routing import Routed, Router
 from processor.shutdown import stop_on_signals
 from processor.topics import ROUTING_HEADROOM_BYTES, all_topics
@@ -80,10 +82,15 @@ Batch: TypeAlias = Mapping[TopicPartition, Sequence[Any]]
 
 
 class Worker:
-    """One member of the routing consumer group; `run` until `stop` is set."""
+    """One member of the routing consumer group; `run` until `stop` is set.
 
-    def __init__(self, *, config: Config) -> None:
+    It counts into `metrics`: pass the WorkerMetrics whose registry is served; the
+    default, a fresh one nobody reads, suits tests and benchmarks.
+    """
+
+    def __init__(self, *, config: Config, metrics: WorkerMetrics | None = None) -> None:
         self._config = config
+        self._metrics = WorkerMetrics() if metrics is None else metrics
         self._router = Router(routing=config.routing, topics=config.topics)
         self._consumer = AIOKafkaConsumer(**consumer_options(config))
         self._producer = AIOKafkaProducer(**producer_options(config))
@@ -101,8 +108,9 @@ class Worker:
         try:
             while (batch := await self._fetch(stop)) is not None:
                 if batch:
+                    fetched_at = time.perf_counter()
                     async with self._in_flight:
-                        await self._process(batch)
+                        await self._process(batch, fetched_at)
         finally:
             await self._close()
 
@@ -180,7 +188,7 @@ class Worker:
             log.warning("worker.close_failed", error=repr(exc))
         log.info("worker.stopped", group_id=self._config.worker.group_id)
 
-    async def _process(self, batch: Batch) -> None:
+    async def _process(self, batch: Batch, fetched_at: float) -> None:
         route = self._router.route
         routed = [route(record) for records in batch.values() for record in records]
         if not await self._produce(routed):
@@ -195,9 +203,12 @@ class Worker:
                 await self._consumer.commit(offsets)
         except (TimeoutError, CommitFailedError, KafkaError) as exc:
             # The outputs are written; the next owner re-routes the batch (duplicates).
+            self._metrics.commit_failures.inc()
             log.warning("batch.commit_failed", error=repr(exc), records=len(routed))
             return
-        self._log_batch(batch, routed)
+        outcomes: Counter[str] = Counter(r.outcome for r in routed)
+        self._metrics.count_batch(outcomes, seconds=time.perf_counter() - fetched_at)
+        self._log_batch(batch, routed, outcomes)
 
     async def _produce(self, routed: list[Routed]) -> bool:
         """True when Kafka acknowledged every record of the batch in time."""
@@ -207,6 +218,7 @@ class Worker:
                 futures = await produce_batch(self._producer, routed)
                 await asyncio.gather(*futures)
         except (TimeoutError, KafkaError) as exc:
+            self._metrics.produce_failures.inc()
             log.error(
                 "batch.produce_failed",
                 error=repr(exc),
@@ -222,8 +234,7 @@ class Worker:
             if tp in self._consumer.assignment():
                 self._consumer.seek(tp, records[0].offset)
 
-    def _log_batch(self, batch: Batch, routed: list[Routed]) -> None:
-        outcomes = Counter(r.outcome for r in routed)
+    def _log_batch(self, batch: Batch, routed: list[Routed], outcomes: Counter[str]) -> None:
         index = 0
         for records in batch.values():
             for record in records:
