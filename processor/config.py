@@ -124,6 +124,11 @@ class WorkerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     heartbeat_interval_ms: int = 3_000
     # A batch must finish well inside this, or the group evicts the worker.
     max_poll_interval_ms: int = 300_000
+    # A liveness and metrics port for orchestrators (GET /healthz, GET /metrics). None
+    # serves no HTTP, so any number of workers can share a laptop without port clashes.
+    metrics_port: int | None = None
+    # Loopback by default; 0.0.0.0 in containers, so probes and scrapers can reach it.
+    metrics_host: str = "127.0.0.1"
 
 
 class IngressConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -300,6 +305,11 @@ def _check(config: Config, source: str) -> None:
         )
     if not 0 < config.ingress.port < 65536:
         raise ConfigError(f"{source}: ingress.port must be 1..65535, got {config.ingress.port}")
+    metrics_port = config.worker.metrics_port
+    if metrics_port is not None and not 0 < metrics_port < 65536:
+        raise ConfigError(
+            f"{source}: worker.metrics_port must be 1..65535 (or null for none), got {metrics_port}"
+        )
     if not config.ingress.path.startswith("/"):
         raise ConfigError(
             f"{source}: ingress.path must start with '/', got {config.ingress.path!r}"

@@ -19,6 +19,7 @@ later replaces steps 3 and 4 with one transaction; the loop keeps its shape.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,7 @@ from processor.metrics import WorkerMetrics
 from processor.routing import Routed, Router
 from processor.shutdown import stop_on_signals
 from processor.topics import ROUTING_HEADROOM_BYTES, all_topics
+from processor.worker_http import serve_health_and_metrics
 
 __all__ = ["Worker", "consumer_options", "producer_options", "run_worker"]
 
@@ -280,7 +282,18 @@ class _FinishBatchOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 async def run_worker(config: Config) -> None:
-    """The `processor worker` process: run until SIGTERM or SIGINT."""
+    """The `processor worker` process: run until SIGTERM or SIGINT.
+
+    With worker.metrics_port set, /healthz and /metrics answer from before the worker
+    connects to Kafka until after it has left the group, so a slow start is not taken
+    for a dead process. Raises ConfigError when that port is taken.
+    """
+    metrics = WorkerMetrics()
+    port = config.worker.metrics_port
+    http: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
+    if port is not None:
+        http = serve_health_and_metrics(host=config.worker.metrics_host, port=port, metrics=metrics)
     stop = asyncio.Event()
     with stop_on_signals(stop):
-        await Worker(config=config).run(stop)
+        async with http:
+            await Worker(config=config, metrics=metrics).run(stop)

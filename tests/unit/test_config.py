@@ -95,6 +95,8 @@ def test_unrelated_environment_is_ignored() -> None:
     [
         ("worker:\n  max_batch_records: 0\n", "worker.max_batch_records must be positive"),
         ("ingress:\n  port: 70000\n", "ingress.port must be 1..65535"),
+        ("worker:\n  metrics_port: 0\n", "worker.metrics_port must be 1..65535"),
+        ("worker:\n  metrics_port: 65536\n", "worker.metrics_port must be 1..65535"),
         ("ingress:\n  path: webhooks\n", "ingress.path must start with '/'"),
         ("kafka:\n  security_protocol: SASL_SSL\n", "needs kafka.sasl_mechanism"),
         ("kafka:\n  security_protocol: TLS\n", "kafka.security_protocol"),
@@ -140,3 +142,20 @@ def test_unparsable_environment_value_is_an_error_without_the_value() -> None:
     with pytest.raises(ConfigError, match="PROCESSOR_KAFKA__SASL_MECHANISM") as caught:
         load_config(None, env={"PROCESSOR_KAFKA__SASL_MECHANISM": "*hunter2"})
     assert "hunter2" not in str(caught.value)
+
+
+def test_worker_metrics_port_is_off_by_default_and_set_from_the_environment() -> None:
+    assert Config().worker.metrics_port is None
+    config = load_config(
+        None,
+        env={"PROCESSOR_WORKER__METRICS_PORT": "9100", "PROCESSOR_WORKER__METRICS_HOST": "::1"},
+    )
+    assert config.worker.metrics_port == 9100
+    assert config.worker.metrics_host == "::1"
+
+
+def test_a_non_numeric_metrics_port_names_the_variable() -> None:
+    with pytest.raises(
+        ConfigError, match=r"^PROCESSOR_WORKER__METRICS_PORT \(environment\): worker\.metrics_port"
+    ):
+        load_config(None, env={"PROCESSOR_WORKER__METRICS_PORT": "http"})

@@ -1,0 +1,82 @@
+"""The worker's HTTP port: `GET /healthz` for a liveness probe, `GET /metrics` for Prometheus.
+
+Only served when `worker.metrics_port` is set: a worker needs no HTTP to do its job,
+and workers sharing a laptop would fight over one port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Final
+
+import structlog
+from aiohttp import hdrs, web
+
+from processor.config import ConfigError
+from processor.metrics import WorkerMetrics, render
+
+__all__ = ["CLOSE_TIMEOUT_S", "create_app", "serve_health_and_metrics"]
+
+log = structlog.get_logger(__name__)
+
+# Both routes answer from memory in milliseconds: a request still running at shutdown
+# after this is a stuck client, not worth holding the exit for.
+REQUEST_GRACE_S: Final = 1.0
+# Closing the port, that grace included, never delays the worker's exit longer than this.
+CLOSE_TIMEOUT_S: Final = 2.0
+
+
+def create_app(metrics: WorkerMetrics) -> web.Application:
+    """The two routes as an aiohttp app, so tests can serve it in-process."""
+
+    async def healthz(request: web.Request) -> web.Response:
+        """200 while the worker's event loop runs: this answer IS the liveness check.
+
+        It is served from the loop that routes, so a loop that is blocked or wedged
+        cannot answer and the orchestrator restarts the process. Kafka is not asked on
+        purpose: the worker retries a broker outage itself, and restarting every worker
+        at once would not bring the broker back.
+        """
+        return web.json_response({"status": "ok"})
+
+    async def metrics_text(request: web.Request) -> web.Response:
+        body, content_type = render(metrics.registry)
+        return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
+
+    app = web.Application()
+    app.add_routes([web.get("/healthz", healthz), web.get("/metrics", metrics_text)])
+    return app
+
+
+@contextlib.asynccontextmanager
+async def serve_health_and_metrics(
+    *, host: str, port: int, metrics: WorkerMetrics
+) -> AsyncIterator[None]:
+    """Serve `create_app(metrics)` on host:port while the block runs.
+
+    Raises ConfigError when the port cannot be bound. Closing takes at most
+    CLOSE_TIMEOUT_S, so the port never holds up the worker's exit.
+    """
+    runner = web.AppRunner(
+        create_app(metrics), access_log=None, handle_signals=False, shutdown_timeout=REQUEST_GRACE_S
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({exc.strerror}): free the port or choose another "
+            "with worker.metrics_port / PROCESSOR_WORKER__METRICS_PORT"
+        ) from None
+    log.info("worker.metrics_listening", host=host, port=port)
+    try:
+        yield
+    finally:
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await runner.cleanup()
+        except TimeoutError:
+            log.warning("worker.metrics_close_timeout", timeout_s=CLOSE_TIMEOUT_S)

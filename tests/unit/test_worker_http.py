@@ -1,0 +1,44 @@
+"""The worker's HTTP port on loopback: what it answers, a taken port, and closing it."""
+
+from __future__ import annotations
+
+import socket
+
+import aiohttp
+import pytest
+
+from processor.config import ConfigError
+from processor.devbroker import free_port
+from processor.metrics import WorkerMetrics
+from processor.worker_http import serve_health_and_metrics
+
+HOST = "127.0.0.1"
+
+
+async def test_serves_healthz_and_the_workers_metrics_then_closes_the_port() -> None:
+    metrics = WorkerMetrics()
+    metrics.produce_failures.inc()
+    port = free_port()
+    async with (
+        serve_health_and_metrics(host=HOST, port=port, metrics=metrics),
+        aiohttp.ClientSession(f"http://{HOST}:{port}") as session,
+    ):
+        async with session.get("/healthz") as response:
+            assert response.status == 200
+            assert await response.json() == {"status": "ok"}
+        async with session.get("/metrics") as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/plain")
+            assert "processor_worker_produce_failures_total 1.0" in await response.text()
+    with socket.socket() as probe:
+        assert probe.connect_ex((HOST, port)) != 0, "the port is still open"
+
+
+async def test_a_taken_port_is_a_config_error_naming_the_setting() -> None:
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=r"PROCESSOR_WORKER__METRICS_PORT"):
+            async with serve_health_and_metrics(host=HOST, port=port, metrics=WorkerMetrics()):
+                pass
