@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 import yaml
 
+from processor import worker_http
 from processor.config import Config, load_config
 from processor.devbroker import KAFKA_VERSION
 from processor.ingress import create_app
+from processor.metrics import WorkerMetrics
 from processor.topics import all_topics, topic_configs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,9 +170,10 @@ def test_compose_worker_can_scale_out(compose: dict[str, Any]) -> None:
 
 
 def worker_stop_bound(config: Config) -> float:
-    """SIGTERM to exit at worst: the batch in flight, then leaving the group."""
+    """SIGTERM to exit at worst: the batch in flight, leaving the group, closing the port."""
     w = config.worker
-    return w.produce_timeout_s + w.commit_timeout_s + w.shutdown_timeout_s
+    in_flight = w.produce_timeout_s + w.commit_timeout_s
+    return in_flight + w.shutdown_timeout_s + worker_http.CLOSE_TIMEOUT_S
 
 
 def test_compose_stop_grace_outlasts_the_shutdown_timeouts(
@@ -327,6 +330,27 @@ def test_ingress_probes_hit_the_ingress_routes(
     assert ingress["readinessProbe"]["httpGet"]["port"] == port["name"]
     (service,) = [s for s in of_kind(manifests, "Service") if s["spec"].get("ports")]
     assert service["spec"]["ports"][0]["targetPort"] == port["name"]
+
+
+def test_worker_liveness_probe_and_scrape_hit_the_port_its_config_serves(
+    manifests: list[dict[str, Any]],
+) -> None:
+    worker = container(manifests, "worker")
+    # The pod's own environment decides: metrics_port is off in config.yaml.
+    loaded = load_config(ROOT / "config.yaml", env=plain_env(worker))
+    assert loaded.worker.metrics_host == ALL_INTERFACES
+    (port,) = worker["ports"]
+    assert port["containerPort"] == loaded.worker.metrics_port
+    app = worker_http.create_app(WorkerMetrics())
+    routes = {r.resource.canonical for r in app.router.routes() if r.method == "GET"}
+    probe = worker["livenessProbe"]
+    assert probe["httpGet"] == {"path": "/healthz", "port": port["name"]}
+    assert "/healthz" in routes
+    annotations = workload(manifests, "worker")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == port["containerPort"]
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert "/metrics" in routes
 
 
 def test_ingress_reads_its_signing_secret_from_the_secret(
