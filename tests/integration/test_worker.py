@@ -8,26 +8,30 @@ processes, signalled the way an orchestrator would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
+import aiohttp
 import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from processor.batching import produce_batch
 from processor.config import Config, KafkaConfig
-from processor.devbroker import LocalBroker
+from processor.devbroker import LocalBroker, free_port
 from processor.topics import all_topics, create_topics
 from processor.worker import Worker
-from tests.deliveries import Delivery, mixed_stream
+from tests.deliveries import Delivery, integration_event, mixed_stream
 
 pytestmark = pytest.mark.integration
 
@@ -183,11 +187,17 @@ def worker_env(config: Config) -> dict[str, str]:
     }
 
 
+class SpawnWorker(Protocol):
+    """`spawn_worker()`, or `spawn_worker(PROCESSOR_...="value")` to set more environment."""
+
+    def __call__(self, **env: str) -> subprocess.Popen[bytes]: ...
+
+
 @pytest.fixture
-def spawn_worker(config: Config, tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
+def spawn_worker(config: Config, tmp_path: Path) -> Iterator[SpawnWorker]:
     started: list[subprocess.Popen[bytes]] = []
 
-    def spawn() -> subprocess.Popen[bytes]:
+    def spawn(**env: str) -> subprocess.Popen[bytes]:
         log = (tmp_path / f"worker{len(started)}.log").open("wb")
         process = subprocess.Popen(
             [
@@ -198,7 +208,7 @@ def spawn_worker(config: Config, tmp_path: Path) -> Iterator[Callable[[], subpro
                 str(REPO / "config.yaml"),
                 "worker",
             ],
-            env=worker_env(config),
+            env=worker_env(config) | env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -262,7 +272,7 @@ async def wait_exit(process: subprocess.Popen[bytes], timeout: float) -> int:
 @pytest.mark.slow
 @pytest.mark.usefixtures("topics")
 async def test_sigkill_mid_stream_loses_nothing_and_duplicates_at_most_one_batch(
-    config: Config, spawn_worker: Callable[[], subprocess.Popen[bytes]]
+    config: Config, spawn_worker: SpawnWorker
 ) -> None:
     stream = mixed_stream(20_000, seed=11)
     await produce_raw(config, stream[:10_000])
@@ -282,7 +292,7 @@ async def test_sigkill_mid_stream_loses_nothing_and_duplicates_at_most_one_batch
 @pytest.mark.slow
 @pytest.mark.usefixtures("topics")
 async def test_sigterm_finishes_the_batch_commits_and_exits_zero(
-    config: Config, spawn_worker: Callable[[], subprocess.Popen[bytes]]
+    config: Config, spawn_worker: SpawnWorker
 ) -> None:
     stream = mixed_stream(20_000, seed=13)
     await produce_raw(config, stream)
@@ -300,7 +310,7 @@ async def test_sigterm_finishes_the_batch_commits_and_exits_zero(
 @pytest.mark.slow
 @pytest.mark.usefixtures("topics")
 async def test_rebalance_between_two_workers_under_load_loses_nothing(
-    config: Config, spawn_worker: Callable[[], subprocess.Popen[bytes]], tmp_path: Path
+    config: Config, spawn_worker: SpawnWorker, tmp_path: Path
 ) -> None:
     stream = mixed_stream(30_000, seed=17)
     chunks = [stream[i : i + 2_000] for i in range(0, len(stream), 2_000)]
@@ -350,3 +360,67 @@ async def test_broker_outage_mid_stream_loses_nothing(config: Config) -> None:
             stop.set()
             await asyncio.wait_for(worker, 60)
         assert_each_delivered(config, stream, outputs)
+
+
+# --- the metrics port -------------------------------------------------------------------
+
+
+async def records_by_outcome(session: aiohttp.ClientSession) -> dict[str, float]:
+    """`processor_worker_records_total` by outcome, parsed from GET /metrics."""
+    async with session.get("/metrics") as response:
+        assert response.status == 200
+        exposition = await response.text()
+    return {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == "processor_worker_records_total"
+    }
+
+
+async def wait_for_healthz(session: aiohttp.ClientSession, timeout: float = 30) -> None:
+    """Until /healthz answers 200 {"status": "ok"}; the process needs a moment to listen."""
+    async with asyncio.timeout(timeout):
+        while True:
+            with contextlib.suppress(aiohttp.ClientConnectionError):
+                async with session.get("/healthz") as response:
+                    if response.status == 200 and await response.json() == {"status": "ok"}:
+                        return
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("topics")
+async def test_metrics_port_answers_healthz_and_counts_each_committed_outcome(
+    config: Config, spawn_worker: SpawnWorker, tmp_path: Path
+) -> None:
+    unrouted = (
+        b'{"id": "whd_unrouted", "event": "portfolio.updated", '
+        b'"timestamp": "2025-02-19T12:00:00Z", "data": {"uid": "user_2"}}'
+    )
+    stream = [
+        *(
+            Delivery(
+                b"user_1",
+                integration_event(index=i, uid="user_1", status="COMPLETED"),
+                "routed:COMPLETED",
+            )
+            for i in range(4)
+        ),
+        Delivery(b"user_2", unrouted, "unrouted"),
+        Delivery(b"user_3", b'{"id": "whd_malformed", "event":', "dlq"),
+    ]
+    await produce_raw(config, stream)
+    port = free_port()
+    worker = spawn_worker(PROCESSOR_WORKER__METRICS_PORT=str(port))
+
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as session:
+        await wait_for_healthz(session)
+        async with asyncio.timeout(60):
+            while sum((records := await records_by_outcome(session)).values()) < len(stream):
+                await asyncio.sleep(0.2)
+
+    assert records == {"routed": 4, "unrouted": 1, "dlq": 1}
+    worker.send_signal(signal.SIGTERM)
+    code = await wait_exit(worker, config.worker.shutdown_timeout_s)
+    assert code == 0, (tmp_path / "worker0.log").read_text()
