@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from processor.config import Config, ConfigError, IngressConfig
-from processor.events import MAX_IDENTIFIER_LENGTH
+from processor.events import MAX_IDENTIFIER_LENGTH, format_received_at
 from processor.kafka_clients import BrokerUnavailable, client_options
 from processor.metrics import IngressMetrics, render
 from processor.publisher import GroupPublisher, RawRecord
@@ -113,7 +113,7 @@ class _Ingress:
 
     async def webhook(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
-        received_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        received_at = format_received_at(datetime.now(UTC))
         try:
             envelope = await self._accept(request, received_at)
         except _Refusal as refusal:

@@ -30,7 +30,12 @@ from typing import Final, Literal, Protocol
 import msgspec
 
 from processor.config import RoutingConfig, TopicsConfig
-from processor.events import MAX_IDENTIFIER_LENGTH, InvalidDelivery, decode_delivery
+from processor.events import (
+    MAX_IDENTIFIER_LENGTH,
+    InvalidDelivery,
+    decode_delivery,
+    format_received_at,
+)
 
 __all__ = ["Routed", "Router", "SourceRecord", "normalise_status"]
 
@@ -232,7 +237,7 @@ def _received_at(record: SourceRecord) -> bytes | None:
         moment = _EPOCH + timedelta(milliseconds=record.timestamp)
     except OverflowError:
         return None
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z").encode()
+    return format_received_at(moment).encode()
 
 
 def _salvage(value: bytes | None) -> tuple[str | None, str | None, str | None]:
