@@ -11,10 +11,15 @@ The value always travels as the bytes that were read; routing facts go in header
 - `ValidationError`: JSON, but it breaks the contract of `processor.events`;
 - `RoutingError`: a valid delivery of a status-routed category whose status has no
   letter or digit, so no topic can be named after it;
+- `RecordError`: the Kafka record itself could not be read (a header name that is
+  not UTF-8, a compression codec or batch that cannot be read; see
+  `processor.recordbatch`): key and value are the record's where they could be
+  read, else the value is the whole record batch, as Kafka stores it;
 - `InternalError`: a bug in this module, caught so the record is parked, not lost.
 
-Raw headers are not copied, except `received-at` (set by the ingress): derived
-records carry exactly the documented header set, whatever the raw topic gained.
+Raw headers are not copied, except a well-formed `received-at` (set by the
+ingress): derived records carry exactly the documented header set, whatever the
+raw topic gained.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from processor.events import (
     decode_delivery,
     format_received_at,
 )
+from processor.recordbatch import UNREADABLE_HEADER, unreadable_reason
 
 __all__ = ["Routed", "Router", "SourceRecord", "normalise_status"]
 
@@ -44,6 +50,7 @@ MAX_ERROR_MESSAGE_CHARS: Final = 1000
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _NOT_TOPIC_CHARS: Final = re.compile(r"[^a-z0-9]+")
 _SALVAGE: Final = msgspec.json.Decoder()
+_RECEIVED_AT: Final = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 class SourceRecord(Protocol):
@@ -142,6 +149,10 @@ class Router:
             return self._to_dlq(record, "InternalError", f"{type(exc).__name__}: {exc}")
 
     def _route(self, record: SourceRecord) -> Routed:
+        source_headers = record.headers
+        if source_headers and source_headers[0][0] == UNREADABLE_HEADER:
+            reason = unreadable_reason(source_headers) or "unreadable"
+            raise InvalidDelivery("RecordError", reason)
         value = record.value
         if not value:
             state = "absent (a tombstone)" if value is None else "empty"
@@ -224,13 +235,16 @@ def _status_topic(route: _StatusRoute, status: str | None, category: str) -> str
 
 
 def _received_at(record: SourceRecord) -> bytes | None:
-    """The ingress's `received-at` header, else the record's timestamp in ISO 8601 UTC.
+    """The ingress's `received-at` header, else the record's timestamp, in one form.
 
-    None when neither exists (a record without a timestamp carries -1).
+    The header is documented as ISO 8601 UTC with milliseconds: another client's
+    `received-at` that names a moment in another form is rewritten to it, and one
+    that names no moment (or a naive one) is replaced by the record's timestamp.
+    None when there is neither (a record without a timestamp carries -1).
     """
     for name, value in record.headers:
-        if name == "received-at" and value:
-            return value
+        if name == "received-at" and value and (normal := _moment(value)) is not None:
+            return normal
     if record.timestamp < 0:
         return None
     try:
@@ -238,6 +252,19 @@ def _received_at(record: SourceRecord) -> bytes | None:
     except OverflowError:
         return None
     return format_received_at(moment).encode()
+
+
+def _moment(value: bytes) -> bytes | None:
+    """`value` in format_received_at's form, or None when it is not an aware moment."""
+    try:
+        moment = datetime.fromisoformat(value.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):  # 2025-02-30 has the shape, not the date
+        return None
+    if _RECEIVED_AT.fullmatch(value) is not None:
+        return value  # the ingress's own form, as every ingress record has it
+    if moment.tzinfo is None:
+        return None
+    return format_received_at(moment.astimezone(UTC)).encode()
 
 
 def _salvage(value: bytes | None) -> tuple[str | None, str | None, str | None]:

@@ -177,12 +177,47 @@ def test_key_is_uid_even_when_the_raw_key_differs() -> None:
 
 
 def test_received_at_is_copied_from_the_raw_header() -> None:
-    headers = [("content-type", b"application/json"), ("received-at", b"2025-01-01T00:00:00Z")]
+    headers = [("content-type", b"application/json"), ("received-at", b"2025-01-01T00:00:00.250Z")]
 
     routed = route(delivery(), headers=headers)
 
-    assert header_map(routed)["received-at"] == "2025-01-01T00:00:00Z"
+    assert header_map(routed)["received-at"] == "2025-01-01T00:00:00.250Z"
     assert "content-type" not in header_map(routed)
+
+
+@pytest.mark.parametrize(
+    ("sent", "derived"),
+    [
+        ("2025-01-01T00:00:00Z", "2025-01-01T00:00:00.000Z"),
+        ("2025-01-01T02:00:00.5+02:00", "2025-01-01T00:00:00.500Z"),
+        ("2025-01-01 00:00:00.123456+00:00", "2025-01-01T00:00:00.123Z"),
+    ],
+)
+def test_received_at_of_another_form_is_rewritten_to_iso_8601_utc_millis(
+    sent: str, derived: str
+) -> None:
+    routed = route(delivery(), headers=[("received-at", sent.encode())])
+
+    assert header_map(routed)["received-at"] == derived
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"yesterday",
+        b"2025-02-30T12:00:00.000Z",  # the right shape, no such day
+        b"2025-01-01T00:00:00.000",  # naive: no place on the timeline
+        b"2025-01-01",
+        b"\xff\xfe2025-01-01T00:00:00.000Z",
+        b"2025-01-01T00:00:00.000Z; DROP TABLE",
+    ],
+)
+def test_received_at_that_names_no_utc_moment_falls_back_to_the_record_timestamp(
+    sent: bytes,
+) -> None:
+    routed = route(delivery(), headers=[("received-at", sent)])
+
+    assert header_map(routed)["received-at"] == "2025-02-19T12:00:00.123Z"
 
 
 def test_received_at_falls_back_to_the_record_timestamp_in_utc() -> None:
