@@ -22,6 +22,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from processor.config import LoggingConfig
+from processor.connectivity import RetryNoiseFilter
 
 __all__ = ["configure_logging"]
 
@@ -69,6 +70,8 @@ def configure_logging(config: LoggingConfig, *, stream: TextIO | None = None) ->
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(out)
+    if level > logging.DEBUG:
+        handler.addFilter(RetryNoiseFilter())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
@@ -78,7 +81,9 @@ def configure_logging(config: LoggingConfig, *, stream: TextIO | None = None) ->
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # aiokafka logs every reconnect attempt at INFO/WARNING; keep its noise out of INFO.
+    # aiokafka logs routine steps at INFO and each retry at WARNING or ERROR: above
+    # DEBUG, only its warnings and errors pass, less the retry lines (Connectivity
+    # reports the outage they describe once).
     logging.getLogger("aiokafka").setLevel(max(level, logging.WARNING))
 
 

@@ -1,0 +1,141 @@
+"""Kafka going away is a state change: reported once, retried at a bounded pace.
+
+Left alone, aiokafka 0.14 turns a broker outage into a flood: every client retries
+its metadata request in a tight loop (a failed connection asks for new metadata,
+which fails at once, which wakes the sender or fetcher again), logging two ERROR
+lines per turn, tens of thousands a minute at a full core. Two fixes, both here:
+
+- `Connectivity.watch(client)` paces a client's metadata refresh after a failure
+  (doubling from RETRY_BACKOFF_S to MAX_RETRY_BACKOFF_S, as the Java client's
+  `reconnect.backoff.max.ms`), so everything that waits for metadata waits too,
+  and turns the outcome into one `kafka.unreachable` warning and one
+  `kafka.reachable` line when it is back, with counts in metrics;
+- `RetryNoiseFilter` keeps aiokafka's per-attempt lines about the same trouble
+  (connection refused, metadata, fetch, coordinator, produce retries) out of any
+  log above DEBUG.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+__all__ = ["Connectivity", "RetryNoiseFilter"]
+
+log = structlog.get_logger(__name__)
+
+# The pause after a failed metadata refresh doubles from the first to the last: fast
+# enough to notice a broker back within a second, slow enough to cost no CPU.
+RETRY_BACKOFF_S: Final = 0.1
+MAX_RETRY_BACKOFF_S: Final = 1.0
+
+# aiokafka's lines for one failed attempt at something it retries by itself (format
+# strings, as aiokafka passes them). Connectivity reports the state they describe.
+_RETRY_LINES: Final = frozenset(
+    {
+        'Unable connect to "%s:%s": %s',
+        'Unable to request metadata from "%s:%s": %s',
+        "Unable connect to node with id %s: %s",
+        "Unable to request metadata from node with id %s: %r",
+        "Unable to update metadata from %s",
+        "Failed fetch messages from %s: %s",
+        "Failed fetch offsets from %s: %s",
+        "Group Coordinator Request failed: %s",
+        "Marking the coordinator dead (node %s)for group %s.",
+        "Error sending %s to node %s [%s] -- marking coordinator dead",
+        "Heartbeat send request failed: %s. Will retry.",
+        "Got error produce response: %s",
+        "Got error produce response on topic-partition %s, retrying. Error: %s",
+        "Cannot send %r to %s: %r",
+        "Could not send %r: %r",
+    }
+)
+
+
+class RetryNoiseFilter(logging.Filter):
+    """Drops aiokafka's per-attempt retry lines; Connectivity reports the state instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("aiokafka") and record.msg in _RETRY_LINES)
+
+
+class Connectivity:
+    """Whether this process's Kafka clients reach the cluster, reported on change only.
+
+    One per process, shared by its clients; its metrics go into `registry`.
+    """
+
+    def __init__(self, *, bootstrap: str, registry: CollectorRegistry) -> None:
+        self._bootstrap = bootstrap
+        self._down_since: float | None = None
+        self._reachable = Gauge(
+            "processor_kafka_reachable",
+            "1 while the last metadata refresh of this process's Kafka clients succeeded.",
+            registry=registry,
+        )
+        self._reachable.set(1)
+        self._failures = Counter(
+            "processor_kafka_metadata_failures",
+            "Metadata refreshes that reached no broker (each retried after a pause).",
+            registry=registry,
+        )
+        self._outages = Counter(
+            "processor_kafka_outages",
+            "Times this process lost every broker.",
+            registry=registry,
+        )
+
+    @property
+    def reachable(self) -> bool:
+        return self._down_since is None
+
+    def watch(self, client: Any) -> None:
+        """Pace and report the metadata refreshes of `client` (an AIOKafkaClient).
+
+        Patches the instance, not the class: only clients that are watched change.
+        Call before the client starts.
+        """
+        refresh: Callable[..., Awaitable[bool]] = client._metadata_update
+        pause = RETRY_BACKOFF_S
+
+        async def paced_refresh(*args: Any) -> bool:
+            nonlocal pause
+            if await refresh(*args):
+                pause = RETRY_BACKOFF_S
+                self._succeeded()
+                return True
+            self._failed()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, MAX_RETRY_BACKOFF_S)
+            return False
+
+        client._metadata_update = paced_refresh
+
+    def _failed(self) -> None:
+        self._failures.inc()
+        if self._down_since is not None:
+            return
+        self._down_since = time.monotonic()
+        self._reachable.set(0)
+        self._outages.inc()
+        log.warning(
+            "kafka.unreachable",
+            bootstrap=self._bootstrap,
+            detail="no broker answered a metadata request; check that the brokers are up "
+            "and reachable from here (kafka.bootstrap_servers, network, TLS/SASL settings). "
+            f"Retrying every {MAX_RETRY_BACKOFF_S:g} s at most; work resumes by itself.",
+        )
+
+    def _succeeded(self) -> None:
+        if self._down_since is None:
+            return
+        seconds = round(time.monotonic() - self._down_since, 1)
+        self._down_since = None
+        self._reachable.set(1)
+        log.info("kafka.reachable", bootstrap=self._bootstrap, unreachable_for_s=seconds)
