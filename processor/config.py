@@ -62,6 +62,8 @@ class KafkaConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     ssl_keyfile: str | None = None
     # Upper bound on one broker request; a metadata or produce call never hangs longer.
     request_timeout_ms: int = 30_000
+    # Start-up gives the cluster this long to answer, then fails with what to check.
+    connect_timeout_s: float = 30.0
 
 
 class TopicsConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -284,6 +286,7 @@ def _check(config: Config, source: str) -> None:
     positive = {
         "topics.partitions": config.topics.partitions,
         "topics.replication_factor": config.topics.replication_factor,
+        "kafka.connect_timeout_s": config.kafka.connect_timeout_s,
         "worker.max_batch_records": config.worker.max_batch_records,
         "worker.fetch_timeout_ms": config.worker.fetch_timeout_ms,
         "worker.produce_timeout_s": config.worker.produce_timeout_s,

@@ -29,8 +29,10 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
+from processor import unreadable
 from processor.batching import produce_batch
 from processor.config import Config
+from processor.connectivity import Connectivity
 from processor.kafka_clients import BrokerUnavailable, client_options
 from processor.metrics import WorkerMetrics
 from processor.routing import Routed, Router
@@ -46,8 +48,6 @@ log = structlog.get_logger(__name__)
 # last, so a broken cluster (or a missing ACL) is not hammered while someone fixes it.
 RETRY_BACKOFF_S = 1.0
 MAX_RETRY_BACKOFF_S = 30.0
-# Start-up gives the cluster this long to answer before failing with a clear message.
-CONNECT_TIMEOUT_S = 30.0
 
 
 def consumer_options(config: Config) -> dict[str, Any]:
@@ -94,8 +94,15 @@ class Worker:
         self._config = config
         self._metrics = WorkerMetrics() if metrics is None else metrics
         self._router = Router(routing=config.routing, topics=config.topics)
+        # A record aiokafka cannot read reaches the router marked, to be parked.
+        unreadable.install()
         self._consumer = AIOKafkaConsumer(**consumer_options(config))
         self._producer = AIOKafkaProducer(**producer_options(config))
+        connectivity = Connectivity(
+            bootstrap=config.kafka.bootstrap_servers, registry=self._metrics.registry
+        )
+        connectivity.watch(self._consumer._client)
+        connectivity.watch(self._producer.client)
         # Held while a batch is between fetch and commit; a revoke waits for it.
         self._in_flight = asyncio.Lock()
         self._backoff = RETRY_BACKOFF_S
@@ -109,12 +116,24 @@ class Worker:
         await self._start()
         try:
             while (batch := await self._fetch(stop)) is not None:
-                if batch:
-                    fetched_at = time.perf_counter()
-                    async with self._in_flight:
-                        await self._process(batch, fetched_at)
+                if not batch:
+                    continue
+                fetched_at = time.perf_counter()
+                async with self._in_flight:
+                    done = await self._process(batch, fetched_at)
+                if not done:
+                    await self._back_off(stop)
         finally:
             await self._close()
+
+    async def _back_off(self, stop: asyncio.Event) -> None:
+        """Pause before retrying a failed batch, without the revoke lock: a rebalance
+        can take the partitions meanwhile (the batch was rewound, nothing committed),
+        and `stop` ends the pause at once."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._backoff):
+                await stop.wait()
+        self._backoff = min(self._backoff * 2, MAX_RETRY_BACKOFF_S)
 
     async def _fetch(self, stop: asyncio.Event) -> Batch | None:
         """The next batch (maybe empty), or None once `stop` is set.
@@ -143,29 +162,45 @@ class Worker:
         return None
 
     async def _start(self) -> None:
+        """Connect within kafka.connect_timeout_s, then join the group.
+
+        Only connecting is bounded: waiting for partitions is normal (a member that
+        died without leaving holds its partitions until its session expires) and
+        happens in the first fetches, which `stop` can interrupt.
+        """
         bootstrap = self._config.kafka.bootstrap_servers
+        timeout = self._config.kafka.connect_timeout_s
         try:
-            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            async with asyncio.timeout(timeout):
                 await self._producer.start()
                 await self._check_topics()
-                self._consumer.subscribe(
-                    [self._config.topics.raw], listener=_FinishBatchOnRevoke(self._in_flight)
-                )
                 await self._consumer.start()
         except (TimeoutError, KafkaError) as exc:
             await self._close()
             raise BrokerUnavailable(
-                f"cannot reach Kafka at {bootstrap} ({type(exc).__name__}): check "
-                "kafka.bootstrap_servers / KAFKA_BOOTSTRAP_SERVERS and that the broker is up"
+                f"cannot reach Kafka at {bootstrap} within {timeout:g} s "
+                f"({type(exc).__name__}): check kafka.bootstrap_servers / "
+                "KAFKA_BOOTSTRAP_SERVERS and that the broker is up"
             ) from None
         except BaseException:
             await self._close()
             raise
+        # Subscribing after start: start() would otherwise also wait for the assignment.
+        self._consumer.subscribe(
+            [self._config.topics.raw], listener=_FinishBatchOnRevoke(self._in_flight)
+        )
+        worker = self._config.worker
         log.info(
             "worker.started",
             topic=self._config.topics.raw,
-            group_id=self._config.worker.group_id,
+            group_id=worker.group_id,
+            group_instance_id=worker.group_instance_id,
             bootstrap=bootstrap,
+            detail="waiting for the group to assign partitions: at once, unless a member "
+            "that stopped without leaving the group (a crash, kill -9) still holds them; "
+            f"those come after its session expires, {worker.session_timeout_ms / 1000:g} s "
+            "at most (worker.session_timeout_ms). A static member (worker.group_instance_id) "
+            "that restarts takes its own back at once.",
         )
 
     async def _check_topics(self) -> None:
@@ -190,14 +225,13 @@ class Worker:
             log.warning("worker.close_failed", error=repr(exc))
         log.info("worker.stopped", group_id=self._config.worker.group_id)
 
-    async def _process(self, batch: Batch, fetched_at: float) -> None:
+    async def _process(self, batch: Batch, fetched_at: float) -> bool:
+        """Route, produce and commit `batch`; False when it was rewound to be retried."""
         route = self._router.route
         routed = [route(record) for records in batch.values() for record in records]
         if not await self._produce(routed):
             self._rewind(batch)
-            await asyncio.sleep(self._backoff)
-            self._backoff = min(self._backoff * 2, MAX_RETRY_BACKOFF_S)
-            return
+            return False
         self._backoff = RETRY_BACKOFF_S
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
         try:
@@ -207,10 +241,11 @@ class Worker:
             # The outputs are written; the next owner re-routes the batch (duplicates).
             self._metrics.commit_failures.inc()
             log.warning("batch.commit_failed", error=repr(exc), records=len(routed))
-            return
+            return True
         outcomes: Counter[str] = Counter(r.outcome for r in routed)
         self._metrics.count_batch(outcomes, seconds=time.perf_counter() - fetched_at)
         self._log_batch(batch, routed, outcomes)
+        return True
 
     async def _produce(self, routed: list[Routed]) -> bool:
         """True when Kafka acknowledged every record of the batch in time."""
