@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -22,6 +24,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from processor.config import Config, KafkaConfig, TopicsConfig
 from processor.devbroker import KAFKA_VERSION, LocalBroker, free_port, kafka_libs
+from processor.topics import create_topics as create_pipeline_topics
+from tests.harness import REPO, SpawnWorker, worker_env
 
 CreateTopics = Callable[..., Awaitable[None]]
 
@@ -123,3 +127,39 @@ def config(kafka_bootstrap: str) -> Config:
 def unique_name() -> Callable[[str], str]:
     """`unique_name("raw")` -> `raw.1a2b3c4d5e`, for topics and groups a test makes itself."""
     return unique
+
+
+@pytest.fixture
+def spawn_worker(config: Config, tmp_path: Path) -> Iterator[SpawnWorker]:
+    """`processor worker` processes on the test's config, each logging to workerN.log."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def spawn(**env: str) -> subprocess.Popen[bytes]:
+        with (tmp_path / f"worker{len(started)}.log").open("wb") as log:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "processor.cli",
+                    "--config",
+                    str(REPO / "config.yaml"),
+                    "worker",
+                ],
+                env=worker_env(config) | env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        started.append(process)
+        return process
+
+    yield spawn
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+async def topics(config: Config) -> None:
+    """Every topic of `config`, as `processor topics create` makes them."""
+    await create_pipeline_topics(config)

@@ -1,0 +1,183 @@
+"""What the worker tests share: writing raw deliveries, running `processor worker`
+processes, and reading back what landed in the output topics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from processor.batching import produce_batch
+from processor.config import Config
+from processor.topics import all_topics
+from tests.deliveries import Delivery
+
+REPO = Path(__file__).resolve().parents[1]
+# Small batches, so a crash or a rebalance lands in the middle of a stream.
+BATCH = 500
+
+
+@dataclass(frozen=True)
+class Output:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: dict[str, bytes]
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+async def produce_raw(config: Config, deliveries: list[Delivery]) -> None:
+    async with AIOKafkaProducer(
+        bootstrap_servers=config.kafka.bootstrap_servers, acks="all", enable_idempotence=True
+    ) as producer:
+        records = [RawRecord(config.topics.raw, d.key, d.value) for d in deliveries]
+        await asyncio.gather(*await produce_batch(producer, records))
+
+
+async def read_outputs(config: Config, expected: int, *, settle_s: float = 1.0) -> list[Output]:
+    """Every record in the output topics once `expected` arrived and `settle_s` brought no more."""
+    outputs = [t for t in all_topics(config) if t != config.topics.raw]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=config.kafka.bootstrap_servers, enable_auto_commit=False
+    )
+    await consumer.start()
+    found: list[Output] = []
+    try:
+        partitions = [
+            TopicPartition(t, p) for t in outputs for p in consumer.partitions_for_topic(t) or ()
+        ]
+        if len(partitions) < len(outputs):
+            await consumer._client.force_metadata_update()  # topics created moments ago
+            partitions = [
+                TopicPartition(t, p) for t in outputs for p in consumer.partitions_for_topic(t)
+            ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning()
+        async with asyncio.timeout(120):
+            quiet_since: float | None = None
+            while True:
+                batch = await consumer.getmany(timeout_ms=200)
+                for tp, records in batch.items():
+                    found.extend(
+                        Output(tp.topic, tp.partition, r.offset, r.key, r.value, dict(r.headers))
+                        for r in records
+                    )
+                now = asyncio.get_running_loop().time()
+                # Distinct values: after a crash, duplicates can reach the count early.
+                if batch or len({o.value for o in found}) < expected:
+                    quiet_since = now
+                elif quiet_since is not None and now - quiet_since >= settle_s:
+                    return found
+    finally:
+        await consumer.stop()
+
+
+def assert_each_delivered(
+    config: Config, stream: list[Delivery], outputs: list[Output]
+) -> Counter[bytes]:
+    """Every delivery landed, only where it belongs, bytes and key intact, order kept.
+
+    Returns how often each value was written, for the duplicate checks of the caller.
+    """
+    by_value = {d.value: d for d in stream}
+    assert len(by_value) == len(stream), "the stream itself must not repeat a value"
+    written = Counter(o.value for o in outputs)
+    missing = [v for v in by_value if v not in written]
+    assert not missing, f"{len(missing)} deliveries lost, e.g. {missing[:2]}"
+    assert set(written) <= set(by_value), "an output holds a record that was never sent"
+    position = {d.value: i for i, d in enumerate(stream)}
+    per_user: dict[tuple[str, bytes | None], list[Output]] = defaultdict(list)
+    for out in outputs:
+        delivery = by_value[out.value]
+        assert out.topic == delivery.expected_topic(config), (delivery.kind, out.topic)
+        assert out.key == delivery.key
+        per_user[(out.topic, out.key)].append(out)
+    for records in per_user.values():
+        assert len({r.partition for r in records}) == 1, "one user's records span partitions"
+        positions = [position[r.value] for r in sorted(records, key=lambda r: r.offset)]
+        first_seen = list(dict.fromkeys(positions))  # a redelivered batch may repeat a run
+        assert first_seen == sorted(first_seen), "one user's records were reordered"
+    return written
+
+
+def worker_env(config: Config) -> dict[str, str]:
+    """The test's config as a user would pass it: environment over config.yaml."""
+    return {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": config.kafka.bootstrap_servers,
+        "PROCESSOR_TOPICS__RAW": config.topics.raw,
+        "PROCESSOR_TOPICS__UNROUTED": config.topics.unrouted,
+        "PROCESSOR_TOPICS__DLQ": config.topics.dlq,
+        "PROCESSOR_ROUTING__ROUTES": f"{{integration: '{config.routing.routes['integration']}'}}",
+        "PROCESSOR_WORKER__GROUP_ID": config.worker.group_id,
+        "PROCESSOR_WORKER__MAX_BATCH_RECORDS": str(BATCH),
+        # A killed member is noticed in 6 s (the broker's minimum) instead of 45 s.
+        "PROCESSOR_WORKER__SESSION_TIMEOUT_MS": "6000",
+        "PROCESSOR_WORKER__HEARTBEAT_INTERVAL_MS": "1000",
+        "PROCESSOR_LOGGING__FORMAT": "json",
+    }
+
+
+class SpawnWorker(Protocol):
+    """`spawn_worker()`, or `spawn_worker(PROCESSOR_...="value")` to set more environment."""
+
+    def __call__(self, **env: str) -> subprocess.Popen[bytes]: ...
+
+
+async def count_outputs(config: Config) -> int:
+    """Records written to the output topics so far (sum of end offsets)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=config.kafka.bootstrap_servers)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        partitions = [
+            TopicPartition(t, p)
+            for t in all_topics(config)
+            if t != config.topics.raw
+            for p in consumer.partitions_for_topic(t) or ()
+        ]
+        ends = await consumer.end_offsets(partitions)
+        return sum(ends.values())
+    finally:
+        await consumer.stop()
+
+
+async def wait_for_outputs(config: Config, at_least: int, timeout: float = 60) -> None:
+    async with asyncio.timeout(timeout):
+        while await count_outputs(config) < at_least:
+            await asyncio.sleep(0.2)
+
+
+async def wait_for_partitions(log: Path, timeout: float = 60) -> None:
+    """Until the worker logging to `log` has been assigned at least one partition."""
+    async with asyncio.timeout(timeout):
+        while True:
+            for line in (await asyncio.to_thread(log.read_text)).splitlines():
+                entry = json.loads(line) if line.startswith("{") else {}
+                if entry.get("event") == "partitions.assigned" and entry.get("partitions"):
+                    return
+            await asyncio.sleep(0.2)
+
+
+async def wait_exit(process: subprocess.Popen[bytes], timeout: float) -> int:
+    async with asyncio.timeout(timeout):
+        while process.poll() is None:
+            await asyncio.sleep(0.1)
+    return process.returncode
