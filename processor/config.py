@@ -109,7 +109,8 @@ class WorkerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
     group_id: str = "processor-workers"
     # Static membership (Kubernetes: the pod name): a restarted pod gets its partitions
-    # back without a rebalance if it returns within session_timeout_ms.
+    # back without a rebalance if it returns within session_timeout_ms. `{hostname}` is
+    # replaced by the host name, stable across restarts of one container.
     group_instance_id: str | None = None
     # Records per getmany(): large enough to amortise a produce round trip.
     max_batch_records: int = 2_000
@@ -119,6 +120,10 @@ class WorkerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     produce_timeout_s: float = 30.0
     # Offsets commit is one round trip to the group coordinator.
     commit_timeout_s: float = 10.0
+    # Pause before retrying a batch whose produce failed, doubling up to the maximum, so
+    # a broken cluster (or a missing ACL) is not hammered while someone fixes it.
+    retry_backoff_s: float = 1.0
+    max_retry_backoff_s: float = 30.0
     # SIGTERM to exit: finish the batch in flight, commit, leave the group.
     shutdown_timeout_s: float = 30.0
     # Broker declares the worker dead after this long without heartbeats.
@@ -291,6 +296,8 @@ def _check(config: Config, source: str) -> None:
         "worker.fetch_timeout_ms": config.worker.fetch_timeout_ms,
         "worker.produce_timeout_s": config.worker.produce_timeout_s,
         "worker.commit_timeout_s": config.worker.commit_timeout_s,
+        "worker.retry_backoff_s": config.worker.retry_backoff_s,
+        "worker.max_retry_backoff_s": config.worker.max_retry_backoff_s,
         "worker.shutdown_timeout_s": config.worker.shutdown_timeout_s,
         "ingress.max_body_bytes": config.ingress.max_body_bytes,
         "ingress.publish_timeout_s": config.ingress.publish_timeout_s,
@@ -328,6 +335,17 @@ def _check(config: Config, source: str) -> None:
             f"{source}: kafka.security_protocol {config.kafka.security_protocol} needs "
             "kafka.sasl_mechanism, kafka.sasl_username and kafka.sasl_password"
         )
+    instance = config.worker.group_instance_id
+    if instance is not None:
+        try:
+            named = instance.format(hostname="host")
+        except (KeyError, IndexError, ValueError):
+            named = ""
+        if not named.strip():
+            raise ConfigError(
+                f"{source}: worker.group_instance_id {instance!r} must be a non-empty name; "
+                "the only placeholder it may use is {hostname}"
+            )
     for category, template in config.routing.routes.items():
         if not _CATEGORY.fullmatch(category):
             raise ConfigError(

@@ -50,6 +50,8 @@ _RETRY_LINES: Final = frozenset(
         "Marking the coordinator dead (node %s)for group %s.",
         "Error sending %s to node %s [%s] -- marking coordinator dead",
         "Heartbeat send request failed: %s. Will retry.",
+        "Heartbeat failed for group %s: coordinator (node %s) is either not started or not valid",
+        "Heartbeat session expired - marking coordinator dead",
         "Got error produce response: %s",
         "Got error produce response on topic-partition %s, retrying. Error: %s",
         "Cannot send %r to %s: %r",
@@ -96,26 +98,42 @@ class Connectivity:
         return self._down_since is None
 
     def watch(self, client: Any) -> None:
-        """Pace and report the metadata refreshes of `client` (an AIOKafkaClient).
+        """Pace the metadata refreshes of `client` (an AIOKafkaClient), report its state.
 
         Patches the instance, not the class: only clients that are watched change.
         Call before the client starts.
         """
         refresh: Callable[..., Awaitable[bool]] = client._metadata_update
+        connect: Callable[..., Awaitable[Any]] = client._get_conn
         pause = RETRY_BACKOFF_S
+        connections = 0
 
         async def paced_refresh(*args: Any) -> bool:
             nonlocal pause
+            before = connections
             if await refresh(*args):
                 pause = RETRY_BACKOFF_S
-                self._succeeded()
                 return True
-            self._failed()
+            # A broker that answers without metadata (still starting) is not an outage.
+            if connections == before:
+                self._failed()
             await asyncio.sleep(pause)
             pause = min(pause * 2, MAX_RETRY_BACKOFF_S)
             return False
 
+        # Any connection made is the news that Kafka answers; a reconnect after an
+        # outage needs no metadata refresh to succeed.
+        async def connect_and_report(*args: Any, **kwargs: Any) -> Any:
+            nonlocal connections
+            connection = await connect(*args, **kwargs)
+            if connection is not None:
+                connections += 1
+                if self._down_since is not None:
+                    self._succeeded()
+            return connection
+
         client._metadata_update = paced_refresh
+        client._get_conn = connect_and_report
 
     def _failed(self) -> None:
         self._failures.inc()

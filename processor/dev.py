@@ -110,7 +110,7 @@ async def _run_children(
     children = [await _spawn("ingress", [*command, "ingress"], env)]
     try:
         children += [
-            await _spawn(f"worker-{index}", [*command, "worker"], env)
+            await _spawn(f"worker-{index}", [*command, "worker"], env | _member(config, index))
             for index in range(1, options.workers + 1)
         ]
         url = f"http://{config.ingress.host}:{config.ingress.port}"
@@ -124,6 +124,13 @@ async def _run_children(
         return await _supervise(children, stop)
     finally:
         await _stop_children(children)
+
+
+def _member(config: Config, index: int) -> dict[str, str]:
+    """A static group member per worker, so a restarted `processor dev` (or a worker it
+    restarts) takes its partitions back at once instead of after session_timeout_ms."""
+    base = config.worker.group_instance_id or "dev-worker"
+    return {"PROCESSOR_WORKER__GROUP_INSTANCE_ID": f"{base}-{index}"}
 
 
 def _say(message: str) -> None:

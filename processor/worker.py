@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -40,14 +41,15 @@ from processor.shutdown import stop_on_signals
 from processor.topics import ROUTING_HEADROOM_BYTES, all_topics
 from processor.worker_http import serve_health_and_metrics
 
-__all__ = ["Worker", "consumer_options", "producer_options", "run_worker"]
+__all__ = [
+    "Worker",
+    "consumer_options",
+    "group_instance_id",
+    "producer_options",
+    "run_worker",
+]
 
 log = structlog.get_logger(__name__)
-
-# Pauses before retrying a batch whose produce failed: doubling from the first to the
-# last, so a broken cluster (or a missing ACL) is not hammered while someone fixes it.
-RETRY_BACKOFF_S = 1.0
-MAX_RETRY_BACKOFF_S = 30.0
 
 
 def consumer_options(config: Config) -> dict[str, Any]:
@@ -55,7 +57,7 @@ def consumer_options(config: Config) -> dict[str, Any]:
     return {
         **client_options(config.kafka),
         "group_id": config.worker.group_id,
-        "group_instance_id": config.worker.group_instance_id,
+        "group_instance_id": group_instance_id(config),
         "enable_auto_commit": False,
         # Nothing written before the first worker ever ran is skipped.
         "auto_offset_reset": "earliest",
@@ -63,6 +65,12 @@ def consumer_options(config: Config) -> dict[str, Any]:
         "session_timeout_ms": config.worker.session_timeout_ms,
         "heartbeat_interval_ms": config.worker.heartbeat_interval_ms,
     }
+
+
+def group_instance_id(config: Config) -> str | None:
+    """worker.group_instance_id with `{hostname}` filled in; None for a dynamic member."""
+    template = config.worker.group_instance_id
+    return None if template is None else template.format(hostname=socket.gethostname())
 
 
 def producer_options(config: Config) -> dict[str, Any]:
@@ -105,7 +113,8 @@ class Worker:
         connectivity.watch(self._producer.client)
         # Held while a batch is between fetch and commit; a revoke waits for it.
         self._in_flight = asyncio.Lock()
-        self._backoff = RETRY_BACKOFF_S
+        self._backoff = config.worker.retry_backoff_s
+        self._failed_attempts = 0  # consecutive failed produces of the batch being retried
 
     async def run(self, stop: asyncio.Event) -> None:
         """Route until `stop` is set, then finish the batch in flight and leave the group.
@@ -133,7 +142,7 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._backoff):
                 await stop.wait()
-        self._backoff = min(self._backoff * 2, MAX_RETRY_BACKOFF_S)
+        self._backoff = min(self._backoff * 2, self._config.worker.max_retry_backoff_s)
 
     async def _fetch(self, stop: asyncio.Event) -> Batch | None:
         """The next batch (maybe empty), or None once `stop` is set.
@@ -194,7 +203,7 @@ class Worker:
             "worker.started",
             topic=self._config.topics.raw,
             group_id=worker.group_id,
-            group_instance_id=worker.group_instance_id,
+            group_instance_id=group_instance_id(self._config),
             bootstrap=bootstrap,
             detail="waiting for the group to assign partitions: at once, unless a member "
             "that stopped without leaving the group (a crash, kill -9) still holds them; "
@@ -232,7 +241,7 @@ class Worker:
         if not await self._produce(routed):
             self._rewind(batch)
             return False
-        self._backoff = RETRY_BACKOFF_S
+        self._backoff = self._config.worker.retry_backoff_s
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
         try:
             async with asyncio.timeout(self._config.worker.commit_timeout_s):
@@ -256,14 +265,24 @@ class Worker:
                 await asyncio.gather(*futures)
         except (TimeoutError, KafkaError) as exc:
             self._metrics.produce_failures.inc()
-            log.error(
-                "batch.produce_failed",
-                error=repr(exc),
-                records=len(routed),
-                timeout_s=timeout,
-                retry_in_s=self._backoff,
-            )
+            self._failed_attempts += 1
+            # Reported once per streak; every attempt is counted in metrics. Kafka being
+            # away is a warning (it heals); a refusal such as a missing ACL needs a human.
+            if self._failed_attempts == 1:
+                needs_a_human = isinstance(exc, KafkaError) and not exc.retriable
+                (log.error if needs_a_human else log.warning)(
+                    "batch.produce_failed",
+                    error=repr(exc),
+                    records=len(routed),
+                    timeout_s=timeout,
+                    detail="the batch is rewound and retried after a pause that doubles "
+                    f"from {self._backoff:g} s to {self._config.worker.max_retry_backoff_s:g} s "
+                    "until Kafka takes it; nothing is committed meanwhile",
+                )
             return False
+        if self._failed_attempts:
+            log.info("batch.produce_recovered", failed_attempts=self._failed_attempts)
+            self._failed_attempts = 0
         return True
 
     def _rewind(self, batch: Batch) -> None:
@@ -306,9 +325,11 @@ class _FinishBatchOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self._in_flight:
-            log.info(
-                "partitions.revoked", partitions=[f"{tp.topic}/{tp.partition}" for tp in revoked]
-            )
+            if revoked:  # aiokafka also calls this, with nothing, before the first join
+                log.info(
+                    "partitions.revoked",
+                    partitions=[f"{tp.topic}/{tp.partition}" for tp in revoked],
+                )
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info(

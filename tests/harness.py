@@ -89,6 +89,34 @@ async def read_outputs(config: Config, expected: int, *, settle_s: float = 1.0) 
         await consumer.stop()
 
 
+async def read_all_outputs(config: Config) -> list[Output]:
+    """Every record the output topics hold now: read from the start to the end offsets."""
+    outputs = [t for t in all_topics(config) if t != config.topics.raw]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=config.kafka.bootstrap_servers, enable_auto_commit=False
+    )
+    await consumer.start()
+    found: list[Output] = []
+    try:
+        await consumer._client.force_metadata_update()
+        partitions = [
+            TopicPartition(t, p) for t in outputs for p in consumer.partitions_for_topic(t) or ()
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning()
+        ends = await consumer.end_offsets(partitions)
+        async with asyncio.timeout(60):
+            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+                for tp, records in (await consumer.getmany(timeout_ms=200)).items():
+                    found.extend(
+                        Output(tp.topic, tp.partition, r.offset, r.key, r.value, dict(r.headers))
+                        for r in records
+                    )
+        return found
+    finally:
+        await consumer.stop()
+
+
 def assert_each_delivered(
     config: Config, stream: list[Delivery], outputs: list[Output]
 ) -> Counter[bytes]:

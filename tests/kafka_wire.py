@@ -7,12 +7,13 @@ codecs it has): tests of what a worker does with anything else build the batch h
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Sequence
 
-from aiokafka import codec
+from aiokafka import TopicPartition, codec
 from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import for_code
+from aiokafka.errors import KafkaError, for_code
 from aiokafka.protocol.produce import ProduceRequest
 from aiokafka.record.util import calc_crc32c
 
@@ -100,28 +101,41 @@ def batch(
 
 
 async def produce_raw(bootstrap: str, topic: str, partition: int, data: bytes) -> None:
-    """Append the batch `data` to topic/partition as it is (acks=all); raise on refusal."""
+    """Append the batch `data` to topic/partition as it is (acks=all); raise on refusal.
+
+    Retries what Kafka says to retry (a topic created moments ago has no leader yet).
+    """
     client = AIOKafkaClient(bootstrap_servers=bootstrap)
     await client.bootstrap()
     try:
-        await client.force_metadata_update()
-        leader = client.cluster.leader_for_partition(_tp(topic, partition))
-        request = ProduceRequest(
-            transactional_id=None,
-            required_acks=-1,
-            timeout=30_000,
-            topics=[(topic, [(partition, data)])],
-        )
-        response = await client.send(leader, request)
-        for _, partitions in response.topics:
-            for part in partitions:
-                if part[1]:
-                    raise for_code(part[1])(f"{topic}/{partition} refused the batch")
+        async with asyncio.timeout(30):
+            while True:
+                await client.force_metadata_update()
+                leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
+                if leader is not None:
+                    error = await _send(client, leader, topic, partition, data)
+                    if error is None:
+                        return
+                    if not error.retriable:
+                        raise error
+                await asyncio.sleep(0.1)
     finally:
         await client.close()
 
 
-def _tp(topic: str, partition: int):  # type: ignore[no-untyped-def]
-    from aiokafka import TopicPartition
-
-    return TopicPartition(topic, partition)
+async def _send(
+    client: AIOKafkaClient, leader: int, topic: str, partition: int, data: bytes
+) -> KafkaError | None:
+    request = ProduceRequest(
+        transactional_id=None,
+        required_acks=-1,
+        timeout=30_000,
+        topics=[(topic, [(partition, data)])],
+    )
+    response = await client.send(leader, request)
+    for _, partitions in response.topics:
+        for part in partitions:
+            if part[1]:
+                error: KafkaError = for_code(part[1])(f"{topic}/{partition} refused the batch")
+                return error
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,20 @@ def test_a_non_numeric_metrics_port_names_the_variable() -> None:
         ConfigError, match=r"^PROCESSOR_WORKER__METRICS_PORT \(environment\): worker\.metrics_port"
     ):
         load_config(None, env={"PROCESSOR_WORKER__METRICS_PORT": "http"})
+
+
+def test_group_instance_id_takes_the_host_name(tmp_path: Path) -> None:
+    from processor.worker import group_instance_id
+
+    config = load_config(None, env={"PROCESSOR_WORKER__GROUP_INSTANCE_ID": "worker-{hostname}"})
+
+    assert group_instance_id(config) == f"worker-{socket.gethostname()}"
+    assert group_instance_id(Config()) is None
+
+
+@pytest.mark.parametrize("template", ["worker-{pod}", "{}", "", "   ", "worker-{hostname"])
+def test_group_instance_id_with_another_placeholder_or_none_is_refused(template: str) -> None:
+    with pytest.raises(
+        ConfigError, match=r"worker\.group_instance_id .* placeholder .*\{hostname\}"
+    ):
+        load_config(None, env={"PROCESSOR_WORKER__GROUP_INSTANCE_ID": template})

@@ -386,3 +386,23 @@ def test_pods_run_non_root_with_the_mounted_config_limits_and_grace(
     pre_stop = main.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
     pre_stop_s = int(pre_stop[1]) if pre_stop[:1] == ["sleep"] else 0
     assert pod["terminationGracePeriodSeconds"] > shutdown[component] + pre_stop_s
+
+
+def test_compose_workers_are_static_members_named_after_their_container(
+    compose: dict[str, Any],
+) -> None:
+    worker = compose["worker"]
+    env = {key: str(value) for key, value in worker["environment"].items()}
+
+    loaded = load_config(ROOT / "config.yaml", env=env)
+
+    assert loaded.worker.group_instance_id == "worker-{hostname}"
+    assert worker["restart"] == "unless-stopped"
+
+
+def test_dev_workers_are_distinct_static_members() -> None:
+    from processor.dev import _member
+
+    ids = {_member(Config(), index)["PROCESSOR_WORKER__GROUP_INSTANCE_ID"] for index in (1, 2, 3)}
+
+    assert ids == {"dev-worker-1", "dev-worker-2", "dev-worker-3"}
