@@ -14,10 +14,7 @@ busy as one group (a "group commit"), so one acks=all round trip serves them all
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Final
 
@@ -31,7 +28,7 @@ from processor.config import Config, ConfigError, IngressConfig
 from processor.events import MAX_IDENTIFIER_LENGTH, format_received_at
 from processor.kafka_clients import BrokerUnavailable, client_options
 from processor.metrics import IngressMetrics, render
-from processor.publisher import GroupPublisher, RawRecord
+from processor.publisher import KafkaPublisher, NotReady, Publisher, RawRecord
 from processor.shutdown import stop_on_signals
 from processor.signing import NoVerification, SignatureError, Verifier, build_verifier
 
@@ -92,20 +89,18 @@ class _Refusal(Exception):
 
 
 class _Ingress:
-    """The request handlers and what they share: publisher, verifier, metrics, producer."""
+    """The request handlers and what they share: publisher, verifier, metrics."""
 
     def __init__(
         self,
         *,
         config: Config,
-        producer: AIOKafkaProducer,
-        publisher: GroupPublisher,
+        publisher: Publisher,
         verifier: Verifier,
         metrics: IngressMetrics,
     ) -> None:
         self._settings = config.ingress
         self._topic = config.topics.raw
-        self._producer = producer
         self._publisher = publisher
         self._verifier = verifier
         self._metrics = metrics
@@ -212,17 +207,14 @@ class _Ingress:
         """Can a delivery be persisted now? Kafka answers and the raw topic exists."""
         try:
             async with asyncio.timeout(READY_TIMEOUT_S):
-                cluster = await self._producer.client.fetch_all_metadata()
-        except (TimeoutError, KafkaError, OSError) as exc:
-            detail = f"Kafka did not answer a metadata request within {READY_TIMEOUT_S} s"
-            if not isinstance(exc, TimeoutError):
-                detail = f"Kafka metadata request failed ({type(exc).__name__})"
-            return _not_ready("kafka_unreachable", detail)
-        if not cluster.partitions_for_topic(self._topic):
+                await self._publisher.check_ready(self._topic)
+        except TimeoutError:
             return _not_ready(
-                "topic_missing",
-                f"topic {self._topic} does not exist: create it with `processor topics create`",
+                "kafka_unreachable",
+                f"Kafka did not answer a metadata request within {READY_TIMEOUT_S} s",
             )
+        except NotReady as exc:
+            return _not_ready(exc.error, exc.detail)
         return web.json_response({"status": "ready"})
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -230,11 +222,12 @@ class _Ingress:
         return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
 
 
-def create_app(*, config: Config, producer: AIOKafkaProducer) -> web.Application:
+def create_app(*, config: Config, publisher: Publisher) -> web.Application:
     """The ingress as an aiohttp app, so tests and benchmarks can serve it in-process.
 
-    `producer` must be started by the caller (acks="all", idempotent); the app never
-    starts or stops it. Raises ConfigError when the signature scheme cannot work.
+    `publisher` persists accepted deliveries: `KafkaPublisher` over a producer the
+    caller starts and stops (acks="all", idempotent), or a fake in tests.
+    Raises ConfigError when the signature scheme cannot work.
     """
     verifier = build_verifier(config.ingress)
     if isinstance(verifier, NoVerification):
@@ -243,16 +236,11 @@ def create_app(*, config: Config, producer: AIOKafkaProducer) -> web.Application
             detail="ingress.signature_scheme is none: anyone can post deliveries; "
             "never expose this ingress to the internet",
         )
-    publisher = GroupPublisher(producer)
     ingress = _Ingress(
-        config=config,
-        producer=producer,
-        publisher=publisher,
-        verifier=verifier,
-        metrics=IngressMetrics(),
+        config=config, publisher=publisher, verifier=verifier, metrics=IngressMetrics()
     )
     app = web.Application()
-    app.cleanup_ctx.append(functools.partial(_publishing, publisher))
+    app.cleanup_ctx.append(lambda _: publisher.running())
     app.add_routes(
         [
             web.post(config.ingress.path, ingress.webhook),
@@ -273,7 +261,7 @@ async def run_ingress(config: Config) -> None:
     producer = new_producer(config)
     runner: web.AppRunner | None = None
     try:
-        app = create_app(config=config, producer=producer)
+        app = create_app(config=config, publisher=KafkaPublisher(producer))
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 await producer.start()
@@ -350,19 +338,6 @@ async def _drain(runner: web.AppRunner | None, producer: AIOKafkaProducer) -> No
     # A record still queued now was never answered 2xx, so the provider will retry it:
     # the flush is a courtesy, and the caller bounds it so that shutdown always ends.
     await producer.stop()
-
-
-async def _publishing(publisher: GroupPublisher, app: web.Application) -> AsyncIterator[None]:
-    """aiohttp cleanup context: the publisher runs from app start-up to app cleanup.
-
-    aiohttp cleans the app up only after in-flight requests have finished, so no
-    request is left waiting on a stopped publisher.
-    """
-    task = asyncio.create_task(publisher.run(), name="ingress-publisher")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def _wait_for_stop_signal() -> None:

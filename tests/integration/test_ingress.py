@@ -36,6 +36,7 @@ from processor.devbroker import LocalBroker, free_port
 from processor.ingress import READY_TIMEOUT_S, create_app, new_producer, run_ingress
 from processor.kafka_clients import BrokerUnavailable
 from processor.logging import configure_logging
+from processor.publisher import KafkaPublisher
 from processor.signing import sign_hmac_sha256
 
 pytestmark = pytest.mark.integration
@@ -107,7 +108,8 @@ async def serve(config: Config, producer: AIOKafkaProducer) -> AsyncIterator[Ser
     async def start(**ingress: Any) -> Client:
         settings = IngressConfig(**{"secrets": (SECRET,), **ingress})
         app = create_app(
-            config=msgspec.structs.replace(config, ingress=settings), producer=producer
+            config=msgspec.structs.replace(config, ingress=settings),
+            publisher=KafkaPublisher(producer),
         )
         client = TestClient(TestServer(app))
         await client.start_server()
@@ -425,7 +427,8 @@ async def test_readyz_is_503_when_the_raw_topic_is_missing(
     missing = msgspec.structs.replace(config.topics, raw=unique_name("missing"))
     settings = IngressConfig(secrets=(SECRET,))
     app = create_app(
-        config=msgspec.structs.replace(config, topics=missing, ingress=settings), producer=producer
+        config=msgspec.structs.replace(config, topics=missing, ingress=settings),
+        publisher=KafkaPublisher(producer),
     )
     async with TestClient(TestServer(app)) as client:
         response = await client.get("/readyz")
@@ -461,7 +464,9 @@ async def test_kafka_outage_is_503_with_retry_after_then_recovers(
     await producer.start()
     accepted: list[str] = []
     try:
-        async with TestClient(TestServer(create_app(config=config, producer=producer))) as client:
+        async with TestClient(
+            TestServer(create_app(config=config, publisher=KafkaPublisher(producer)))
+        ) as client:
 
             async def post(n: str) -> aiohttp.ClientResponse:
                 body = delivery(n)

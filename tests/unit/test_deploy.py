@@ -19,6 +19,7 @@ from processor.devbroker import KAFKA_VERSION
 from processor.ingress import create_app
 from processor.metrics import WorkerMetrics
 from processor.topics import all_topics, topic_configs
+from tests.ingress_harness import RecordingPublisher
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -317,8 +318,8 @@ def test_ingress_probes_hit_the_ingress_routes(
     manifests: list[dict[str, Any]], config: Config
 ) -> None:
     app = create_app(
-        config=load_config(None, env={"WEBHOOK_SECRET": "s"}),
-        producer=None,  # routing only: nothing is published
+        config=load_config(None, env={"WEBHOOK_SECRET": "probe-test-signing-secret"}),
+        publisher=RecordingPublisher(),  # routing only: nothing is published
     )
     routes = {r.resource.canonical for r in app.router.routes() if r.method == "GET"}
     ingress = container(manifests, "ingress")
