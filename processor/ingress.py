@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Final
+from typing import Final
 
 import msgspec
 import structlog
@@ -24,8 +24,17 @@ from aiohttp import hdrs, web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from processor.config import Config, ConfigError, IngressConfig
-from processor.events import MAX_IDENTIFIER_LENGTH, format_received_at
+from processor.config import Config
+from processor.events import format_received_at
+from processor.ingress_checks import (
+    Envelope,
+    check_content_type,
+    check_declared_length,
+    decode,
+    read_body,
+)
+from processor.ingress_errors import Refusal
+from processor.ingress_server import Listener, listen
 from processor.kafka_clients import BrokerUnavailable, client_options
 from processor.metrics import IngressMetrics, render
 from processor.publisher import KafkaPublisher, NotReady, Publisher, RawRecord
@@ -41,51 +50,7 @@ READY_TIMEOUT_S: Final = 2.0
 # Start-up gives the cluster this long to answer before failing with a clear message.
 CONNECT_TIMEOUT_S: Final = 30.0
 
-# The same bounds as the contract (processor.events): these become the record key and
-# headers, and an unbounded one could push a record past the topic's size limit.
-_NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_IDENTIFIER_LENGTH)]
-
-
-class _Data(msgspec.Struct):
-    uid: _NonEmpty
-
-
-class _Envelope(msgspec.Struct):
-    """Only what the ingress needs: the id to answer with, the event header, the key."""
-
-    id: _NonEmpty
-    event: _NonEmpty
-    data: _Data
-
-
-_decode_envelope = msgspec.json.Decoder(_Envelope).decode
 _encode_json = msgspec.json.encode
-
-
-class _Refusal(Exception):
-    """Ends a request early with a JSON error body; raised by each check in turn."""
-
-    def __init__(
-        self,
-        status: int,
-        error: str,
-        detail: str,
-        *,
-        headers: dict[str, str] | None = None,
-        delivery_id: str | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.error = error
-        self.detail = detail
-        self.headers = headers
-        self.delivery_id = delivery_id  # known once the envelope decoded
-
-    def response(self) -> web.Response:
-        body = _encode_json({"error": self.error, "detail": self.detail})
-        return web.Response(
-            status=self.status, body=body, content_type="application/json", headers=self.headers
-        )
 
 
 class _Ingress:
@@ -111,7 +76,7 @@ class _Ingress:
         received_at = format_received_at(datetime.now(UTC))
         try:
             envelope = await self._accept(request, received_at)
-        except _Refusal as refusal:
+        except Refusal as refusal:
             response = refusal.response()
             self._metrics.count_response(refusal.status)
             (log.warning if refusal.status >= 500 else log.info)(
@@ -135,32 +100,22 @@ class _Ingress:
             status=202, body=_encode_json({"id": envelope.id}), content_type="application/json"
         )
 
-    async def _accept(self, request: web.Request, received_at: str) -> _Envelope:
-        """Run every check, then publish; raises _Refusal at the first that fails."""
+    async def _accept(self, request: web.Request, received_at: str) -> Envelope:
+        """Run every check, then publish; raises Refusal at the first that fails."""
         limit = self._settings.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise _too_large(limit)
-        content_type = request.headers.get(hdrs.CONTENT_TYPE)
-        if not content_type:
-            raise _Refusal(415, "unsupported_media_type", "missing Content-Type: send JSON")
-        mime = content_type.partition(";")[0].strip().lower()
-        if not _is_json(mime):
-            raise _Refusal(
-                415,
-                "unsupported_media_type",
-                f"Content-Type {mime} is not JSON: send application/json",
-            )
-        body = await _read_bounded(request, limit)
+        check_declared_length(request, limit)
+        content_type = check_content_type(request.headers)
+        body = await read_body(request, limit)
         try:
             self._verifier.verify(body, request.headers)
         except SignatureError as exc:
-            raise _Refusal(401, "invalid_signature", exc.reason) from None
-        envelope = _decode(body)
+            raise Refusal(401, "invalid_signature", exc.reason) from None
+        envelope = decode(body)
         await self._publish(body, envelope, content_type=content_type, received_at=received_at)
         return envelope
 
     async def _publish(
-        self, body: bytes, envelope: _Envelope, *, content_type: str, received_at: str
+        self, body: bytes, envelope: Envelope, *, content_type: str, received_at: str
     ) -> None:
         headers = [
             ("delivery-id", envelope.id.encode()),
@@ -180,7 +135,7 @@ class _Ingress:
             async with asyncio.timeout(timeout):
                 error = await self._publisher.publish(record)
         except TimeoutError:
-            raise _Refusal(
+            raise Refusal(
                 503,
                 "kafka_timeout",
                 f"Kafka did not acknowledge the delivery within {timeout} s; retry later",
@@ -190,7 +145,7 @@ class _Ingress:
         finally:
             in_flight.dec()
         if error is not None:
-            raise _Refusal(
+            raise Refusal(
                 503,
                 "kafka_unavailable",
                 f"Kafka refused the write ({type(error).__name__}); retry later",
@@ -259,7 +214,7 @@ async def run_ingress(config: Config) -> None:
     """
     settings = config.ingress
     producer = new_producer(config)
-    runner: web.AppRunner | None = None
+    listener: Listener | None = None
     try:
         app = create_app(config=config, publisher=KafkaPublisher(producer))
         try:
@@ -271,7 +226,7 @@ async def run_ingress(config: Config) -> None:
                 f"({type(exc).__name__}): start it (`processor broker start`), or fix "
                 "kafka.bootstrap_servers / KAFKA_BOOTSTRAP_SERVERS and the TLS/SASL settings"
             ) from None
-        runner = await _listen(app, settings)
+        listener = await listen(app, settings)
         log.info(
             "ingress.started",
             host=settings.host,
@@ -286,7 +241,7 @@ async def run_ingress(config: Config) -> None:
     finally:
         try:
             async with asyncio.timeout(settings.shutdown_timeout_s):
-                await _drain(runner, producer)
+                await _drain(listener, producer)
         except TimeoutError:
             log.warning(
                 "ingress.drain_timeout",
@@ -313,28 +268,10 @@ def new_producer(config: Config) -> AIOKafkaProducer:
     )
 
 
-async def _listen(app: web.Application, settings: IngressConfig) -> web.AppRunner:
-    # In-flight publishes end by themselves within publish_timeout_s (202 or 503); on
-    # shutdown aiohttp cancels what still runs after that (a client still uploading).
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=settings.publish_timeout_s
-    )
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, settings.host, settings.port).start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise ConfigError(
-            f"cannot listen on {settings.host}:{settings.port} ({exc.strerror}): free the "
-            "port or choose another with ingress.port / PROCESSOR_INGRESS__PORT"
-        ) from None
-    return runner
-
-
-async def _drain(runner: web.AppRunner | None, producer: AIOKafkaProducer) -> None:
+async def _drain(listener: Listener | None, producer: AIOKafkaProducer) -> None:
     """Stop accepting, let in-flight requests end, then flush and close the producer."""
-    if runner is not None:
-        await runner.cleanup()
+    if listener is not None:
+        await listener.close()
     # A record still queued now was never answered 2xx, so the provider will retry it:
     # the flush is a courtesy, and the caller bounds it so that shutdown always ends.
     await producer.stop()
@@ -344,40 +281,6 @@ async def _wait_for_stop_signal() -> None:
     stop = asyncio.Event()
     with stop_on_signals(stop):
         await stop.wait()
-
-
-async def _read_bounded(request: web.Request, limit: int) -> bytes:
-    """The body, refusing with 413 as soon as it exceeds `limit` (chunked uploads).
-
-    What the client still sends after a 413 is discarded by aiohttp, not buffered.
-    """
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await request.content.readany():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _decode(body: bytes) -> _Envelope:
-    try:
-        return _decode_envelope(body)
-    except msgspec.ValidationError as exc:
-        raise _Refusal(400, "invalid_envelope", str(exc)) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise _Refusal(400, "malformed_json", f"body is not valid JSON: {exc}") from None
-
-
-def _is_json(mime: str) -> bool:
-    return mime == "application/json" or (
-        mime.startswith("application/") and mime.endswith("+json")
-    )
-
-
-def _too_large(limit: int) -> _Refusal:
-    return _Refusal(413, "body_too_large", f"body exceeds {limit} bytes (ingress.max_body_bytes)")
 
 
 def _not_ready(error: str, detail: str) -> web.Response:
