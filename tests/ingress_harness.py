@@ -1,12 +1,49 @@
-"""The ingress served in-process for tests, with a fake publisher in place of Kafka."""
+"""The ingress served in-process for tests, the way `run_ingress` serves it.
+
+`serving(config, publisher)` listens on a free port with `processor.ingress_server.listen`
+(the production server set-up: timeouts, header limits, JSON for aiohttp's own errors),
+so tests see what a provider would, down to raw sockets.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import io
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
-from processor.publisher import RawRecord
+import aiohttp
+import msgspec
+
+from processor.config import Config, LoggingConfig
+from processor.ingress import create_app
+from processor.ingress_server import listen
+from processor.logging import configure_logging
+from processor.publisher import Publisher, RawRecord
+from processor.signing import sign_hmac_sha256
+
+SECRET = "current-signing-secret-4f1c"
+OLD_SECRET = "previous-signing-secret-9a2e"
+
+
+def delivery(n: int | str, *, uid: str = "user_1", **extra: Any) -> bytes:
+    envelope = {
+        "id": f"whd_{n}",
+        "event": "integration.updated",
+        "timestamp": "2025-02-19T12:00:00.000Z",
+        "data": {"uid": uid, "status": "active", **extra},
+    }
+    return json.dumps(envelope).encode()
+
+
+def signed(body: bytes, secret: str = SECRET) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "X-Webhook-Signature": sign_hmac_sha256(body, secret),
+    }
 
 
 class RecordingPublisher:
@@ -33,3 +70,57 @@ class RecordingPublisher:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         yield
+
+
+class Served:
+    """A client of the served ingress: `post`/`get` take paths, as aiohttp's TestClient."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, *, host: str, port: int, publisher: Publisher
+    ) -> None:
+        self.session = session
+        self.host = host
+        self.port = port
+        self.publisher = publisher
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.session.post(self.url(path), **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.session.get(self.url(path), **kwargs)
+
+    async def open_raw(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A bare TCP connection, for what an HTTP client library would never send."""
+        return await asyncio.open_connection(self.host, self.port)
+
+
+Serve = Callable[..., Awaitable[Served]]
+
+
+@contextlib.asynccontextmanager
+async def serving(config: Config, publisher: Publisher, **ingress: Any) -> AsyncIterator[Served]:
+    """The ingress on 127.0.0.1 and a free port; `ingress` overrides IngressConfig keys."""
+    settings = msgspec.structs.replace(config.ingress, host="127.0.0.1", port=0, **ingress)
+    app = create_app(config=msgspec.structs.replace(config, ingress=settings), publisher=publisher)
+    listener = await listen(app, settings)
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield Served(session, host="127.0.0.1", port=listener.port, publisher=publisher)
+    finally:
+        await listener.close()
+
+
+@contextlib.contextmanager
+def captured_logs(stream: io.StringIO) -> Iterator[None]:
+    """Route every log line (structlog and stdlib) to `stream` as JSON, then restore."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging(LoggingConfig(level="DEBUG", format="json"), stream=stream)
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
