@@ -75,12 +75,16 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 
 def decode(body: bytes) -> Envelope:
+    """The envelope's id, event and key; 400 for anything that is not such a JSON object."""
     try:
         return _decode_envelope(body)
     except msgspec.ValidationError as exc:
         raise Refusal(400, "invalid_envelope", str(exc)) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise Refusal(400, "malformed_json", f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # msgspec recurses per nesting level, so ~1,000 levels reach Python's limit.
+        raise Refusal(400, "malformed_json", "body is not valid JSON: nested too deeply") from None
 
 
 def too_large(limit: int) -> Refusal:

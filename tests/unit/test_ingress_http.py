@@ -255,3 +255,38 @@ async def test_a_publish_not_acknowledged_in_time_is_503_kafka_timeout(serve: Se
     payload = await response.json()
     assert payload["error"] == "kafka_timeout"
     assert "0.2 s" in payload["detail"]
+
+
+# --- bodies msgspec cannot take ----------------------------------------------------------
+
+
+def rejections(text: str) -> list[dict[str, object]]:
+    lines = [json.loads(line) for line in text.splitlines()]
+    return [line for line in lines if line["event"] == "ingress.rejected"]
+
+
+async def test_a_signed_body_nested_too_deeply_is_400_counted_and_logged(serve: Serve) -> None:
+    depth = 1_000
+    body = (
+        b'{"id": "whd_deep", "event": "integration.updated", "data": {"uid": "u", "x": '
+        + b"[" * depth
+        + b"]" * depth
+        + b"}}"
+    )
+    buffer = io.StringIO()
+    with captured_logs(buffer):
+        client = await serve()
+        response = await client.post("/webhooks", data=body, headers=signed(body))
+        metrics = await (await client.get("/metrics")).text()
+
+    assert response.status == 400
+    payload = await response.json()
+    assert payload == {
+        "error": "malformed_json",
+        "detail": "body is not valid JSON: nested too deeply",
+    }
+    assert published(client) == []
+    assert 'processor_ingress_requests_total{code="400"} 1.0' in metrics
+    [rejected] = rejections(buffer.getvalue())
+    assert (rejected["status"], rejected["error"]) == (400, "malformed_json")
+    assert "Traceback" not in buffer.getvalue()
