@@ -290,3 +290,21 @@ async def test_a_signed_body_nested_too_deeply_is_400_counted_and_logged(serve: 
     [rejected] = rejections(buffer.getvalue())
     assert (rejected["status"], rejected["error"]) == (400, "malformed_json")
     assert "Traceback" not in buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "field",
+    [b'"provider": "bin\xffance"', b'"alias": "caf\xc3"', b'"\xed\xa0\x80": 1'],
+    ids=["invalid-byte", "truncated-sequence", "surrogate-in-a-key"],
+)
+async def test_invalid_utf8_in_a_field_the_ingress_skips_is_400_not_accepted(
+    serve: Serve, field: bytes
+) -> None:
+    body = b'{"id": "whd_1", "event": "integration.updated", "data": {"uid": "u", ' + field + b"}}"
+    client = await serve()
+    response = await client.post("/webhooks", data=body, headers=signed(body))
+    assert response.status == 400
+    payload = await response.json()
+    assert payload["error"] == "malformed_json"
+    assert payload["detail"].startswith("body is not valid JSON: invalid utf-8 at byte ")
+    assert published(client) == []
