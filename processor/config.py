@@ -229,7 +229,13 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str
         raw.setdefault("kafka", {})["bootstrap_servers"] = servers
         sources["kafka.bootstrap_servers"] = "KAFKA_BOOTSTRAP_SERVERS"
     if secrets := environ.get("WEBHOOK_SECRET"):
-        parts = [s.strip() for s in secrets.split(",") if s.strip()]
+        parts = [s.strip() for s in secrets.split(",")]
+        if not all(parts):
+            raise ConfigError(
+                "WEBHOOK_SECRET holds an empty secret (only spaces, or nothing before or after "
+                "a comma): give the provider's signing secret, or several separated by commas "
+                "while rotating"
+            )
         raw.setdefault("ingress", {})["secrets"] = parts
         sources["ingress.secrets"] = "WEBHOOK_SECRET"
     for name, value in environ.items():

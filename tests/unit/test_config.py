@@ -64,14 +64,14 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
             "PROCESSOR_INGRESS__PORT": "8081",
             "PROCESSOR_ROUTING__STATUSES": "[active, paused]",
             "KAFKA_BOOTSTRAP_SERVERS": "kafka-1:9092,kafka-2:9092",
-            "WEBHOOK_SECRET": "old-secret, new-secret",
+            "WEBHOOK_SECRET": "old-signing-secret-1, new-signing-secret-2",
         },
     )
     assert config.worker.group_id == "from-env"
     assert config.ingress.port == 8081
     assert config.routing.statuses == ("active", "paused")
     assert config.kafka.bootstrap_servers == "kafka-1:9092,kafka-2:9092"
-    assert config.ingress.secrets == ("old-secret", "new-secret")
+    assert config.ingress.secrets == ("old-signing-secret-1", "new-signing-secret-2")
 
 
 def test_unknown_environment_key_is_an_error_naming_it() -> None:
@@ -159,3 +159,12 @@ def test_a_non_numeric_metrics_port_names_the_variable() -> None:
         ConfigError, match=r"^PROCESSOR_WORKER__METRICS_PORT \(environment\): worker\.metrics_port"
     ):
         load_config(None, env={"PROCESSOR_WORKER__METRICS_PORT": "http"})
+
+
+@pytest.mark.parametrize(
+    "value", [" , ", ",", "new-signing-secret-2,", "a-signing-secret-1,,b-secret"]
+)
+def test_webhook_secret_with_an_empty_entry_is_an_error_naming_it(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^WEBHOOK_SECRET holds an empty secret") as caught:
+        load_config(None, env={"WEBHOOK_SECRET": value})
+    assert "signing-secret" not in str(caught.value)
