@@ -151,6 +151,10 @@ class IngressConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
     timestamp_tolerance_s: int = 300
     # SIGTERM to exit: in-flight publishes finish, the producer flushes.
     shutdown_timeout_s: float = 15.0
+    # 400 past this many header lines: a delivery carries about ten, proxies add a few.
+    max_headers: int = 64
+    # 400 for a longer request line or header: 8 KiB, as aiohttp's and nginx's default.
+    max_header_line_bytes: int = 8190
 
 
 class LoggingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -298,6 +302,8 @@ def _check(config: Config, source: str) -> None:
         "ingress.max_body_bytes": config.ingress.max_body_bytes,
         "ingress.publish_timeout_s": config.ingress.publish_timeout_s,
         "ingress.retry_after_s": config.ingress.retry_after_s,
+        "ingress.max_headers": config.ingress.max_headers,
+        "ingress.max_header_line_bytes": config.ingress.max_header_line_bytes,
     }
     for key, value in positive.items():
         if value <= 0:

@@ -33,7 +33,7 @@ from processor.ingress_checks import (
     decode,
     read_body,
 )
-from processor.ingress_errors import Refusal
+from processor.ingress_errors import INGRESS_METRICS, Refusal, errors_as_json
 from processor.ingress_server import Listener, listen
 from processor.kafka_clients import BrokerUnavailable, client_options
 from processor.metrics import IngressMetrics, render
@@ -191,10 +191,10 @@ def create_app(*, config: Config, publisher: Publisher) -> web.Application:
             detail="ingress.signature_scheme is none: anyone can post deliveries; "
             "never expose this ingress to the internet",
         )
-    ingress = _Ingress(
-        config=config, publisher=publisher, verifier=verifier, metrics=IngressMetrics()
-    )
-    app = web.Application()
+    metrics = IngressMetrics()
+    ingress = _Ingress(config=config, publisher=publisher, verifier=verifier, metrics=metrics)
+    app = web.Application(middlewares=[errors_as_json(webhook_path=config.ingress.path)])
+    app[INGRESS_METRICS] = metrics
     app.cleanup_ctx.append(lambda _: publisher.running())
     app.add_routes(
         [
