@@ -105,7 +105,7 @@ class _Ingress:
         limit = self._settings.max_body_bytes
         check_declared_length(request, limit)
         content_type = check_content_type(request.headers)
-        body = await read_body(request, limit)
+        body = await read_body(request, limit=limit, within_s=self._settings.body_timeout_s)
         try:
             self._verifier.verify(body, request.headers)
         except SignatureError as exc:

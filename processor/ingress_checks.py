@@ -7,6 +7,7 @@ validation is the worker's job: the ingress decodes only the id, event and key.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Annotated
 
@@ -59,18 +60,30 @@ def check_content_type(headers: Mapping[str, str]) -> str:
     return content_type
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The body, refusing with 413 as soon as it exceeds `limit` (chunked uploads).
+async def read_body(request: web.Request, *, limit: int, within_s: float) -> bytes:
+    """The body, refusing with 413 as soon as it exceeds `limit` (chunked uploads), and
+    with 408 when it has not all arrived within `within_s`: a deadline, not an idle timer,
+    so a sender trickling a byte at a time cannot hold the connection longer.
 
     What the client still sends after a 413 is discarded by aiohttp, not buffered.
     """
     chunks: list[bytes] = []
     size = 0
-    while chunk := await request.content.readany():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(within_s):
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large(limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise Refusal(
+            408,
+            "request_timeout",
+            f"the body did not arrive within {within_s} s (ingress.body_timeout_s): send it "
+            "at once, with a Content-Length that matches it",
+            close=True,
+        ) from None
     return b"".join(chunks)
 
 

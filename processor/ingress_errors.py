@@ -42,6 +42,7 @@ class Refusal(Exception):
         *,
         headers: dict[str, str] | None = None,
         delivery_id: str | None = None,
+        close: bool = False,
     ) -> None:
         super().__init__(detail)
         self.status = status
@@ -49,9 +50,13 @@ class Refusal(Exception):
         self.detail = detail
         self.headers = headers
         self.delivery_id = delivery_id  # known once the envelope decoded
+        self.close = close  # the connection is not worth keeping (a stalled sender)
 
     def response(self) -> web.Response:
-        return error_response(self.status, self.error, self.detail, headers=self.headers)
+        response = error_response(self.status, self.error, self.detail, headers=self.headers)
+        if self.close:
+            response.force_close()
+        return response
 
 
 def error_response(

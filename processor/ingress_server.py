@@ -82,6 +82,10 @@ async def listen(app: web.Application, settings: IngressConfig) -> Listener:
         "loop": asyncio.get_running_loop(),
         # One line of ours per request (ingress.accepted / ingress.rejected) instead.
         "access_log": None,
+        # Also bounds the time to send a request's headers: aiohttp's timer runs from the
+        # connection (or the last answer) until a request is complete.
+        "keepalive_timeout": settings.keepalive_timeout_s,
+        "lingering_time": settings.linger_timeout_s,
         "max_headers": settings.max_headers,
         "max_line_size": settings.max_header_line_bytes,
         "max_field_size": settings.max_header_line_bytes,

@@ -8,8 +8,11 @@ JSON, and no byte of a body may reach a log line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
+import socket
+import time
 
 import pytest
 
@@ -237,3 +240,112 @@ async def test_a_client_that_leaves_half_way_is_an_info_line_without_traceback(
     [gone] = [line for line in log_lines(text) if line["event"] == "ingress.client_gone"]
     assert gone["level"] == "info"
     assert client.publisher.records == []  # type: ignore[attr-defined]
+
+
+# --- clients that stall: every phase has a bound -----------------------------------------
+
+# Small bounds so each test takes about a second; the defaults are in config.yaml.
+QUICK = {"keepalive_timeout_s": 0.5, "body_timeout_s": 0.5, "linger_timeout_s": 0.2}
+
+
+async def closed_after(client: Served, data: bytes, *, within: float) -> tuple[float, RawAnswer]:
+    """Send `data`, keep the connection open, and time how long until the server closes it."""
+    started = time.monotonic()
+    answer = await exchange(client, data, wait=within)
+    return time.monotonic() - started, answer
+
+
+async def test_a_connection_that_sends_nothing_is_closed_at_the_keepalive_timeout(
+    serve: Serve,
+) -> None:
+    client = await serve(**QUICK)
+    elapsed, answer = await closed_after(client, b"", within=3)
+    assert answer.closed
+    assert answer.responses == []
+    assert 0.4 < elapsed < 1.5
+
+
+async def test_a_connection_idle_after_an_answer_is_closed_at_the_keepalive_timeout(
+    serve: Serve,
+) -> None:
+    client = await serve(**QUICK)
+    started = time.monotonic()
+    answer = await exchange(client, post(BODY), wait=3)
+    assert [response.status for response in answer.responses] == [202]
+    assert answer.closed
+    assert time.monotonic() - started < 1.5
+
+
+async def trickle(client: Served, head: bytes, drip: bytes, *, every: float) -> RawAnswer:
+    """Send `head`, then `drip` one byte per `every` seconds, until the server answers or
+    closes; return what it sent. Reads and writes use the socket separately, so a write
+    failing after the server closed cannot hide the answer that came before."""
+    loop = asyncio.get_running_loop()
+    sock = socket.create_connection((client.host, client.port))
+    sock.setblocking(False)
+
+    async def read_all() -> bytes:
+        data = b""
+        with contextlib.suppress(ConnectionError):
+            while chunk := await loop.sock_recv(sock, 65536):
+                data += chunk
+        return data
+
+    received = asyncio.create_task(read_all())
+    try:
+        await loop.sock_sendall(sock, head)
+        for byte in drip:
+            if received.done():
+                break
+            await loop.sock_sendall(sock, bytes([byte]))
+            await asyncio.sleep(every)
+        async with asyncio.timeout(3):
+            return RawAnswer(await received, closed=True)
+    except ConnectionError:
+        async with asyncio.timeout(3):
+            return RawAnswer(await received, closed=True)
+    finally:
+        received.cancel()
+        sock.close()
+
+
+async def test_headers_trickled_forever_are_cut_off_at_the_keepalive_timeout(
+    serve: Serve,
+) -> None:
+    client = await serve(**QUICK)
+    started = time.monotonic()
+    # One header byte every 50 ms for up to 5 s, never the blank line that ends them.
+    answer = await trickle(
+        client, b"POST /webhooks HTTP/1.1\r\nHost: test\r\n", b"X" * 100, every=0.05
+    )
+    assert answer.responses == []  # closed without an answer: no request was made
+    assert time.monotonic() - started < 1.5
+
+
+async def test_a_body_that_stops_arriving_is_408_at_the_body_timeout(serve: Serve) -> None:
+    buffer = io.StringIO()
+    with captured_logs(buffer):
+        client = await serve(**QUICK)
+        elapsed, answer = await closed_after(client, post(BODY, length=1000), within=3)
+
+    [response] = answer.responses
+    assert response.status == 408
+    assert response.headers["connection"] == "close"
+    assert response.json() == {
+        "error": "request_timeout",
+        "detail": "the body did not arrive within 0.5 s (ingress.body_timeout_s): send it "
+        "at once, with a Content-Length that matches it",
+    }
+    assert answer.closed
+    assert elapsed < 0.5 + 0.2 + 0.5  # body timeout, linger, scheduling
+    assert client.publisher.records == []  # type: ignore[attr-defined]
+    assert_clean(buffer.getvalue())
+
+
+async def test_a_body_trickled_byte_by_byte_is_408_at_the_deadline(serve: Serve) -> None:
+    client = await serve(**QUICK)
+    started = time.monotonic()
+    # Each byte well within the timeout of the last, the whole far beyond it.
+    answer = await trickle(client, post(BODY)[: -len(BODY)], BODY, every=0.05)
+    assert [response.status for response in answer.responses] == [408]
+    assert time.monotonic() - started < 1.5
