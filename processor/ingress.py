@@ -28,6 +28,7 @@ from processor.config import Config
 from processor.events import format_received_at
 from processor.ingress_checks import (
     Envelope,
+    check_content_encoding,
     check_content_type,
     check_declared_length,
     decode,
@@ -105,7 +106,10 @@ class _Ingress:
         limit = self._settings.max_body_bytes
         check_declared_length(request, limit)
         content_type = check_content_type(request.headers)
-        body = await read_body(request, limit=limit, within_s=self._settings.body_timeout_s)
+        encoding = check_content_encoding(request.headers)
+        body = await read_body(
+            request, limit=limit, within_s=self._settings.body_timeout_s, encoding=encoding
+        )
         try:
             self._verifier.verify(body, request.headers)
         except SignatureError as exc:

@@ -8,16 +8,25 @@ validation is the worker's job: the ingress decodes only the id, event and key.
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Final
 
 import msgspec
 from aiohttp import hdrs, web
+from multidict import CIMultiDictProxy
 
 from processor.events import MAX_IDENTIFIER_LENGTH
 from processor.ingress_errors import Refusal
 
-__all__ = ["Envelope", "check_content_type", "check_declared_length", "decode", "read_body"]
+__all__ = [
+    "Envelope",
+    "check_content_encoding",
+    "check_content_type",
+    "check_declared_length",
+    "decode",
+    "read_body",
+]
 
 # The same bounds as the contract (processor.events): these become the record key and
 # headers, and an unbounded one could push a record past the topic's size limit.
@@ -37,6 +46,11 @@ class Envelope(msgspec.Struct):
 
 
 _decode_envelope = msgspec.json.Decoder(Envelope).decode
+
+# Content-Encoding values undone here -> the zlib format they name (x-gzip: RFC 9110).
+_CODINGS: Final = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate"}
+# An unknown encoding is echoed back to say what was refused, at most this much of it.
+_ENCODING_SHOWN: Final = 60
 
 
 def check_declared_length(request: web.Request, limit: int) -> None:
@@ -60,13 +74,39 @@ def check_content_type(headers: Mapping[str, str]) -> str:
     return content_type
 
 
-async def read_body(request: web.Request, *, limit: int, within_s: float) -> bytes:
-    """The body, refusing with 413 as soon as it exceeds `limit` (chunked uploads), and
-    with 408 when it has not all arrived within `within_s`: a deadline, not an idle timer,
-    so a sender trickling a byte at a time cannot hold the connection longer.
+def check_content_encoding(headers: CIMultiDictProxy[str]) -> str | None:
+    """The coding to undo, `gzip` or `deflate`; None for none (or `identity`); 415 otherwise.
+
+    The provider signs the JSON it sends; compression is transport. So a compressed
+    body is inflated here, and the signature is checked over, and Kafka gets, the JSON.
+    """
+    sent = headers.getall(hdrs.CONTENT_ENCODING, [])
+    codings = [coding.strip().lower() for value in sent for coding in value.split(",")]
+    applied = [coding for coding in codings if coding and coding != "identity"]
+    if not applied:
+        return None
+    if len(applied) == 1 and applied[0] in _CODINGS:
+        return _CODINGS[applied[0]]
+    shown = ", ".join(value.strip() for value in sent)[:_ENCODING_SHOWN]
+    raise Refusal(
+        415,
+        "unsupported_content_encoding",
+        f"Content-Encoding {shown} is not accepted: send the JSON as is (identity), "
+        "or compressed with gzip or deflate",
+    )
+
+
+async def read_body(
+    request: web.Request, *, limit: int, within_s: float, encoding: str | None = None
+) -> bytes:
+    """The body (inflated when `encoding` is gzip or deflate), refusing with 413 as soon as
+    it exceeds `limit`, as sent or once inflated, and with 408 when it has not all arrived
+    within `within_s`: a deadline, not an idle timer, so a sender trickling a byte at a
+    time cannot hold the connection longer.
 
     What the client still sends after a 413 is discarded by aiohttp, not buffered.
     """
+    inflater = _Inflater(encoding, limit) if encoding else None
     chunks: list[bytes] = []
     size = 0
     try:
@@ -75,7 +115,7 @@ async def read_body(request: web.Request, *, limit: int, within_s: float) -> byt
                 size += len(chunk)
                 if size > limit:
                     raise too_large(limit)
-                chunks.append(chunk)
+                chunks.append(inflater.feed(chunk) if inflater else chunk)
     except TimeoutError:
         raise Refusal(
             408,
@@ -84,7 +124,54 @@ async def read_body(request: web.Request, *, limit: int, within_s: float) -> byt
             "at once, with a Content-Length that matches it",
             close=True,
         ) from None
+    if inflater:
+        inflater.finish()
     return b"".join(chunks)
+
+
+class _Inflater:
+    """Undoes gzip or deflate as the body arrives, never producing more than `limit`
+    bytes: a small body that inflates to gigabytes is refused after `limit` + 1."""
+
+    def __init__(self, encoding: str, limit: int) -> None:
+        self._encoding = encoding
+        self._room = limit  # output still allowed
+        self._limit = limit
+        self._zlib: zlib._Decompress | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        if self._zlib is None:
+            self._zlib = zlib.decompressobj(self._wbits(data))
+        try:
+            # One byte more than allowed tells "too large" from "exactly at the limit".
+            out = self._zlib.decompress(data, self._room + 1)
+        except zlib.error:
+            raise self._malformed("it does not decompress") from None
+        if len(out) > self._room:
+            raise too_large(self._limit, decompressed=True)
+        self._room -= len(out)
+        if self._zlib.unused_data:
+            raise self._malformed("bytes follow the end of the compressed data")
+        return out
+
+    def finish(self) -> None:
+        if self._zlib is None or not self._zlib.eof:
+            raise self._malformed("it ends before the compressed data does")
+
+    def _wbits(self, first: bytes) -> int:
+        if self._encoding == "gzip":
+            return 16 + zlib.MAX_WBITS
+        # RFC 9110's deflate is zlib-wrapped (its first byte names method 8); some senders
+        # send the raw stream, as aiohttp's own client also accepts.
+        return zlib.MAX_WBITS if first[0] & 0x0F == 8 else -zlib.MAX_WBITS
+
+    def _malformed(self, why: str) -> Refusal:
+        return Refusal(
+            400,
+            "malformed_body",
+            f"the body is not Content-Encoding {self._encoding} data ({why}): compress "
+            "the whole JSON once, or send it uncompressed",
+        )
 
 
 def decode(body: bytes) -> Envelope:
@@ -110,8 +197,11 @@ def decode(body: bytes) -> Envelope:
         raise Refusal(400, "malformed_json", "body is not valid JSON: nested too deeply") from None
 
 
-def too_large(limit: int) -> Refusal:
-    return Refusal(413, "body_too_large", f"body exceeds {limit} bytes (ingress.max_body_bytes)")
+def too_large(limit: int, *, decompressed: bool = False) -> Refusal:
+    once = " once decompressed" if decompressed else ""
+    return Refusal(
+        413, "body_too_large", f"body exceeds {limit} bytes{once} (ingress.max_body_bytes)"
+    )
 
 
 def _is_json(mime: str) -> bool:

@@ -86,6 +86,9 @@ async def listen(app: web.Application, settings: IngressConfig) -> Listener:
         # connection (or the last answer) until a request is complete.
         "keepalive_timeout": settings.keepalive_timeout_s,
         "lingering_time": settings.linger_timeout_s,
+        # Bodies arrive as sent: processor.ingress_checks inflates gzip and deflate within
+        # ingress.max_body_bytes, and answers 415 for any other encoding.
+        "auto_decompress": False,
         "max_headers": settings.max_headers,
         "max_line_size": settings.max_header_line_bytes,
         "max_field_size": settings.max_header_line_bytes,
