@@ -1,10 +1,13 @@
 """The HTTP door: verify a delivery, persist its exact bytes, and only then say 202.
 
-`POST <ingress.path>` checks, in order: size (413), Content-Type (415), signature
-(401), the envelope's `id`, `event` and `data.uid` (400); then produces the body
-unchanged to the raw topic with acks=all and answers `202 {"id": ...}` once Kafka
-has acknowledged, or `503` + `Retry-After` so the provider retries. Full validation
-is the worker's job; the ingress stays thin so it is never the bottleneck.
+`POST <ingress.path>` checks, in order (processor.ingress_checks): declared size
+(413), Content-Type and Content-Encoding (415), the body read within its size and
+time bounds (413, 408; gzip and deflate inflated), signature (401), UTF-8 and the
+envelope's `id`, `event` and `data.uid` (400); then produces the body to the raw
+topic with acks=all and answers `202 {"id": ...}` once Kafka has acknowledged, or
+`503` + `Retry-After` so the provider retries. Every other answer is JSON
+(processor.ingress_errors). Full validation is the worker's job; the ingress stays
+thin so it is never the bottleneck.
 
 Throughput comes from concurrency, not from cutting corners: requests in flight hand
 their records to one publisher, which submits everything that arrived while Kafka was
