@@ -1,8 +1,8 @@
 """What a webhook request must pass before it is published; each check raises Refusal.
 
-The checks run in the order of what they cost: headers first (size, type), then the
-body is read within its bounds, its signature checked, and only then decoded. Full
-validation is the worker's job: the ingress decodes only the id, event and key.
+The checks run in the order of what they cost: headers first (size, type, encoding),
+then the body is read within its bounds, its signature checked, and only then decoded.
+Full validation is the worker's job: the ingress decodes only the id, event and key.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ _ENCODING_SHOWN: Final = 60
 def check_declared_length(request: web.Request, limit: int) -> None:
     """413 before reading a body whose Content-Length already says it is too large."""
     if request.content_length is not None and request.content_length > limit:
-        raise too_large(limit)
+        raise _too_large(limit)
 
 
 def check_content_type(headers: Mapping[str, str]) -> str:
@@ -114,7 +114,7 @@ async def read_body(
             while chunk := await request.content.readany():
                 size += len(chunk)
                 if size > limit:
-                    raise too_large(limit)
+                    raise _too_large(limit)
                 chunks.append(inflater.feed(chunk) if inflater else chunk)
     except TimeoutError:
         raise Refusal(
@@ -148,7 +148,7 @@ class _Inflater:
         except zlib.error:
             raise self._malformed("it does not decompress") from None
         if len(out) > self._room:
-            raise too_large(self._limit, decompressed=True)
+            raise _too_large(self._limit, decompressed=True)
         self._room -= len(out)
         if self._zlib.unused_data:
             raise self._malformed("bytes follow the end of the compressed data")
@@ -197,7 +197,7 @@ def decode(body: bytes) -> Envelope:
         raise Refusal(400, "malformed_json", "body is not valid JSON: nested too deeply") from None
 
 
-def too_large(limit: int, *, decompressed: bool = False) -> Refusal:
+def _too_large(limit: int, *, decompressed: bool = False) -> Refusal:
     once = " once decompressed" if decompressed else ""
     return Refusal(
         413, "body_too_large", f"body exceeds {limit} bytes{once} (ingress.max_body_bytes)"

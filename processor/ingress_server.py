@@ -99,6 +99,7 @@ async def listen(app: web.Application, settings: IngressConfig) -> Listener:
             lambda: _Connection(server, settings=settings, metrics=metrics, **options),
             settings.host,
             settings.port,
+            backlog=128,  # aiohttp's TCPSite default: connections waiting to be accepted
         )
     except OSError as exc:
         await runner.cleanup()

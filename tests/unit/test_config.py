@@ -103,6 +103,8 @@ def test_unrelated_environment_is_ignored() -> None:
         ("routing:\n  routes: {integration: 'x.{state}'}\n", "only use the placeholder"),
         ("routing:\n  routes: {Integration: 'x.{status}'}\n", "would never match"),
         ("ingress:\n  max_body_bytes: 4194304\n", "topics.max_message_bytes"),
+        ("ingress:\n  body_timeout_s: 0\n", "ingress.body_timeout_s must be positive"),
+        ("ingress:\n  max_headers: -1\n", "ingress.max_headers must be positive"),
     ],
 )
 def test_values_a_type_cannot_check_are_refused(tmp_path: Path, text: str, message: str) -> None:
