@@ -126,7 +126,7 @@ def assert_clean(text: str) -> None:
     ],
 )
 async def test_malformed_http_is_a_json_400_and_no_body_byte_is_logged(
-    serve: Serve, data: bytes
+    serve: Serve, data: bytes, capfd: pytest.CaptureFixture[str]
 ) -> None:
     buffer = io.StringIO()
     with captured_logs(buffer):
@@ -134,6 +134,8 @@ async def test_malformed_http_is_a_json_400_and_no_body_byte_is_logged(
         answer = await exchange(client, data)
         await asyncio.sleep(0.05)  # let any late log line land
     text = buffer.getvalue()
+    printed = capfd.readouterr()
+    assert MARKER.decode() not in printed.out + printed.err
 
     # A request parsed before the malformed bytes may get its own answer first (401 here).
     assert answer.responses
@@ -223,7 +225,7 @@ async def _raise_broken(record: object) -> None:
 
 
 async def test_a_client_that_leaves_half_way_is_an_info_line_without_traceback(
-    serve: Serve,
+    serve: Serve, capfd: pytest.CaptureFixture[str]
 ) -> None:
     buffer = io.StringIO()
     with captured_logs(buffer):
@@ -235,7 +237,9 @@ async def test_a_client_that_leaves_half_way_is_an_info_line_without_traceback(
         writer.close()
         await asyncio.sleep(0.2)
     text = buffer.getvalue()
+    printed = capfd.readouterr()
 
+    assert "Traceback" not in printed.out + printed.err
     assert_clean(text)
     [gone] = [line for line in log_lines(text) if line["event"] == "ingress.client_gone"]
     assert gone["level"] == "info"
