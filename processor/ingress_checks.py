@@ -106,16 +106,16 @@ async def read_body(
 
     What the client still sends after a 413 is discarded by aiohttp, not buffered.
     """
-    inflater = _Inflater(encoding, limit) if encoding else None
-    chunks: list[bytes] = []
-    size = 0
+    body = _Body(limit, encoding)
+    content = request.content
+    if content.is_eof():
+        # The usual delivery arrives with its headers: all of it is here, no timer needed.
+        body.add(content.read_nowait())
+        return body.finish()
     try:
         async with asyncio.timeout(within_s):
-            while chunk := await request.content.readany():
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)
-                chunks.append(inflater.feed(chunk) if inflater else chunk)
+            while chunk := await content.readany():
+                body.add(chunk)
     except TimeoutError:
         raise Refusal(
             408,
@@ -124,9 +124,28 @@ async def read_body(
             "at once, with a Content-Length that matches it",
             close=True,
         ) from None
-    if inflater:
-        inflater.finish()
-    return b"".join(chunks)
+    return body.finish()
+
+
+class _Body:
+    """The body as it arrives: its size as sent checked, inflated when it is encoded."""
+
+    def __init__(self, limit: int, encoding: str | None) -> None:
+        self._limit = limit
+        self._size = 0
+        self._chunks: list[bytes] = []
+        self._inflater = _Inflater(encoding, limit) if encoding else None
+
+    def add(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > self._limit:
+            raise _too_large(self._limit)
+        self._chunks.append(self._inflater.feed(chunk) if self._inflater else chunk)
+
+    def finish(self) -> bytes:
+        if self._inflater:
+            self._inflater.finish()
+        return b"".join(self._chunks)
 
 
 class _Inflater:
