@@ -70,11 +70,10 @@ class Listener:
 
 async def listen(app: web.Application, settings: IngressConfig) -> Listener:
     """Serve `app` on ingress.host:ingress.port. Raises ConfigError when it cannot bind."""
-    # In-flight publishes end by themselves within publish_timeout_s (202 or 503); on
-    # shutdown aiohttp cancels what still runs after that (a client still uploading).
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=settings.publish_timeout_s
-    )
+    # The runner runs the app's start-up and cleanup and drains connections at shutdown;
+    # in-flight publishes end by themselves within publish_timeout_s (202 or 503), and
+    # aiohttp cancels what still runs after that (a client still uploading).
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.publish_timeout_s)
     await runner.setup()
     server = runner.server
     assert server is not None  # set by setup()

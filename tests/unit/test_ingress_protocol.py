@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from processor.publisher import RawRecord
 from tests.ingress_harness import RecordingPublisher, Serve, Served, captured_logs, signed
 
 MARKER = b"BODY-MARKER-5b1e0c"
@@ -201,11 +202,15 @@ class Broken(Exception):
     """Stands for a bug in our code."""
 
 
+class BrokenPublisher(RecordingPublisher):
+    async def publish(self, record: RawRecord) -> BaseException | None:
+        raise Broken
+
+
 async def test_an_unexpected_exception_is_a_json_500_logged_at_error(serve: Serve) -> None:
     buffer = io.StringIO()
     with captured_logs(buffer):
-        client = await serve(publisher=RecordingPublisher(outcome=None))
-        client.publisher.publish = _raise_broken  # type: ignore[method-assign]
+        client = await serve(publisher=BrokenPublisher())
         response = await client.post("/webhooks", data=BODY, headers=signed(BODY))
     assert response.status == 500
     assert await response.json() == {
@@ -215,10 +220,6 @@ async def test_an_unexpected_exception_is_a_json_500_logged_at_error(serve: Serv
     [line] = [line for line in log_lines(buffer.getvalue()) if line["level"] == "error"]
     assert line["event"] == "ingress.internal_error"
     assert "Broken" in str(line["exception"])
-
-
-async def _raise_broken(record: object) -> None:
-    raise Broken
 
 
 # --- clients that go away --------------------------------------------------------------
