@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import os
 import signal
 import sys
@@ -114,6 +115,19 @@ async def test_signed_delivery_is_stored_byte_for_byte_with_key_and_headers(
     # received-at has milliseconds: compare with `before` cut to the millisecond too.
     before_ms = before.replace(microsecond=before.microsecond // 1000 * 1000)
     assert 0 <= (datetime.fromisoformat(received_at) - before_ms).total_seconds() < 5
+
+
+async def test_a_gzip_delivery_is_stored_as_the_json_it_holds(
+    serve: Serve, config: Config, kafka_bootstrap: str
+) -> None:
+    client = await serve()
+    body = delivery("gzipped", alias="Caf\u00e9 " * 200)
+    # The provider signs the JSON, then compresses it for the trip.
+    headers = signed(body) | {"Content-Encoding": "gzip"}
+    response = await client.post("/webhooks", data=gzip.compress(body), headers=headers)
+    assert response.status == 202
+    [record] = await read_topic(kafka_bootstrap, config.topics.raw)
+    assert record.value == body
 
 
 async def test_thousand_concurrent_deliveries_become_thousand_records(
