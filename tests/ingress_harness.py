@@ -100,6 +100,12 @@ class Served:
 Serve = Callable[..., Awaitable[Served]]
 
 
+def published(client: Served) -> list[bytes]:
+    """The values handed to the publisher: what Kafka would have been asked to store."""
+    assert isinstance(client.publisher, RecordingPublisher)
+    return [record.value for record in client.publisher.records]
+
+
 @contextlib.asynccontextmanager
 async def serving(config: Config, publisher: Publisher, **ingress: Any) -> AsyncIterator[Served]:
     """The ingress on 127.0.0.1 and a free port; `ingress` overrides IngressConfig keys."""
