@@ -158,6 +158,20 @@ class IngressConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
     timestamp_tolerance_s: int = 300
     # SIGTERM to exit: in-flight publishes finish, the producer flushes.
     shutdown_timeout_s: float = 15.0
+    # A connection without a complete request this long after it opened or after its last
+    # answer is closed: it bounds idle keep-alive and slow headers alike. Above the 60 s
+    # idle timeout of common load balancers, so that they, not we, close a pooled one.
+    keepalive_timeout_s: float = 75.0
+    # 408 when the body has not fully arrived this long after its headers: a delivery takes
+    # milliseconds; 1 MiB in 30 s is under 300 kbit/s.
+    body_timeout_s: float = 30.0
+    # After an early answer (413, 408) the unread body is drained this long, so the sender
+    # reads the answer rather than a connection reset; then the connection closes.
+    linger_timeout_s: float = 5.0
+    # 400 past this many header lines: a delivery carries about ten, proxies add a few.
+    max_headers: int = 64
+    # 400 for a longer request line or header: 8 KiB, as aiohttp's and nginx's default.
+    max_header_line_bytes: int = 8190
 
 
 class LoggingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -236,7 +250,13 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str
         raw.setdefault("kafka", {})["bootstrap_servers"] = servers
         sources["kafka.bootstrap_servers"] = "KAFKA_BOOTSTRAP_SERVERS"
     if secrets := environ.get("WEBHOOK_SECRET"):
-        parts = [s.strip() for s in secrets.split(",") if s.strip()]
+        parts = [s.strip() for s in secrets.split(",")]
+        if not all(parts):
+            raise ConfigError(
+                "WEBHOOK_SECRET holds an empty secret (only spaces, or nothing before or after "
+                "a comma): give the provider's signing secret, or several separated by commas "
+                "while rotating"
+            )
         raw.setdefault("ingress", {})["secrets"] = parts
         sources["ingress.secrets"] = "WEBHOOK_SECRET"
     for name, value in environ.items():
@@ -302,6 +322,11 @@ def _check(config: Config, source: str) -> None:
         "ingress.max_body_bytes": config.ingress.max_body_bytes,
         "ingress.publish_timeout_s": config.ingress.publish_timeout_s,
         "ingress.retry_after_s": config.ingress.retry_after_s,
+        "ingress.keepalive_timeout_s": config.ingress.keepalive_timeout_s,
+        "ingress.body_timeout_s": config.ingress.body_timeout_s,
+        "ingress.linger_timeout_s": config.ingress.linger_timeout_s,
+        "ingress.max_headers": config.ingress.max_headers,
+        "ingress.max_header_line_bytes": config.ingress.max_header_line_bytes,
     }
     for key, value in positive.items():
         if value <= 0:

@@ -1,16 +1,22 @@
-"""Group commit: the records of concurrent requests go to Kafka together.
+"""Where the ingress persists what it accepts: the `Publisher` seam and its Kafka side.
 
 The ingress answers 202 only after acks=all, so each request waits a Kafka round
 trip. Sending each request's record on its own would pay aiokafka's per-record cost
 for every one of them; here requests hand their records to one publisher, and one
-acks=all round trip serves every request that arrived while the last one was out.
+acks=all round trip serves every request that arrived while the last one was out
+(a group commit).
+
+The ingress sees only the `Publisher` protocol, so its HTTP decisions can be tested
+in milliseconds with a fake that records what it was given.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-from typing import NamedTuple
+from collections.abc import AsyncIterator, Awaitable
+from typing import NamedTuple, Protocol
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -18,7 +24,7 @@ from aiokafka.errors import KafkaError
 
 from processor.batching import produce_batch
 
-__all__ = ["GroupPublisher", "RawRecord"]
+__all__ = ["GroupPublisher", "KafkaPublisher", "NotReady", "Publisher", "RawRecord"]
 
 log = structlog.get_logger(__name__)
 
@@ -30,6 +36,67 @@ class RawRecord(NamedTuple):
     key: bytes
     value: bytes
     headers: list[tuple[str, bytes]]
+
+
+class NotReady(Exception):
+    """The raw topic cannot take a delivery now; `error` and `detail` go into the 503."""
+
+    def __init__(self, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.error = error
+        self.detail = detail
+
+
+class Publisher(Protocol):
+    """What the ingress needs of the raw topic: Kafka in production, a fake in tests."""
+
+    def publish(self, record: RawRecord) -> Awaitable[BaseException | None]:
+        """Resolves to None once `record` is durable, or to the error that stopped it."""
+
+    async def check_ready(self, topic: str) -> None:
+        """Return if `topic` can take records now; raise NotReady saying why not."""
+
+    def running(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Held from app start-up to app cleanup: whatever publishing runs meanwhile."""
+
+
+class KafkaPublisher:
+    """The production Publisher: group-committed acks=all writes through a started producer.
+
+    The producer is the caller's to start and stop; `running` owns only the group task.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+        self._group = GroupPublisher(producer)
+
+    def publish(self, record: RawRecord) -> asyncio.Future[BaseException | None]:
+        return self._group.publish(record)
+
+    async def check_ready(self, topic: str) -> None:
+        try:
+            cluster = await self._producer.client.fetch_all_metadata()
+        except (KafkaError, OSError) as exc:
+            raise NotReady(
+                "kafka_unreachable", f"Kafka metadata request failed ({type(exc).__name__})"
+            ) from None
+        if not cluster.partitions_for_topic(topic):
+            raise NotReady(
+                "topic_missing",
+                f"topic {topic} does not exist: create it with `processor topics create`",
+            )
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """The group task runs from app start-up to app cleanup, which aiohttp runs only
+        after in-flight requests have finished, so none waits on a stopped publisher."""
+        task = asyncio.create_task(self._group.run(), name="ingress-publisher")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 class GroupPublisher:

@@ -10,8 +10,9 @@ Two schemes, chosen by `ingress.signature_scheme`:
   timestamp tolerance that bounds replays.
 
 Every verifier accepts a list of secrets, any one matching is enough, so a secret can
-be rotated without downtime. Keys are decoded once at start-up; `verify` runs per
-request, so it only hashes and compares (in constant time).
+be rotated without downtime. Keys are decoded and checked once at start-up (at least
+MIN_SECRET_BYTES, no published placeholder); `verify` runs per request, so it only
+hashes and compares (in constant time).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Final, Protocol
 from processor.config import ConfigError, IngressConfig
 
 __all__ = [
+    "MIN_SECRET_BYTES",
     "HmacSha256Verifier",
     "NoVerification",
     "SignatureError",
@@ -40,6 +42,27 @@ WEBHOOK_ID_HEADER: Final = "webhook-id"
 WEBHOOK_TIMESTAMP_HEADER: Final = "webhook-timestamp"
 WEBHOOK_SIGNATURE_HEADER: Final = "webhook-signature"
 _WHSEC_PREFIX: Final = "whsec_"
+# 128 bits: a shorter HMAC key can be searched for from a few signed deliveries. The
+# provider's secrets and Standard Webhooks' (which decode to 24 or 32 bytes) are longer.
+MIN_SECRET_BYTES: Final = 16
+# Secrets published in manifests and examples (deploy/k8s/secret.yaml ships the first;
+# the last is the Standard Webhooks examples' key): anyone could sign with them.
+_PLACEHOLDERS: Final = frozenset(
+    {
+        "change-me",
+        "changeme",
+        "change_me",
+        "replace-me",
+        "replaceme",
+        "your-secret",
+        "your-webhook-secret",
+        "whsec_mfkq9r8gkyqrtwjupd8ilpzio2lalasw",
+    }
+)
+_HOW_TO_SET: Final = (
+    "set WEBHOOK_SECRET (or ingress.secrets, PROCESSOR_INGRESS__SECRETS) to the signing "
+    "secret the provider shows"
+)
 
 
 class SignatureError(Exception):
@@ -74,7 +97,7 @@ class HmacSha256Verifier:
     def __init__(self, *, secrets: Sequence[str]) -> None:
         if not secrets:
             raise ValueError("HmacSha256Verifier needs at least one secret")
-        self._keys = tuple(secret.encode() for secret in secrets)
+        self._keys = _checked_keys([secret.encode() for secret in secrets])
 
     def verify(self, body: bytes, headers: Mapping[str, str]) -> None:
         value = headers.get(HMAC_SIGNATURE_HEADER)
@@ -110,7 +133,7 @@ class StandardWebhooksVerifier:
     ) -> None:
         if not secrets:
             raise ValueError("StandardWebhooksVerifier needs at least one secret")
-        self._keys = tuple(_decode_whsec(secret) for secret in secrets)
+        self._keys = _checked_keys([_decode_whsec(s) for s in secrets], decoded=True)
         self._tolerance_s = tolerance_s
         self._now = now
 
@@ -168,14 +191,37 @@ def build_verifier(config: IngressConfig, *, now: Callable[[], float] = time.tim
             f"ingress.signature_scheme {config.signature_scheme} needs a signing secret: "
             "set WEBHOOK_SECRET (comma-separated to accept several while rotating)"
         )
-    if config.signature_scheme == "hmac-sha256":
-        return HmacSha256Verifier(secrets=config.secrets)
+    count = len(config.secrets)
+    for position, secret in enumerate(config.secrets, 1):
+        if secret.strip().lower() in _PLACEHOLDERS:
+            raise ConfigError(
+                f"ingress.secrets: secret {position} of {count} is a placeholder published "
+                f"in an example, so anyone could sign deliveries with it: {_HOW_TO_SET}"
+            )
     try:
+        if config.signature_scheme == "hmac-sha256":
+            return HmacSha256Verifier(secrets=config.secrets)
         return StandardWebhooksVerifier(
             secrets=config.secrets, tolerance_s=config.timestamp_tolerance_s, now=now
         )
     except ValueError as exc:
-        raise ConfigError(f"ingress.secrets: {exc}") from None
+        raise ConfigError(f"ingress.secrets: {exc}: {_HOW_TO_SET}") from None
+
+
+def _checked_keys(keys: Sequence[bytes], *, decoded: bool = False) -> tuple[bytes, ...]:
+    """`keys` if each is long enough to be a key; ValueError naming the first that is not.
+
+    The message says which secret and what is wrong with it, never its value.
+    """
+    rule = f"a signing secret must be at least {MIN_SECRET_BYTES} bytes, so it cannot be guessed"
+    for position, key in enumerate(keys, 1):
+        where = f"secret {position} of {len(keys)}"
+        if not key:
+            raise ValueError(f"{where} is empty; {rule}")
+        if len(key) < MIN_SECRET_BYTES:
+            once = " once decoded from base64" if decoded else ""
+            raise ValueError(f"{where} is shorter than {MIN_SECRET_BYTES} bytes{once}; {rule}")
+    return tuple(keys)
 
 
 def _decode_whsec(secret: str) -> bytes:
@@ -188,8 +234,6 @@ def _decode_whsec(secret: str) -> bytes:
             "a standard-webhooks secret must be whsec_ followed by base64, "
             "as the provider's dashboard shows it"
         ) from None
-    if not key:
-        raise ValueError("a standard-webhooks secret must not be empty")
     return key
 
 

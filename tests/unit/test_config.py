@@ -65,14 +65,14 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
             "PROCESSOR_INGRESS__PORT": "8081",
             "PROCESSOR_ROUTING__STATUSES": "[active, paused]",
             "KAFKA_BOOTSTRAP_SERVERS": "kafka-1:9092,kafka-2:9092",
-            "WEBHOOK_SECRET": "old-secret, new-secret",
+            "WEBHOOK_SECRET": "old-signing-secret-1, new-signing-secret-2",
         },
     )
     assert config.worker.group_id == "from-env"
     assert config.ingress.port == 8081
     assert config.routing.statuses == ("active", "paused")
     assert config.kafka.bootstrap_servers == "kafka-1:9092,kafka-2:9092"
-    assert config.ingress.secrets == ("old-secret", "new-secret")
+    assert config.ingress.secrets == ("old-signing-secret-1", "new-signing-secret-2")
 
 
 def test_unknown_environment_key_is_an_error_naming_it() -> None:
@@ -104,6 +104,8 @@ def test_unrelated_environment_is_ignored() -> None:
         ("routing:\n  routes: {integration: 'x.{state}'}\n", "only use the placeholder"),
         ("routing:\n  routes: {Integration: 'x.{status}'}\n", "would never match"),
         ("ingress:\n  max_body_bytes: 4194304\n", "topics.max_message_bytes"),
+        ("ingress:\n  body_timeout_s: 0\n", "ingress.body_timeout_s must be positive"),
+        ("ingress:\n  max_headers: -1\n", "ingress.max_headers must be positive"),
     ],
 )
 def test_values_a_type_cannot_check_are_refused(tmp_path: Path, text: str, message: str) -> None:
@@ -177,3 +179,12 @@ def test_group_instance_id_with_another_placeholder_or_none_is_refused(template:
         ConfigError, match=r"worker\.group_instance_id .* placeholder .*\{hostname\}"
     ):
         load_config(None, env={"PROCESSOR_WORKER__GROUP_INSTANCE_ID": template})
+
+
+@pytest.mark.parametrize(
+    "value", [" , ", ",", "new-signing-secret-2,", "a-signing-secret-1,,b-secret"]
+)
+def test_webhook_secret_with_an_empty_entry_is_an_error_naming_it(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^WEBHOOK_SECRET holds an empty secret") as caught:
+        load_config(None, env={"WEBHOOK_SECRET": value})
+    assert "signing-secret" not in str(caught.value)

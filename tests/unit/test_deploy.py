@@ -14,11 +14,13 @@ import pytest
 import yaml
 
 from processor import worker_http
-from processor.config import Config, load_config
+from processor.config import Config, ConfigError, load_config
 from processor.devbroker import KAFKA_VERSION
 from processor.ingress import create_app
 from processor.metrics import WorkerMetrics
+from processor.signing import build_verifier
 from processor.topics import all_topics, topic_configs
+from tests.ingress_harness import RecordingPublisher
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -246,7 +248,10 @@ def test_configmap_config_decodes_with_the_pods_environment(
     path.write_text(configmap["data"]["config.yaml"])
     for component in ("ingress", "worker"):
         env = plain_env(container(manifests, component))
-        env |= {"WEBHOOK_SECRET": "s", "PROCESSOR_WORKER__GROUP_INSTANCE_ID": "worker-0"}
+        env |= {
+            "WEBHOOK_SECRET": "pod-test-signing-secret",
+            "PROCESSOR_WORKER__GROUP_INSTANCE_ID": "worker-0",
+        }
         loaded = load_config(path, env=env)
         assert loaded.kafka.bootstrap_servers == env["KAFKA_BOOTSTRAP_SERVERS"]
         if component == "ingress":
@@ -317,8 +322,8 @@ def test_ingress_probes_hit_the_ingress_routes(
     manifests: list[dict[str, Any]], config: Config
 ) -> None:
     app = create_app(
-        config=load_config(None, env={"WEBHOOK_SECRET": "s"}),
-        producer=None,  # routing only: nothing is published
+        config=load_config(None, env={"WEBHOOK_SECRET": "probe-test-signing-secret"}),
+        publisher=RecordingPublisher(),  # routing only: nothing is published
     )
     routes = {r.resource.canonical for r in app.router.routes() if r.method == "GET"}
     ingress = container(manifests, "ingress")
@@ -361,6 +366,17 @@ def test_ingress_reads_its_signing_secret_from_the_secret(
     ref = secret_env["valueFrom"]["secretKeyRef"]
     secrets = {s["metadata"]["name"]: s for s in of_kind(manifests, "Secret")}
     assert ref["key"] in secrets[ref["name"]]["stringData"]
+
+
+def test_the_secret_manifests_placeholder_cannot_run_an_ingress(
+    manifests: list[dict[str, Any]],
+) -> None:
+    # Applied as shipped, the ingress must refuse to start rather than accept deliveries
+    # signed with a key published in this repository.
+    (secret,) = of_kind(manifests, "Secret")
+    placeholder = secret["stringData"]["WEBHOOK_SECRET"]
+    with pytest.raises(ConfigError, match="placeholder"):
+        build_verifier(load_config(None, env={"WEBHOOK_SECRET": placeholder}).ingress)
 
 
 @pytest.mark.parametrize("component", ["ingress", "worker"])

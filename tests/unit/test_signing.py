@@ -9,7 +9,7 @@ import hmac
 import pytest
 from multidict import CIMultiDict
 
-from processor.config import ConfigError, IngressConfig
+from processor.config import ConfigError, IngressConfig, load_config
 from processor.signing import (
     HmacSha256Verifier,
     NoVerification,
@@ -20,8 +20,8 @@ from processor.signing import (
 )
 
 BODY = b'{"id":"whd_1","event":"integration.created","data":{"uid":"user_1"}}'
-OLD_SECRET = "old-secret"
-NEW_SECRET = "new-secret"
+OLD_SECRET = "old-signing-secret-1"
+NEW_SECRET = "new-signing-secret-2"
 
 
 def hex_hmac(secret: str, body: bytes) -> str:
@@ -246,3 +246,87 @@ def test_build_verifier_passes_the_clock_and_tolerance() -> None:
     verifier = build_verifier(config, now=lambda: NOW + 11)
     with pytest.raises(SignatureError, match="10 s tolerance"):
         verifier.verify(BODY, sw_headers(v1(KEY_A, "msg_1", NOW, BODY)))
+
+
+# --- secrets that must not run an ingress ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scheme", "secret", "problem"),
+    [
+        ("hmac-sha256", "", "is empty"),
+        ("hmac-sha256", "fifteen-bytes!!", "is shorter than 16 bytes;"),
+        ("hmac-sha256", "\u00e9" * 7, "is shorter than 16 bytes;"),  # 7 characters, 14 bytes
+        ("standard-webhooks", "whsec_", "is empty"),
+        (
+            "standard-webhooks",
+            "whsec_" + base64.b64encode(b"k" * 15).decode(),
+            "is shorter than 16 bytes once decoded",
+        ),
+    ],
+    ids=["hmac-empty", "hmac-15", "hmac-14-bytes-utf8", "sw-empty", "sw-decodes-to-15"],
+)
+def test_build_verifier_refuses_an_empty_or_short_secret_without_echoing_it(
+    scheme: str, secret: str, problem: str
+) -> None:
+    config = IngressConfig(signature_scheme=scheme, secrets=(NEW_SECRET, secret))  # type: ignore[arg-type]
+    if scheme == "standard-webhooks":
+        config = IngressConfig(signature_scheme="standard-webhooks", secrets=(WHSEC_A, secret))
+    with pytest.raises(ConfigError, match=f"ingress.secrets: secret 2 of 2 {problem}") as caught:
+        build_verifier(config)
+    message = str(caught.value)
+    assert "WEBHOOK_SECRET" in message
+    if secret:
+        assert secret not in message
+
+
+@pytest.mark.parametrize(
+    ("scheme", "secret"),
+    [
+        ("hmac-sha256", "a" * 16),
+        ("standard-webhooks", "whsec_" + base64.b64encode(b"k" * 16).decode()),
+    ],
+)
+def test_build_verifier_takes_a_secret_of_16_bytes(scheme: str, secret: str) -> None:
+    build_verifier(IngressConfig(signature_scheme=scheme, secrets=(secret,)))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "change-me",
+        "CHANGE-ME",
+        " changeme ",
+        "your-webhook-secret",
+        PUBLISHED_SECRET,  # the Standard Webhooks examples' key
+    ],
+)
+def test_build_verifier_refuses_a_published_placeholder_secret(secret: str) -> None:
+    scheme = "standard-webhooks" if secret.startswith("whsec_") else "hmac-sha256"
+    config = IngressConfig(signature_scheme=scheme, secrets=(secret,))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="secret 1 of 1 is a placeholder") as caught:
+        build_verifier(config)
+    assert secret.strip() not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"PROCESSOR_INGRESS__SECRETS": '[""]'},
+        {"PROCESSOR_INGRESS__SECRETS": "[short]"},
+        {"WEBHOOK_SECRET": "short"},
+    ],
+)
+def test_an_empty_or_short_secret_from_the_environment_stops_the_ingress(
+    env: dict[str, str],
+) -> None:
+    with pytest.raises(ConfigError, match="at least 16 bytes"):
+        build_verifier(load_config(None, env=env).ingress)
+
+
+@pytest.mark.parametrize("key", [b"", b"k" * 15])
+def test_verifiers_refuse_short_keys_however_they_are_built(key: bytes) -> None:
+    with pytest.raises(ValueError, match="secret 1 of 1"):
+        HmacSha256Verifier(secrets=[key.decode()])
+    with pytest.raises(ValueError, match="secret 1 of 1"):
+        StandardWebhooksVerifier(secrets=["whsec_" + base64.b64encode(key).decode()])

@@ -1,0 +1,304 @@
+"""The ingress's HTTP decisions, served in-process with a fake publisher: no Kafka.
+
+What the raw topic then holds is tested against a real broker in
+tests/integration/test_ingress.py; here `client.publisher.records` stands in for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import io
+import json
+import time
+
+import pytest
+
+from processor.config import Config, ConfigError
+from processor.ingress import run_ingress
+from processor.signing import sign_hmac_sha256
+from tests.ingress_harness import (
+    OLD_SECRET,
+    SECRET,
+    RecordingPublisher,
+    Serve,
+    captured_logs,
+    delivery,
+    published,
+    signed,
+)
+
+SW_KEY = b"standard-webhooks-test-key-32byt"
+SW_SECRET = "whsec_" + base64.b64encode(SW_KEY).decode()
+
+
+# --- accepted and refused deliveries ----------------------------------------------------
+
+
+@pytest.mark.parametrize("signer", [SECRET, OLD_SECRET])
+async def test_either_secret_is_accepted_while_rotating(serve: Serve, signer: str) -> None:
+    client = await serve(secrets=(SECRET, OLD_SECRET))
+    response = await client.post("/webhooks", data=delivery(1), headers=signed(delivery(1), signer))
+    assert response.status == 202
+    assert published(client) == [delivery(1)]
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({}, "missing X-Webhook-Signature"),
+        ({"X-Webhook-Signature": sign_hmac_sha256(delivery(1), "guess")}, "does not match"),
+        ({"X-Webhook-Signature": sign_hmac_sha256(delivery(2), SECRET)}, "does not match"),
+        ({"X-Webhook-Signature": "zz" * 32}, "not a hex"),
+    ],
+    ids=["missing", "wrong-secret", "other-body", "not-hex"],
+)
+async def test_bad_signature_is_401_and_names_the_problem(
+    serve: Serve, headers: dict[str, str], reason: str
+) -> None:
+    client = await serve()
+    response = await client.post(
+        "/webhooks", data=delivery(1), headers={"Content-Type": "application/json", **headers}
+    )
+    assert response.status == 401
+    error = await response.json()
+    assert error["error"] == "invalid_signature"
+    assert reason in error["detail"]
+
+
+async def test_unset_or_non_json_content_type_is_415(serve: Serve) -> None:
+    client = await serve()
+    body = delivery(1)
+    for content_type in (None, "text/plain", "application/x-www-form-urlencoded"):
+        headers = signed(body)
+        if content_type is None:
+            del headers["Content-Type"]
+        else:
+            headers["Content-Type"] = content_type
+        # skip_auto_headers: aiohttp would otherwise add application/octet-stream.
+        response = await client.post(
+            "/webhooks", data=body, headers=headers, skip_auto_headers={"Content-Type"}
+        )
+        assert response.status == 415, content_type
+        assert (await response.json())["error"] == "unsupported_media_type"
+
+
+async def test_structured_json_suffix_is_accepted(serve: Serve) -> None:
+    client = await serve()
+    headers = signed(delivery(1)) | {"Content-Type": "application/cloudevents+json"}
+    assert (await client.post("/webhooks", data=delivery(1), headers=headers)).status == 202
+
+
+@pytest.mark.parametrize(
+    ("body", "error", "names"),
+    [
+        (b'{"id": "whd_1", "event": ', "malformed_json", "truncated"),
+        (b"\xff\xfe not utf-8", "malformed_json", "JSON"),
+        (b'{"id": "whd_1", "event": "a.b", "data": {"uid": "\xff"}}', "malformed_json", "utf-8"),
+        (b"[]", "invalid_envelope", "Expected `object`"),
+        (b'{"event": "a.b", "data": {"uid": "u"}}', "invalid_envelope", "`id`"),
+        (b'{"id": "whd_1", "data": {"uid": "u"}}', "invalid_envelope", "`event`"),
+        (b'{"id": "whd_1", "event": "a.b"}', "invalid_envelope", "`data`"),
+        (b'{"id": "whd_1", "event": "a.b", "data": {}}', "invalid_envelope", "`uid`"),
+        (b'{"id": "whd_1", "event": "a.b", "data": {"uid": 7}}', "invalid_envelope", "$.data.uid"),
+        (b'{"id": "whd_1", "event": "a.b", "data": {"uid": ""}}', "invalid_envelope", "$.data.uid"),
+        (b'{"id": 1, "event": "a.b", "data": {"uid": "u"}}', "invalid_envelope", "$.id"),
+        (
+            b'{"id": "whd_1", "event": "a.b", "data": {"uid": "' + b"u" * 257 + b'"}}',
+            "invalid_envelope",
+            "length <= 256",
+        ),
+    ],
+)
+async def test_undecodable_envelope_is_400_and_names_what_is_wrong(
+    serve: Serve, body: bytes, error: str, names: str
+) -> None:
+    client = await serve()
+    response = await client.post("/webhooks", data=body, headers=signed(body))
+    assert response.status == 400
+    payload = await response.json()
+    assert payload["error"] == error
+    assert names in payload["detail"]
+    assert published(client) == []
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    status = int((await reader.readline()).split()[1])
+    headers = {}
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers["content-length"]))
+    return status, headers, body
+
+
+async def test_declared_oversize_body_is_413_before_the_body_is_sent(serve: Serve) -> None:
+    client = await serve()
+    reader, writer = await client.open_raw()
+    try:
+        # 100 MiB announced, 100 bytes sent: the answer must not wait for the rest.
+        writer.write(
+            b"POST /webhooks HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"X-Webhook-Signature: 00\r\nContent-Length: 104857600\r\n\r\n" + b"x" * 100
+        )
+        await writer.drain()
+        async with asyncio.timeout(5):
+            status, _, body = await read_response(reader)
+    finally:
+        writer.close()
+    assert status == 413
+    assert json.loads(body)["error"] == "body_too_large"
+
+
+async def test_chunked_body_is_413_as_soon_as_it_passes_the_limit(serve: Serve) -> None:
+    client = await serve(max_body_bytes=1024)
+    reader, writer = await client.open_raw()
+    try:
+        writer.write(
+            b"POST /webhooks HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        # 1,025 bytes in two chunks and no final chunk: the upload is still open.
+        writer.write(b"400\r\n" + b"x" * 1024 + b"\r\n" + b"1\r\nx\r\n")
+        await writer.drain()
+        async with asyncio.timeout(5):
+            status, _, body = await read_response(reader)
+    finally:
+        writer.close()
+    assert status == 413
+    assert "1024 bytes" in json.loads(body)["detail"]
+
+
+async def test_body_at_the_limit_is_accepted(serve: Serve) -> None:
+    client = await serve(max_body_bytes=1024)
+    body = delivery(1, alias="a" * (1024 - len(delivery(1, alias=""))))
+    assert len(body) == 1024
+    assert (await client.post("/webhooks", data=body, headers=signed(body))).status == 202
+
+
+def standard_headers(
+    body: bytes, *, msg_id: str = "msg_1", at: float | None = None
+) -> dict[str, str]:
+    timestamp = str(int(time.time() if at is None else at))
+    mac = hmac.new(SW_KEY, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return {
+        "Content-Type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": timestamp,
+        "webhook-signature": "v1," + base64.b64encode(mac).decode(),
+    }
+
+
+@pytest.mark.parametrize(
+    ("skew_s", "status"), [(0, 202), (-240, 202), (-301, 401), (301, 401), (-3600, 401)]
+)
+async def test_standard_webhooks_accepts_fresh_and_refuses_stale_timestamps(
+    serve: Serve, skew_s: int, status: int
+) -> None:
+    client = await serve(signature_scheme="standard-webhooks", secrets=(SW_SECRET,))
+    body = delivery(1)
+    headers = standard_headers(body, at=time.time() + skew_s)
+    response = await client.post("/webhooks", data=body, headers=headers)
+    assert response.status == status
+    if status == 401:
+        assert "tolerance" in (await response.json())["detail"]
+
+
+async def test_standard_webhooks_refuses_a_signature_for_another_body(serve: Serve) -> None:
+    client = await serve(signature_scheme="standard-webhooks", secrets=(SW_SECRET,))
+    headers = standard_headers(delivery(2))
+    response = await client.post("/webhooks", data=delivery(1), headers=headers)
+    assert response.status == 401
+
+
+async def test_unverified_mode_accepts_unsigned_and_warns(serve: Serve) -> None:
+    buffer = io.StringIO()
+    with captured_logs(buffer):
+        client = await serve(signature_scheme="none", secrets=())
+    body = delivery(1)
+    headers = {"Content-Type": "application/json"}
+    assert (await client.post("/webhooks", data=body, headers=headers)).status == 202
+    warnings = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    assert any(w["event"] == "ingress.unverified" and w["level"] == "warning" for w in warnings)
+
+
+async def test_refuses_to_start_without_a_secret() -> None:
+    with pytest.raises(ConfigError, match="WEBHOOK_SECRET"):
+        await run_ingress(Config())
+
+
+# --- Kafka not taking the write: what the ingress decides -------------------------------
+
+
+async def test_a_publish_kafka_refuses_is_503_with_retry_after(serve: Serve) -> None:
+    client = await serve(publisher=RecordingPublisher(outcome=ConnectionError()), retry_after_s=7)
+    response = await client.post("/webhooks", data=delivery(1), headers=signed(delivery(1)))
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "7"
+    assert (await response.json())["error"] == "kafka_unavailable"
+
+
+async def test_a_publish_not_acknowledged_in_time_is_503_kafka_timeout(serve: Serve) -> None:
+    client = await serve(publisher=RecordingPublisher(hang=True), publish_timeout_s=0.2)
+    started = time.monotonic()
+    response = await client.post("/webhooks", data=delivery(1), headers=signed(delivery(1)))
+    assert response.status == 503
+    assert time.monotonic() - started < 2
+    payload = await response.json()
+    assert payload["error"] == "kafka_timeout"
+    assert "0.2 s" in payload["detail"]
+
+
+# --- bodies msgspec cannot take ----------------------------------------------------------
+
+
+def rejections(text: str) -> list[dict[str, object]]:
+    lines = [json.loads(line) for line in text.splitlines()]
+    return [line for line in lines if line["event"] == "ingress.rejected"]
+
+
+async def test_a_signed_body_nested_too_deeply_is_400_counted_and_logged(serve: Serve) -> None:
+    depth = 1_000
+    body = (
+        b'{"id": "whd_deep", "event": "integration.updated", "data": {"uid": "u", "x": '
+        + b"[" * depth
+        + b"]" * depth
+        + b"}}"
+    )
+    buffer = io.StringIO()
+    with captured_logs(buffer):
+        client = await serve()
+        response = await client.post("/webhooks", data=body, headers=signed(body))
+        metrics = await (await client.get("/metrics")).text()
+
+    assert response.status == 400
+    payload = await response.json()
+    assert payload == {
+        "error": "malformed_json",
+        "detail": "body is not valid JSON: nested too deeply",
+    }
+    assert published(client) == []
+    assert 'processor_ingress_requests_total{code="400"} 1.0' in metrics
+    [rejected] = rejections(buffer.getvalue())
+    assert (rejected["status"], rejected["error"]) == (400, "malformed_json")
+    assert "Traceback" not in buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "field",
+    [b'"provider": "bin\xffance"', b'"alias": "caf\xc3"', b'"\xed\xa0\x80": 1'],
+    ids=["invalid-byte", "truncated-sequence", "surrogate-in-a-key"],
+)
+async def test_invalid_utf8_in_a_field_the_ingress_skips_is_400_not_accepted(
+    serve: Serve, field: bytes
+) -> None:
+    body = b'{"id": "whd_1", "event": "integration.updated", "data": {"uid": "u", ' + field + b"}}"
+    client = await serve()
+    response = await client.post("/webhooks", data=body, headers=signed(body))
+    assert response.status == 400
+    payload = await response.json()
+    assert payload["error"] == "malformed_json"
+    assert payload["detail"].startswith("body is not valid JSON: invalid utf-8 at byte ")
+    assert published(client) == []
