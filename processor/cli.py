@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from processor import devbroker
-from processor.config import Config, ConfigError, load_config
+from processor.config import Config, load_config
 from processor.dev import DevOptions, run_dev
+from processor.errors import ProcessorError
 from processor.ingress import run_ingress
-from processor.kafka_clients import BrokerUnavailable
 from processor.logging import configure_logging
 from processor.topics import create_topics
 from processor.worker import run_worker
@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config)
         handler: Command = args.handler
         return handler(args, config)
-    except (ConfigError, BrokerUnavailable, devbroker.BrokerError) as exc:
+    except ProcessorError as exc:
         print(f"processor: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -23,9 +23,10 @@ import msgspec
 import msgspec.inspect
 import yaml
 
+from processor.errors import ConfigError
+
 __all__ = [
     "Config",
-    "ConfigError",
     "IngressConfig",
     "KafkaConfig",
     "LoggingConfig",
@@ -38,10 +39,6 @@ __all__ = [
 ENV_PREFIX = "PROCESSOR_"
 _CATEGORY = re.compile(r"[a-z0-9_]+")
 _UNKNOWN_FIELD = re.compile(r"Object contains unknown field `(?P<key>[^`]*)`")
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names the key and the fix."""
 
 
 class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -31,6 +31,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Self
 
+from processor.errors import BrokerError
+
 __all__ = [
     "KAFKA_VERSION",
     "BrokerError",
@@ -68,10 +70,6 @@ rootLogger.appenderRef.console.ref = console
 logger.server.name = kafka.server.KafkaRaftServer
 logger.server.level = info
 """
-
-
-class BrokerError(Exception):
-    """The local broker cannot be fetched, started or stopped; says what to do."""
 
 
 class BrokerStatus:

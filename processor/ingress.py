@@ -25,9 +25,9 @@ import msgspec
 import structlog
 from aiohttp import hdrs, web
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 
 from processor.config import Config
+from processor.connectivity import Connectivity
 from processor.events import format_received_at
 from processor.ingress_checks import (
     Envelope,
@@ -39,7 +39,7 @@ from processor.ingress_checks import (
 )
 from processor.ingress_errors import INGRESS_METRICS, Refusal, errors_as_json
 from processor.ingress_server import Listener, listen
-from processor.kafka_clients import BrokerUnavailable, client_options
+from processor.kafka_clients import client_options, connect
 from processor.metrics import IngressMetrics, render
 from processor.publisher import KafkaPublisher, NotReady, Publisher, RawRecord
 from processor.shutdown import stop_on_signals
@@ -51,8 +51,6 @@ log = structlog.get_logger(__name__)
 
 # A readiness probe must answer before the orchestrator gives up on it, broker down or not.
 READY_TIMEOUT_S: Final = 2.0
-# Start-up gives the cluster this long to answer before failing with a clear message.
-CONNECT_TIMEOUT_S: Final = 30.0
 
 _encode_json = msgspec.json.encode
 
@@ -74,6 +72,9 @@ class _Ingress:
         self._verifier = verifier
         self._metrics = metrics
         self._retry_after = {"Retry-After": str(config.ingress.retry_after_s)}
+        # The last /readyz answer's reason: a probe every few seconds during an outage
+        # logs the change, not every probe.
+        self._not_ready: str | None = None
 
     async def webhook(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -171,24 +172,36 @@ class _Ingress:
             async with asyncio.timeout(READY_TIMEOUT_S):
                 await self._publisher.check_ready(self._topic)
         except TimeoutError:
-            return _not_ready(
+            return self._unready(
                 "kafka_unreachable",
                 f"Kafka did not answer a metadata request within {READY_TIMEOUT_S} s",
             )
         except NotReady as exc:
-            return _not_ready(exc.error, exc.detail)
+            return self._unready(exc.error, exc.detail)
+        if self._not_ready is not None:
+            log.info("ingress.ready", was=self._not_ready)
+            self._not_ready = None
         return web.json_response({"status": "ready"})
+
+    def _unready(self, error: str, detail: str) -> web.Response:
+        if error != self._not_ready:
+            log.warning("ingress.not_ready", error=error, detail=detail)
+            self._not_ready = error
+        return web.json_response({"error": error, "detail": detail}, status=503)
 
     async def metrics(self, request: web.Request) -> web.Response:
         body, content_type = render(self._metrics.registry)
         return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
 
 
-def create_app(*, config: Config, publisher: Publisher) -> web.Application:
+def create_app(
+    *, config: Config, publisher: Publisher, metrics: IngressMetrics | None = None
+) -> web.Application:
     """The ingress as an aiohttp app, so tests and benchmarks can serve it in-process.
 
     `publisher` persists accepted deliveries: `KafkaPublisher` over a producer the
-    caller starts and stops (acks="all", idempotent), or a fake in tests.
+    caller starts and stops (acks="all", idempotent), or a fake in tests. `metrics`
+    is what /metrics serves (a fresh set by default).
     Raises ConfigError when the signature scheme cannot work.
     """
     verifier = build_verifier(config.ingress)
@@ -198,7 +211,7 @@ def create_app(*, config: Config, publisher: Publisher) -> web.Application:
             detail="ingress.signature_scheme is none: anyone can post deliveries; "
             "never expose this ingress to the internet",
         )
-    metrics = IngressMetrics()
+    metrics = IngressMetrics() if metrics is None else metrics
     ingress = _Ingress(config=config, publisher=publisher, verifier=verifier, metrics=metrics)
     app = web.Application(middlewares=[errors_as_json(webhook_path=config.ingress.path)])
     app[INGRESS_METRICS] = metrics
@@ -217,45 +230,46 @@ def create_app(*, config: Config, publisher: Publisher) -> web.Application:
 async def run_ingress(config: Config) -> None:
     """Serve until SIGTERM or SIGINT, then drain and return within ingress.shutdown_timeout_s.
 
+    The signal handlers come first, so a SIGTERM while Kafka is still being reached
+    (the ingress may be PID 1 in a container) ends the start at once.
     Raises ConfigError (no signing secret, port taken) or BrokerUnavailable before serving.
     """
     settings = config.ingress
-    producer = new_producer(config)
-    listener: Listener | None = None
-    try:
-        app = create_app(config=config, publisher=KafkaPublisher(producer))
-        try:
-            async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                await producer.start()
-        except (TimeoutError, KafkaError) as exc:
-            raise BrokerUnavailable(
-                f"cannot reach Kafka at {config.kafka.bootstrap_servers} "
-                f"({type(exc).__name__}): start it (`processor broker start`), or fix "
-                "kafka.bootstrap_servers / KAFKA_BOOTSTRAP_SERVERS and the TLS/SASL settings"
-            ) from None
-        listener = await listen(app, settings)
-        log.info(
-            "ingress.started",
-            host=settings.host,
-            port=settings.port,
-            path=settings.path,
-            topic=config.topics.raw,
-            signature_scheme=settings.signature_scheme,
-            secrets=len(settings.secrets),
+    stop = asyncio.Event()
+    with stop_on_signals(stop):
+        metrics = IngressMetrics()
+        producer = new_producer(config)
+        Connectivity(bootstrap=config.kafka.bootstrap_servers, registry=metrics.registry).watch(
+            producer.client
         )
-        await _wait_for_stop_signal()
-        log.info("ingress.stopping")
-    finally:
+        listener: Listener | None = None
         try:
-            async with asyncio.timeout(settings.shutdown_timeout_s):
-                await _drain(listener, producer)
-        except TimeoutError:
-            log.warning(
-                "ingress.drain_timeout",
-                detail=f"shutdown took over {settings.shutdown_timeout_s} s "
-                "(ingress.shutdown_timeout_s); unanswered deliveries will be retried",
+            app = create_app(config=config, publisher=KafkaPublisher(producer), metrics=metrics)
+            if not await connect(producer.start, config=config.kafka, stop=stop):
+                return
+            listener = await listen(app, settings)
+            log.info(
+                "ingress.started",
+                host=settings.host,
+                port=settings.port,
+                path=settings.path,
+                topic=config.topics.raw,
+                signature_scheme=settings.signature_scheme,
+                secrets=len(settings.secrets),
             )
-    log.info("ingress.stopped")
+            await stop.wait()
+            log.info("ingress.stopping")
+        finally:
+            try:
+                async with asyncio.timeout(settings.shutdown_timeout_s):
+                    await _drain(listener, producer)
+            except TimeoutError:
+                log.warning(
+                    "ingress.drain_timeout",
+                    detail=f"shutdown took over {settings.shutdown_timeout_s} s "
+                    "(ingress.shutdown_timeout_s); unanswered deliveries will be retried",
+                )
+            log.info("ingress.stopped")
 
 
 def new_producer(config: Config) -> AIOKafkaProducer:
@@ -282,17 +296,6 @@ async def _drain(listener: Listener | None, producer: AIOKafkaProducer) -> None:
     # A record still queued now was never answered 2xx, so the provider will retry it:
     # the flush is a courtesy, and the caller bounds it so that shutdown always ends.
     await producer.stop()
-
-
-async def _wait_for_stop_signal() -> None:
-    stop = asyncio.Event()
-    with stop_on_signals(stop):
-        await stop.wait()
-
-
-def _not_ready(error: str, detail: str) -> web.Response:
-    log.warning("ingress.not_ready", error=error, detail=detail)
-    return web.json_response({"error": error, "detail": detail}, status=503)
 
 
 def _ms_since(started: float) -> float:

@@ -25,7 +25,8 @@ from aiohttp.http_exceptions import (
     TransferEncodingError,
 )
 
-from processor.config import ConfigError, IngressConfig
+from processor.config import IngressConfig
+from processor.errors import ConfigError
 from processor.ingress_errors import INGRESS_METRICS, error_response
 from processor.metrics import IngressMetrics
 

@@ -1,24 +1,29 @@
-"""The connection settings every aiokafka client shares, derived from KafkaConfig.
+"""How every process reaches Kafka: client settings, start-up within a deadline, topics.
 
 The ingress producer, the worker's consumer and producer, and the admin client all
 reach the same cluster the same way; building their keyword arguments in one place
-keeps TLS and SASL handling from drifting between them.
+keeps TLS and SASL handling from drifting between them, and starting them in one
+place gives every process the same bounded start and the same error message.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import structlog
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
-from processor.config import ConfigError, KafkaConfig
+from processor.config import KafkaConfig
+from processor.errors import BrokerUnavailable, ConfigError, TopicsMissing
 
-__all__ = ["BrokerUnavailable", "client_options"]
+__all__ = ["client_options", "connect", "require_topics"]
 
-
-class BrokerUnavailable(Exception):
-    """No broker answered at start-up; the message names the address and the fix."""
+log = structlog.get_logger(__name__)
 
 
 def client_options(config: KafkaConfig) -> dict[str, Any]:
@@ -59,3 +64,75 @@ def _ssl_context(config: KafkaConfig) -> ssl.SSLContext:
             "check the paths and that the files are PEM"
         ) from None
     return context
+
+
+async def connect(
+    start: Callable[[], Awaitable[None]], *, config: KafkaConfig, stop: asyncio.Event
+) -> bool:
+    """Wait for the cluster, then run `start` (starting clients, their first requests),
+    all within kafka.connect_timeout_s: a broker that is still starting is waited for.
+
+    Returns False when `stop` came first: a SIGTERM during start-up ends it at once,
+    which matters for a process that is PID 1 in a container. Raises BrokerUnavailable
+    naming the address and what to check; TopicsMissing passes through.
+    """
+
+    async def reach_then_start() -> None:
+        await _reachable(config)
+        await start()
+
+    starting = asyncio.ensure_future(reach_then_start())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        async with asyncio.timeout(config.connect_timeout_s):
+            await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            return False
+        starting.result()
+    except (TimeoutError, KafkaError) as exc:
+        raise BrokerUnavailable(
+            f"cannot reach Kafka at {config.bootstrap_servers} within "
+            f"{config.connect_timeout_s:g} s ({type(exc).__name__}): start it "
+            "(`processor broker start`), or fix kafka.bootstrap_servers / "
+            "KAFKA_BOOTSTRAP_SERVERS and the TLS/SASL settings"
+        ) from None
+    finally:
+        for task in (starting, stopping):
+            task.cancel()
+        await asyncio.gather(starting, stopping, return_exceptions=True)
+    return True
+
+
+async def _reachable(config: KafkaConfig) -> None:
+    """Until a bootstrap server answers a metadata request; logged once if not at once."""
+    pause = 0.25
+    while True:
+        probe = AIOKafkaClient(**client_options(config))
+        try:
+            await probe.bootstrap()
+        except KafkaConnectionError as exc:
+            if pause == 0.25:
+                log.warning(
+                    "kafka.waiting",
+                    bootstrap=config.bootstrap_servers,
+                    error=str(exc),
+                    detail="no broker answers yet; retrying until kafka.connect_timeout_s "
+                    f"({config.connect_timeout_s:g} s)",
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
+        else:
+            return
+        finally:
+            await probe.close()
+
+
+async def require_topics(client: AIOKafkaClient, topics: Iterable[str], *, bootstrap: str) -> None:
+    """Raise TopicsMissing unless every one of `topics` exists on the cluster."""
+    known = (await client.fetch_all_metadata()).topics()
+    missing = [topic for topic in topics if topic not in known]
+    if missing:
+        raise TopicsMissing(
+            f"topics missing on {bootstrap}: {', '.join(missing)}; "
+            "create them with `processor topics create`"
+        )

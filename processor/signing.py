@@ -24,7 +24,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final, Protocol
 
-from processor.config import ConfigError, IngressConfig
+from processor.config import IngressConfig
+from processor.errors import ConfigError
 
 __all__ = [
     "MIN_SECRET_BYTES",

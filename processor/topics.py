@@ -14,7 +14,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from processor.config import Config
-from processor.kafka_clients import BrokerUnavailable, client_options
+from processor.errors import BrokerUnavailable
+from processor.kafka_clients import client_options
 from processor.routing import Router
 
 __all__ = ["ROUTING_HEADROOM_BYTES", "TopicsReport", "all_topics", "create_topics", "topic_configs"]

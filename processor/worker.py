@@ -34,7 +34,7 @@ from processor import unreadable
 from processor.batching import produce_batch
 from processor.config import Config
 from processor.connectivity import Connectivity
-from processor.kafka_clients import BrokerUnavailable, client_options
+from processor.kafka_clients import client_options, connect, require_topics
 from processor.metrics import WorkerMetrics
 from processor.routing import Routed, Router
 from processor.shutdown import stop_on_signals
@@ -122,8 +122,9 @@ class Worker:
         From `stop` to return takes at most the batch in flight (produce_timeout_s +
         commit_timeout_s, milliseconds when Kafka is healthy) plus shutdown_timeout_s.
         """
-        await self._start()
         try:
+            if not await self._start(stop):
+                return
             while (batch := await self._fetch(stop)) is not None:
                 if not batch:
                     continue
@@ -170,30 +171,25 @@ class Worker:
             return batch
         return None
 
-    async def _start(self) -> None:
-        """Connect within kafka.connect_timeout_s, then join the group.
+    async def _start(self, stop: asyncio.Event) -> bool:
+        """Connect within kafka.connect_timeout_s, then join the group; False if stopped.
 
         Only connecting is bounded: waiting for partitions is normal (a member that
         died without leaving holds its partitions until its session expires) and
         happens in the first fetches, which `stop` can interrupt.
         """
-        bootstrap = self._config.kafka.bootstrap_servers
-        timeout = self._config.kafka.connect_timeout_s
-        try:
-            async with asyncio.timeout(timeout):
-                await self._producer.start()
-                await self._check_topics()
-                await self._consumer.start()
-        except (TimeoutError, KafkaError) as exc:
-            await self._close()
-            raise BrokerUnavailable(
-                f"cannot reach Kafka at {bootstrap} within {timeout:g} s "
-                f"({type(exc).__name__}): check kafka.bootstrap_servers / "
-                "KAFKA_BOOTSTRAP_SERVERS and that the broker is up"
-            ) from None
-        except BaseException:
-            await self._close()
-            raise
+
+        async def start_clients() -> None:
+            await self._producer.start()
+            # Every destination must exist, or the first batch for it would stall.
+            await require_topics(
+                self._producer.client, all_topics(self._config), bootstrap=kafka.bootstrap_servers
+            )
+            await self._consumer.start()
+
+        kafka = self._config.kafka
+        if not await connect(start_clients, config=kafka, stop=stop):
+            return False
         # Subscribing after start: start() would otherwise also wait for the assignment.
         self._consumer.subscribe(
             [self._config.topics.raw], listener=_FinishBatchOnRevoke(self._in_flight)
@@ -204,23 +200,14 @@ class Worker:
             topic=self._config.topics.raw,
             group_id=worker.group_id,
             group_instance_id=group_instance_id(self._config),
-            bootstrap=bootstrap,
+            bootstrap=kafka.bootstrap_servers,
             detail="waiting for the group to assign partitions: at once, unless a member "
             "that stopped without leaving the group (a crash, kill -9) still holds them; "
             f"those come after its session expires, {worker.session_timeout_ms / 1000:g} s "
             "at most (worker.session_timeout_ms). A static member (worker.group_instance_id) "
             "that restarts takes its own back at once.",
         )
-
-    async def _check_topics(self) -> None:
-        """Every destination must exist, or the first batch for it would stall."""
-        known = await self._producer.client.fetch_all_metadata()
-        missing = [topic for topic in all_topics(self._config) if topic not in known.topics()]
-        if missing:
-            raise BrokerUnavailable(
-                f"topics missing on {self._config.kafka.bootstrap_servers}: "
-                f"{', '.join(missing)}; create them with `processor topics create`"
-            )
+        return True
 
     async def _close(self) -> None:
         # Leaving the group hands the partitions over at once. A static member

@@ -14,7 +14,7 @@ from typing import Final
 import structlog
 from aiohttp import hdrs, web
 
-from processor.config import ConfigError
+from processor.errors import ConfigError
 from processor.metrics import WorkerMetrics, render
 
 __all__ = ["CLOSE_TIMEOUT_S", "create_app", "serve_health_and_metrics"]

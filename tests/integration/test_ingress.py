@@ -26,8 +26,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from processor.config import Config, IngressConfig, KafkaConfig
 from processor.devbroker import LocalBroker, free_port
+from processor.errors import BrokerUnavailable
 from processor.ingress import READY_TIMEOUT_S, new_producer, run_ingress
-from processor.kafka_clients import BrokerUnavailable
 from processor.publisher import KafkaPublisher
 from tests.ingress_harness import SECRET, Serve, Served, delivery, serving, signed
 
@@ -283,12 +283,15 @@ async def test_kafka_outage_is_503_with_retry_after_then_recovers(
 
 
 async def test_refuses_to_start_when_kafka_is_unreachable(config: Config) -> None:
-    nobody = KafkaConfig(bootstrap_servers=f"127.0.0.1:{free_port()}")
+    nobody = KafkaConfig(bootstrap_servers=f"127.0.0.1:{free_port()}", connect_timeout_s=1.5)
     unreachable = msgspec.structs.replace(
         config, kafka=nobody, ingress=IngressConfig(secrets=(SECRET,))
     )
-    with pytest.raises(BrokerUnavailable, match="processor broker start"):
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match=r"within 1\.5 s .*processor broker start"):
         await run_ingress(unreachable)
+    # A broker that is not up yet is waited for, up to kafka.connect_timeout_s.
+    assert 1.5 <= time.monotonic() - started < 5
 
 
 @pytest.mark.slow

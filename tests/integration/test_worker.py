@@ -65,10 +65,10 @@ async def test_mixed_stream_lands_each_delivery_in_exactly_one_topic(config: Con
 
 
 async def test_worker_fails_fast_when_a_destination_topic_is_missing(config: Config) -> None:
-    from processor.kafka_clients import BrokerUnavailable
+    from processor.errors import TopicsMissing
 
     # Nothing created: the first batch would stall on an unknown topic, so refuse to start.
-    with pytest.raises(BrokerUnavailable, match="processor topics create"):
+    with pytest.raises(TopicsMissing, match=r"topics missing on .*`processor topics create`"):
         await Worker(config=config).run(asyncio.Event())
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from processor.config import Config, ConfigError, load_config
+from processor.config import Config, load_config
+from processor.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from processor import worker_http
-from processor.config import Config, ConfigError, load_config
+from processor.config import Config, load_config
 from processor.devbroker import KAFKA_VERSION
+from processor.errors import ConfigError
 from processor.ingress import create_app
 from processor.metrics import WorkerMetrics
 from processor.signing import build_verifier

@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from processor.config import Config, ConfigError
+from processor.config import Config
+from processor.errors import ConfigError
 from processor.ingress import run_ingress
 from processor.signing import sign_hmac_sha256
 from tests.ingress_harness import (

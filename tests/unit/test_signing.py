@@ -9,7 +9,8 @@ import hmac
 import pytest
 from multidict import CIMultiDict
 
-from processor.config import ConfigError, IngressConfig, load_config
+from processor.config import IngressConfig, load_config
+from processor.errors import ConfigError
 from processor.signing import (
     HmacSha256Verifier,
     NoVerification,
