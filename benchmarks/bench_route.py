@@ -63,7 +63,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -75,7 +75,7 @@ from processor.config import Config, KafkaConfig, LoggingConfig, TopicsConfig
 from processor.devbroker import LocalBroker
 from processor.kafka_clients import client_options
 from processor.logging import configure_logging
-from processor.routing import Router
+from processor.routing import Outcome, Router
 from processor.topics import create_topics
 from processor.worker import Worker, consumer_options, producer_options
 
@@ -90,7 +90,6 @@ POLL_S: Final = 0.02
 # A variant that has not committed everything by then has stalled.
 RUN_TIMEOUT_S: Final = 900.0
 
-Outcome = Literal["routed", "unrouted", "dlq"]
 # A consumer under test: runs until the event is set.
 Variant = Callable[[Config, asyncio.Event], Coroutine[Any, Any, None]]
 

@@ -26,6 +26,7 @@ import yaml
 from processor.errors import ConfigError
 
 __all__ = [
+    "HEADROOM_BYTES",
     "Config",
     "IngressConfig",
     "KafkaConfig",
@@ -37,6 +38,12 @@ __all__ = [
 ]
 
 ENV_PREFIX = "PROCESSOR_"
+# Room for headers and record framing around a delivery's bytes, one budget for every
+# step: the raw topic takes this much more than the largest body the ingress accepts,
+# and every derived topic this much more than the raw topic (routing adds at most
+# ~2.5 KiB of headers: identifiers are capped at 256 characters, DLQ messages at
+# 1,000), so whatever one step accepted, the next can always write.
+HEADROOM_BYTES = 64 * 1024
 _CATEGORY = re.compile(r"[a-z0-9_]+")
 _UNKNOWN_FIELD = re.compile(r"Object contains unknown field `(?P<key>[^`]*)`")
 
@@ -328,7 +335,7 @@ def _check(config: Config, source: str) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{source}: {key} must be positive, got {value}")
-    headroom = 64 * 1024  # headers and record framing around the largest body
+    headroom = HEADROOM_BYTES
     if config.topics.max_message_bytes < config.ingress.max_body_bytes + headroom:
         raise ConfigError(
             f"{source}: topics.max_message_bytes ({config.topics.max_message_bytes}) must exceed "

@@ -51,7 +51,6 @@ __all__ = [
     "category_of",
     "decode_delivery",
     "decode_integration_event",
-    "format_received_at",
 ]
 
 MAX_IDENTIFIER_LENGTH: Final = 256
@@ -175,12 +174,6 @@ _STATUS_DATA: Final[msgspec.json.Decoder[BaseData]] = msgspec.json.Decoder(Statu
 _DATA: Final[Mapping[str, msgspec.json.Decoder[BaseData]]] = {
     category: msgspec.json.Decoder(model) for category, model in DATA_TYPES.items()
 }
-
-
-def format_received_at(moment: datetime) -> str:
-    """The `received-at` header's form, shared by ingress and worker: ISO 8601 in UTC
-    with milliseconds (`2025-02-19T12:00:00.123Z`). `moment` must be in UTC."""
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def category_of(event: str) -> str:

@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaProducer
 
 from processor.config import Config
 from processor.connectivity import Connectivity
-from processor.events import format_received_at
+from processor.headers import CONTENT_TYPE, DELIVERY_ID, EVENT, RECEIVED_AT, format_received_at
 from processor.ingress_checks import (
     Envelope,
     check_content_encoding,
@@ -126,10 +126,10 @@ class _Ingress:
         self, body: bytes, envelope: Envelope, *, content_type: str, received_at: str
     ) -> None:
         headers = [
-            ("delivery-id", envelope.id.encode()),
-            ("event", envelope.event.encode()),
-            ("received-at", received_at.encode()),
-            ("content-type", content_type.encode("utf-8", "surrogateescape")),
+            (DELIVERY_ID, envelope.id.encode()),
+            (EVENT, envelope.event.encode()),
+            (RECEIVED_AT, received_at.encode()),
+            (CONTENT_TYPE, content_type.encode("utf-8", "surrogateescape")),
         ]
         record = RawRecord(self._topic, envelope.data.uid.encode(), body, headers)
         timeout = self._settings.publish_timeout_s

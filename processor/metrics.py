@@ -20,6 +20,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from processor.routing import OUTCOMES
+
 __all__ = ["IngressMetrics", "WorkerMetrics", "render"]
 
 # From a local acks=all round trip (a few ms) up to ingress.publish_timeout_s's default.
@@ -27,8 +29,6 @@ _PUBLISH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 # From a small batch on a local broker (about a millisecond) up to
 # worker.produce_timeout_s's default, where a batch gives up and is retried.
 _BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-# Where routing can send a record (processor.routing.Routed.outcome).
-_OUTCOMES = ("routed", "unrouted", "dlq")
 
 
 class IngressMetrics:
@@ -82,7 +82,7 @@ class WorkerMetrics:
         )
         # Every child resolved up front: a batch costs a few inc() calls, and each
         # outcome is exported (as 0) before its first record, so rate() works from the start.
-        self._records = {outcome: records.labels(outcome=outcome) for outcome in _OUTCOMES}
+        self._records = {outcome: records.labels(outcome=outcome) for outcome in OUTCOMES}
         self._batches = Counter(
             "processor_worker_batches",
             "Batches routed, produced and committed.",

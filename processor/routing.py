@@ -30,20 +30,28 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from string import Formatter
-from typing import Final, Literal, Protocol
+from typing import Final, Literal, Protocol, get_args
 
 import msgspec
 
 from processor.config import RoutingConfig, TopicsConfig
-from processor.events import (
-    MAX_IDENTIFIER_LENGTH,
-    InvalidDelivery,
-    decode_delivery,
+from processor.events import MAX_IDENTIFIER_LENGTH, InvalidDelivery, decode_delivery
+from processor.headers import (
+    DELIVERY_ID,
+    ERROR_CLASS,
+    ERROR_MESSAGE,
+    EVENT,
+    RECEIVED_AT,
+    SOURCE_OFFSET,
+    SOURCE_PARTITION,
+    SOURCE_TOPIC,
+    STATUS,
+    UID,
     format_received_at,
 )
 from processor.recordbatch import UNREADABLE_HEADER, unreadable_reason
 
-__all__ = ["Routed", "Router", "SourceRecord", "normalise_status"]
+__all__ = ["OUTCOMES", "Outcome", "Routed", "Router", "SourceRecord", "normalise_status"]
 
 # A DLQ message is for a human reading logs; msgspec's are short, a bug's may not be.
 MAX_ERROR_MESSAGE_CHARS: Final = 1000
@@ -72,6 +80,12 @@ class SourceRecord(Protocol):
     def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
+# Where a record went: its derived topic, `webhooks.unrouted`, or the DLQ. Metrics and
+# benchmarks count by these.
+Outcome = Literal["routed", "unrouted", "dlq"]
+OUTCOMES: Final[tuple[Outcome, ...]] = get_args(Outcome)
+
+
 class Routed(msgspec.Struct, frozen=True, gc=False):
     """The one record to produce for a source record, and why.
 
@@ -84,7 +98,7 @@ class Routed(msgspec.Struct, frozen=True, gc=False):
     key: bytes | None
     value: bytes | None  # the source value itself, never re-encoded
     headers: list[tuple[str, bytes]]
-    outcome: Literal["routed", "unrouted", "dlq"]
+    outcome: Outcome
     delivery_id: str | None
     error: str | None  # for dlq: the error message, for logs
 
@@ -168,14 +182,14 @@ class Router:
             topic = _status_topic(route, delivery.status, delivery.category)
         uid = delivery.data.uid.encode()
         headers = [
-            ("delivery-id", delivery.id.encode()),
-            ("event", delivery.event.encode()),
-            ("uid", uid),
+            (DELIVERY_ID, delivery.id.encode()),
+            (EVENT, delivery.event.encode()),
+            (UID, uid),
         ]
         if delivery.status is not None:
-            headers.append(("status", delivery.status.encode()))
+            headers.append((STATUS, delivery.status.encode()))
         if (received_at := _received_at(record)) is not None:
-            headers.append(("received-at", received_at))
+            headers.append((RECEIVED_AT, received_at))
         return Routed(
             topic=topic,
             key=uid,
@@ -192,18 +206,18 @@ class Router:
         delivery_id, event, uid = _salvage(record.value)
         headers: list[tuple[str, bytes]] = [
             (name, text.encode())
-            for name, text in (("delivery-id", delivery_id), ("event", event), ("uid", uid))
+            for name, text in ((DELIVERY_ID, delivery_id), (EVENT, event), (UID, uid))
             if text is not None
         ]
         if (received_at := _received_at(record)) is not None:
-            headers.append(("received-at", received_at))
+            headers.append((RECEIVED_AT, received_at))
         headers += [
-            ("error.class", error_class.encode()),
+            (ERROR_CLASS, error_class.encode()),
             # backslashreplace: an exception's text may hold lone surrogates.
-            ("error.message", message.encode("utf-8", "backslashreplace")),
-            ("source.topic", record.topic.encode()),
-            ("source.partition", str(record.partition).encode()),
-            ("source.offset", str(record.offset).encode()),
+            (ERROR_MESSAGE, message.encode("utf-8", "backslashreplace")),
+            (SOURCE_TOPIC, record.topic.encode()),
+            (SOURCE_PARTITION, str(record.partition).encode()),
+            (SOURCE_OFFSET, str(record.offset).encode()),
         ]
         return Routed(
             topic=self._dlq,
@@ -243,7 +257,7 @@ def _received_at(record: SourceRecord) -> bytes | None:
     None when there is neither (a record without a timestamp carries -1).
     """
     for name, value in record.headers:
-        if name == "received-at" and value and (normal := _moment(value)) is not None:
+        if name == RECEIVED_AT and value and (normal := _moment(value)) is not None:
             return normal
     if record.timestamp < 0:
         return None

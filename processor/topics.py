@@ -13,19 +13,15 @@ from dataclasses import dataclass, field
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
-from processor.config import Config
+from processor.config import HEADROOM_BYTES, Config
 from processor.errors import BrokerUnavailable
 from processor.kafka_clients import client_options
 from processor.routing import Router
 
-__all__ = ["ROUTING_HEADROOM_BYTES", "TopicsReport", "all_topics", "create_topics", "topic_configs"]
+__all__ = ["TopicsReport", "all_topics", "create_topics", "topic_configs"]
 
 # Creating a dozen topics is one request; this bounds a cluster that does not answer.
 ADMIN_TIMEOUT_S = 30.0
-# Routing adds headers (at most ~2.5 KiB: identifiers are capped at 256 characters,
-# DLQ messages at 1,000) to a record the raw topic took. Derived topics take this much
-# more than the raw topic, so whatever the raw topic accepted can always be routed on.
-ROUTING_HEADROOM_BYTES = 64 * 1024
 
 
 @dataclass
@@ -46,7 +42,7 @@ def topic_configs(config: Config, topic: str) -> dict[str, str]:
     """The topic-level configs `topics create` gives `topic`."""
     limit = config.topics.max_message_bytes
     if topic != config.topics.raw:
-        limit += ROUTING_HEADROOM_BYTES
+        limit += HEADROOM_BYTES
     return {"max.message.bytes": str(limit), **config.topics.configs}
 
 

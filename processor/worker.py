@@ -32,13 +32,13 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from processor import unreadable
 from processor.batching import produce_batch
-from processor.config import Config
+from processor.config import HEADROOM_BYTES, Config
 from processor.connectivity import Connectivity
 from processor.kafka_clients import client_options, connect, require_topics
 from processor.metrics import WorkerMetrics
 from processor.routing import Routed, Router
 from processor.shutdown import stop_on_signals
-from processor.topics import ROUTING_HEADROOM_BYTES, all_topics
+from processor.topics import all_topics
 from processor.worker_http import serve_health_and_metrics
 
 __all__ = [
@@ -83,7 +83,7 @@ def producer_options(config: Config) -> dict[str, Any]:
         "linger_ms": 0,
         # One Kafka batch per destination partition per worker batch, up to the topic limit.
         "max_batch_size": config.topics.max_message_bytes // 2,
-        "max_request_size": config.topics.max_message_bytes + ROUTING_HEADROOM_BYTES,
+        "max_request_size": config.topics.max_message_bytes + HEADROOM_BYTES,
     }
 
 

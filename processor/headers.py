@@ -1,0 +1,104 @@
+"""The headers of every record the pipeline writes: names, meanings, one time format.
+
+One home for what the ingress writes on raw records, what the worker writes on
+derived and DLQ records, and what the README's tables say about them (a test holds
+the README to these tuples). No I/O.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Final, NamedTuple
+
+__all__ = [
+    "CONTENT_TYPE",
+    "DELIVERY_ID",
+    "DERIVED_HEADERS",
+    "DLQ_HEADERS",
+    "ERROR_CLASS",
+    "ERROR_MESSAGE",
+    "EVENT",
+    "RAW_HEADERS",
+    "RECEIVED_AT",
+    "SOURCE_OFFSET",
+    "SOURCE_PARTITION",
+    "SOURCE_TOPIC",
+    "STATUS",
+    "UID",
+    "Header",
+    "format_received_at",
+]
+
+DELIVERY_ID: Final = "delivery-id"
+EVENT: Final = "event"
+UID: Final = "uid"
+STATUS: Final = "status"
+RECEIVED_AT: Final = "received-at"
+CONTENT_TYPE: Final = "content-type"
+ERROR_CLASS: Final = "error.class"
+ERROR_MESSAGE: Final = "error.message"
+SOURCE_TOPIC: Final = "source.topic"
+SOURCE_PARTITION: Final = "source.partition"
+SOURCE_OFFSET: Final = "source.offset"
+
+
+class Header(NamedTuple):
+    """One header as documented: its name, what its value is, and whether every record
+    of the topics it belongs to carries it."""
+
+    name: str
+    value: str
+    always: bool
+
+
+# On raw records the ingress writes (other clients' raw records may carry anything).
+RAW_HEADERS: Final = (
+    Header(DELIVERY_ID, "the delivery's `id` (`whd_...`)", True),
+    Header(EVENT, "the delivery's `event`, e.g. `integration.updated`", True),
+    Header(RECEIVED_AT, "when the ingress received it, ISO 8601 UTC with milliseconds", True),
+    Header(CONTENT_TYPE, "the request's `Content-Type`", True),
+)
+
+# On every record of a derived topic and of `webhooks.unrouted`.
+DERIVED_HEADERS: Final = (
+    Header(DELIVERY_ID, "the delivery's `id` (`whd_...`)", True),
+    Header(EVENT, "e.g. `integration.updated`", True),
+    Header(UID, "`data.uid`", True),
+    Header(
+        STATUS, "`data.status` as sent (`PARTIALLY SYNCED`), for categories routed by status", False
+    ),
+    Header(
+        RECEIVED_AT,
+        "when the ingress received it, ISO 8601 UTC with milliseconds "
+        "(`2026-11-27T10:59:31.270Z`); for records another client wrote, its `received-at` "
+        "rewritten to this form, else the record's timestamp",
+        False,
+    ),
+)
+
+# On every record of the DLQ; `delivery-id`, `event`, `uid` and `received-at` are
+# there too when they could be read.
+DLQ_HEADERS: Final = (
+    Header(
+        ERROR_CLASS,
+        "`DecodeError`, `ValidationError`, `RoutingError`, `RecordError` or `InternalError`",
+        True,
+    ),
+    Header(
+        ERROR_MESSAGE,
+        "what is wrong, with the field path, e.g. "
+        "``Expected `str`, got `int` - at `$.data.status` ``",
+        True,
+    ),
+    Header(SOURCE_TOPIC, "the raw topic the record was read from", True),
+    Header(SOURCE_PARTITION, "its partition", True),
+    Header(SOURCE_OFFSET, "its offset", True),
+)
+
+
+def format_received_at(moment: datetime) -> str:
+    """The `received-at` form: ISO 8601 in UTC with milliseconds (`2025-02-19T12:00:00.123Z`).
+
+    `moment` must be in UTC.
+    """
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

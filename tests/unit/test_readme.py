@@ -1,0 +1,37 @@
+"""The README says what the code does: its header tables come from processor.headers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from processor.headers import DERIVED_HEADERS, DLQ_HEADERS, RAW_HEADERS, Header
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+def table_after(marker: str) -> list[str]:
+    """The rows of the Markdown table right after `<!-- marker -->`, header rows excluded."""
+    _, found, rest = README.partition(f"<!-- {marker} -->\n")
+    assert found, f"README has no <!-- {marker} --> table"
+    rows = []
+    for line in rest.splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(line)
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("marker", "headers"),
+    [
+        ("headers: derived", DERIVED_HEADERS),
+        ("headers: dlq", DLQ_HEADERS),
+        ("headers: raw", RAW_HEADERS),
+    ],
+)
+def test_readme_header_tables_match_processor_headers(
+    marker: str, headers: tuple[Header, ...]
+) -> None:
+    assert table_after(marker) == [f"| `{h.name}` | {h.value} |" for h in headers]
