@@ -17,13 +17,14 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import msgspec.inspect
 import yaml
 
 from processor.errors import ConfigError
+from processor.naming import illegal_topic, normalise_status, uses_status
 
 __all__ = [
     "HEADROOM_BYTES",
@@ -31,6 +32,7 @@ __all__ = [
     "IngressConfig",
     "KafkaConfig",
     "LoggingConfig",
+    "Route",
     "RoutingConfig",
     "TopicsConfig",
     "WorkerConfig",
@@ -38,6 +40,10 @@ __all__ = [
 ]
 
 ENV_PREFIX = "PROCESSOR_"
+# Bounds a type states, so that msgspec names the key of a value out of them.
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 # Room for headers and record framing around a delivery's bytes, one budget for every
 # step: the raw topic takes this much more than the largest body the ingress accepts,
 # and every derived topic this much more than the raw topic (routing adds at most
@@ -65,9 +71,9 @@ class KafkaConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     # Upper bound on one broker request; a metadata or produce call never hangs longer.
-    request_timeout_ms: int = 30_000
+    request_timeout_ms: PositiveInt = 30_000
     # Start-up gives the cluster this long to answer, then fails with what to check.
-    connect_timeout_s: float = 30.0
+    connect_timeout_s: PositiveFloat = 30.0
 
 
 class TopicsConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -77,23 +83,38 @@ class TopicsConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     unrouted: str = "webhooks.unrouted"
     dlq: str = "webhooks.dlq"
     # Partitions bound the number of useful workers: one partition feeds one worker.
-    partitions: int = 6
-    replication_factor: int = 1
+    partitions: PositiveInt = 6
+    replication_factor: PositiveInt = 1
     # Largest record batch a topic takes (its max.message.bytes; producers' max request).
     # Above Kafka's 1 MiB default, so a delivery at ingress.max_body_bytes plus headers fits.
-    max_message_bytes: int = 2_097_152
+    max_message_bytes: PositiveInt = 2_097_152
     # Topic-level configs (retention.ms, min.insync.replicas, ...) for every topic created.
     configs: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-class RoutingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Which categories have a route, and which integration statuses get a topic."""
+class Route(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One category's route. `topic` is a template; with `{status}` in it the category
+    is routed by status, and `statuses`/`other_status` (routing's, unless given here)
+    say which statuses get a topic of their own and where the others go."""
 
-    # category -> topic template; `{status}` is the normalised `data.status`.
-    routes: dict[str, str] = msgspec.field(
+    topic: str
+    statuses: tuple[str, ...] | None = None
+    other_status: str | None = None
+
+    @property
+    def by_status(self) -> bool:
+        return uses_status(self.topic)
+
+
+class RoutingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Which categories have a route, and the statuses of routes that name none."""
+
+    # category -> topic template, or a Route; `{status}` is the normalised `data.status`.
+    routes: dict[str, str | Route] = msgspec.field(
         default_factory=lambda: {"integration": "integration.status.{status}"}
     )
-    # Every status the provider documents for integrations (event spec and Integrations API).
+    # The statuses a route by status has a topic for unless it lists its own: every
+    # status the provider documents for integrations (event spec and Integrations API).
     statuses: tuple[str, ...] = (
         "queued",
         "ongoing",
@@ -104,8 +125,25 @@ class RoutingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
         "error",
         "partially_synced",
     )
-    # Where a status outside `statuses` goes; the original value stays in the header.
+    # Where a status outside those goes; the original value stays in the header.
     other_status: str = "other"
+
+    def resolved(self) -> dict[str, Route]:
+        """Every route as a Route, a route by status with its statuses filled in."""
+        resolved: dict[str, Route] = {}
+        for category, route in self.routes.items():
+            if isinstance(route, str):
+                route = Route(topic=route)
+            if route.by_status:
+                route = Route(
+                    topic=route.topic,
+                    statuses=self.statuses if route.statuses is None else route.statuses,
+                    other_status=(
+                        self.other_status if route.other_status is None else route.other_status
+                    ),
+                )
+            resolved[category] = route
+        return resolved
 
 
 class WorkerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -117,27 +155,27 @@ class WorkerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # replaced by the host name, stable across restarts of one container.
     group_instance_id: str | None = None
     # Records per getmany(): large enough to amortise a produce round trip.
-    max_batch_records: int = 2_000
+    max_batch_records: PositiveInt = 2_000
     # How long getmany() waits for the first record; bounds shutdown latency when idle.
-    fetch_timeout_ms: int = 500
+    fetch_timeout_ms: PositiveInt = 500
     # A batch whose records are not all acknowledged in this time is retried, not committed.
-    produce_timeout_s: float = 30.0
+    produce_timeout_s: PositiveFloat = 30.0
     # Offsets commit is one round trip to the group coordinator.
-    commit_timeout_s: float = 10.0
+    commit_timeout_s: PositiveFloat = 10.0
     # Pause before retrying a batch whose produce failed, doubling up to the maximum, so
     # a broken cluster (or a missing ACL) is not hammered while someone fixes it.
-    retry_backoff_s: float = 1.0
-    max_retry_backoff_s: float = 30.0
+    retry_backoff_s: PositiveFloat = 1.0
+    max_retry_backoff_s: PositiveFloat = 30.0
     # SIGTERM to exit: finish the batch in flight, commit, leave the group.
-    shutdown_timeout_s: float = 30.0
+    shutdown_timeout_s: PositiveFloat = 30.0
     # Broker declares the worker dead after this long without heartbeats.
-    session_timeout_ms: int = 45_000
-    heartbeat_interval_ms: int = 3_000
+    session_timeout_ms: PositiveInt = 45_000
+    heartbeat_interval_ms: PositiveInt = 3_000
     # A batch must finish well inside this, or the group evicts the worker.
-    max_poll_interval_ms: int = 300_000
+    max_poll_interval_ms: PositiveInt = 300_000
     # A liveness and metrics port for orchestrators (GET /healthz, GET /metrics). None
     # serves no HTTP, so any number of workers can share a laptop without port clashes.
-    metrics_port: int | None = None
+    metrics_port: Port | None = None
     # Loopback by default; 0.0.0.0 in containers, so probes and scrapers can reach it.
     metrics_host: str = "127.0.0.1"
 
@@ -146,36 +184,36 @@ class IngressConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
     """The HTTP door: where it listens and how it decides a delivery is genuine."""
 
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: Port = 8080
     path: str = "/webhooks"
     # Larger bodies are refused with 413 before being read; provider events are a few KiB.
-    max_body_bytes: int = 1_048_576
+    max_body_bytes: PositiveInt = 1_048_576
     # 503 + Retry-After when Kafka has not acknowledged within this; the provider retries.
-    publish_timeout_s: float = 10.0
-    retry_after_s: int = 5
+    publish_timeout_s: PositiveFloat = 10.0
+    retry_after_s: PositiveInt = 5
     # "hmac-sha256" (the provider's X-Webhook-Signature), "standard-webhooks", or "none"
     # (no verification: only for local experiments, and logged as a warning).
     signature_scheme: Literal["hmac-sha256", "standard-webhooks", "none"] = "hmac-sha256"
     # Any one matching is enough, so a secret can be rotated without downtime.
     secrets: tuple[str, ...] = ()
     # Standard Webhooks: reject timestamps further than this from now (replay window).
-    timestamp_tolerance_s: int = 300
+    timestamp_tolerance_s: PositiveInt = 300
     # SIGTERM to exit: in-flight publishes finish, the producer flushes.
-    shutdown_timeout_s: float = 15.0
+    shutdown_timeout_s: PositiveFloat = 15.0
     # A connection without a complete request this long after it opened or after its last
     # answer is closed: it bounds idle keep-alive and slow headers alike. Above the 60 s
     # idle timeout of common load balancers, so that they, not we, close a pooled one.
-    keepalive_timeout_s: float = 75.0
+    keepalive_timeout_s: PositiveFloat = 75.0
     # 408 when the body has not fully arrived this long after its headers: a delivery takes
     # milliseconds; 1 MiB in 30 s is under 300 kbit/s.
-    body_timeout_s: float = 30.0
+    body_timeout_s: PositiveFloat = 30.0
     # After an early answer (413, 408) the unread body is drained this long, so the sender
     # reads the answer rather than a connection reset; then the connection closes.
-    linger_timeout_s: float = 5.0
+    linger_timeout_s: PositiveFloat = 5.0
     # 400 past this many header lines: a delivery carries about ten, proxies add a few.
-    max_headers: int = 64
+    max_headers: PositiveInt = 64
     # 400 for a longer request line or header: 8 KiB, as aiohttp's and nginx's default.
-    max_header_line_bytes: int = 8190
+    max_header_line_bytes: PositiveInt = 8190
 
 
 class LoggingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -312,42 +350,12 @@ def _describe(exc: msgspec.ValidationError) -> tuple[str, str]:
 
 def _check(config: Config, source: str) -> None:
     """Rules a type cannot express."""
-    positive = {
-        "topics.partitions": config.topics.partitions,
-        "topics.replication_factor": config.topics.replication_factor,
-        "kafka.connect_timeout_s": config.kafka.connect_timeout_s,
-        "worker.max_batch_records": config.worker.max_batch_records,
-        "worker.fetch_timeout_ms": config.worker.fetch_timeout_ms,
-        "worker.produce_timeout_s": config.worker.produce_timeout_s,
-        "worker.commit_timeout_s": config.worker.commit_timeout_s,
-        "worker.retry_backoff_s": config.worker.retry_backoff_s,
-        "worker.max_retry_backoff_s": config.worker.max_retry_backoff_s,
-        "worker.shutdown_timeout_s": config.worker.shutdown_timeout_s,
-        "ingress.max_body_bytes": config.ingress.max_body_bytes,
-        "ingress.publish_timeout_s": config.ingress.publish_timeout_s,
-        "ingress.retry_after_s": config.ingress.retry_after_s,
-        "ingress.keepalive_timeout_s": config.ingress.keepalive_timeout_s,
-        "ingress.body_timeout_s": config.ingress.body_timeout_s,
-        "ingress.linger_timeout_s": config.ingress.linger_timeout_s,
-        "ingress.max_headers": config.ingress.max_headers,
-        "ingress.max_header_line_bytes": config.ingress.max_header_line_bytes,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{source}: {key} must be positive, got {value}")
     headroom = HEADROOM_BYTES
     if config.topics.max_message_bytes < config.ingress.max_body_bytes + headroom:
         raise ConfigError(
             f"{source}: topics.max_message_bytes ({config.topics.max_message_bytes}) must exceed "
             f"ingress.max_body_bytes ({config.ingress.max_body_bytes}) by at least {headroom}, "
             "or an accepted delivery could not be written to Kafka"
-        )
-    if not 0 < config.ingress.port < 65536:
-        raise ConfigError(f"{source}: ingress.port must be 1..65535, got {config.ingress.port}")
-    metrics_port = config.worker.metrics_port
-    if metrics_port is not None and not 0 < metrics_port < 65536:
-        raise ConfigError(
-            f"{source}: worker.metrics_port must be 1..65535 (or null for none), got {metrics_port}"
         )
     if not config.ingress.path.startswith("/"):
         raise ConfigError(
@@ -375,17 +383,60 @@ def _check(config: Config, source: str) -> None:
                 f"{source}: worker.group_instance_id {instance!r} must be a non-empty name; "
                 "the only placeholder it may use is {hostname}"
             )
-    for category, template in config.routing.routes.items():
+    for key in ("raw", "unrouted", "dlq"):
+        name = getattr(config.topics, key)
+        _refuse_illegal(source, f"topics.{key}", name, name)
+    _check_routes(config.routing, source)
+
+
+def _check_routes(routing: RoutingConfig, source: str) -> None:
+    """Every route matches a category and can only name topics Kafka takes."""
+    for category, given in routing.routes.items():
+        key = f"routing.routes.{category}"
         if not _CATEGORY.fullmatch(category):
             raise ConfigError(
-                f"{source}: routing.routes.{category}: categories are lower case a-z, 0-9 and _ "
-                "as in the provider's event names (integration.created), so this route "
-                "would never match"
+                f"{source}: {key}: categories are lower case a-z, 0-9 and _ as in the "
+                "provider's event names (integration.created), so this route would never match"
             )
+        template = given if isinstance(given, str) else given.topic
         try:
             template.format(status="x")
         except (KeyError, IndexError, ValueError):
             raise ConfigError(
-                f"{source}: routing.routes.{category}: template {template!r} may only use "
-                "the placeholder {status}"
+                f"{source}: {key}: template {template!r} may only use the placeholder {{status}}"
             ) from None
+        if (
+            isinstance(given, Route)
+            and not uses_status(template)
+            and (given.statuses is not None or given.other_status is not None)
+        ):
+            raise ConfigError(
+                f"{source}: {key}: statuses and other_status only apply to a topic "
+                "template with {status}"
+            )
+    for category, route in routing.resolved().items():
+        key = f"routing.routes.{category}"
+        given = routing.routes[category]
+        if route.statuses is None or route.other_status is None:
+            _refuse_illegal(source, key, route.topic, route.topic)
+            continue
+        own = given if isinstance(given, Route) else Route(topic=route.topic)
+        statuses_key = "routing.statuses" if own.statuses is None else f"{key}.statuses"
+        for status in route.statuses:
+            normal = normalise_status(status)
+            if not normal:
+                raise ConfigError(
+                    f"{source}: {statuses_key}: {status!r} has no letter or digit to name a topic"
+                )
+            _refuse_illegal(source, statuses_key, status, route.topic.format(status=normal))
+        other_key = "routing.other_status" if own.other_status is None else f"{key}.other_status"
+        other = route.other_status
+        _refuse_illegal(source, other_key, other, route.topic.format(status=other))
+
+
+def _refuse_illegal(source: str, key: str, value: str, topic: str) -> None:
+    """ConfigError naming `key` when `value` makes `topic` a name Kafka refuses."""
+    if (why := illegal_topic(topic)) is None:
+        return
+    made = "" if value == topic else f" makes the topic {topic!r}, which"
+    raise ConfigError(f"{source}: {key}: {value!r}{made} Kafka refuses: {why}")

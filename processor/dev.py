@@ -204,8 +204,8 @@ async def _stop_children(children: list[_Child]) -> None:
 
 
 def _banner(config: Config, *, url: str, generated: str | None) -> str:
-    template = config.routing.routes.get("integration", "integration.status.{status}")
-    watched = template.format(status="completed")
+    route = config.routing.resolved().get("integration")
+    watched = route.topic.format(status="completed") if route else config.topics.unrouted
     bootstrap = config.kafka.bootstrap_servers
     body = EXAMPLE_BODY.decode()
     export = f"\n      export WEBHOOK_SECRET={generated}" if generated else ""

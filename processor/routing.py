@@ -28,8 +28,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
-from string import Formatter
 from typing import Final, Literal, Protocol, get_args
 
 import msgspec
@@ -49,14 +47,14 @@ from processor.headers import (
     UID,
     format_received_at,
 )
+from processor.naming import normalise_status
 from processor.recordbatch import UNREADABLE_HEADER, unreadable_reason
 
-__all__ = ["OUTCOMES", "Outcome", "Routed", "Router", "SourceRecord", "normalise_status"]
+__all__ = ["OUTCOMES", "Outcome", "Routed", "Router", "SourceRecord"]
 
 # A DLQ message is for a human reading logs; msgspec's are short, a bug's may not be.
 MAX_ERROR_MESSAGE_CHARS: Final = 1000
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_NOT_TOPIC_CHARS: Final = re.compile(r"[^a-z0-9]+")
 _SALVAGE: Final = msgspec.json.Decoder()
 _RECEIVED_AT: Final = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
@@ -103,16 +101,6 @@ class Routed(msgspec.Struct, frozen=True, gc=False):
     error: str | None  # for dlq: the error message, for logs
 
 
-@lru_cache(maxsize=1024)
-def normalise_status(status: str) -> str:
-    """A status as a topic-name part: "PARTIALLY SYNCED" -> "partially_synced".
-
-    Lower case; every run of characters other than a-z and 0-9 becomes one `_`;
-    no `_` at either end. Empty when the status has no letter or digit.
-    """
-    return _NOT_TOPIC_CHARS.sub("_", status.lower()).strip("_")
-
-
 @dataclass(frozen=True, slots=True)
 class _StatusRoute:
     by_status: dict[str, str]  # normalised status -> topic
@@ -126,17 +114,17 @@ class Router:
         self._unrouted = topics.unrouted
         self._dlq = topics.dlq
         self._routes: dict[str, str | _StatusRoute] = {}
-        for category, template in routing.routes.items():
-            if _uses_status(template):
-                by_status = {
-                    normal: template.format(status=normal)
-                    for normal in map(normalise_status, routing.statuses)
-                    if normal
-                }
-                other = template.format(status=routing.other_status)
-                self._routes[category] = _StatusRoute(by_status, other)
-            else:
-                self._routes[category] = template.format()
+        for category, route in routing.resolved().items():
+            if route.statuses is None or route.other_status is None:
+                self._routes[category] = route.topic.format()
+                continue
+            by_status = {
+                normal: route.topic.format(status=normal)
+                for normal in map(normalise_status, route.statuses)
+                if normal
+            }
+            other = route.topic.format(status=route.other_status)
+            self._routes[category] = _StatusRoute(by_status, other)
         self._status_categories = frozenset(
             category for category, route in self._routes.items() if isinstance(route, _StatusRoute)
         )
@@ -228,10 +216,6 @@ class Router:
             delivery_id=delivery_id,
             error=message,
         )
-
-
-def _uses_status(template: str) -> bool:
-    return any(field == "status" for _, field, _, _ in Formatter().parse(template))
 
 
 def _status_topic(route: _StatusRoute, status: str | None, category: str) -> str:

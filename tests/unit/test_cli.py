@@ -38,4 +38,4 @@ def test_a_bad_setting_is_a_clear_error_and_exit_2(
     config = tmp_path / "config.yaml"
     config.write_text("worker:\n  max_batch_records: -1\n")
     assert main(["topics", "create", "--config", str(config)]) == 2
-    assert "worker.max_batch_records must be positive" in capsys.readouterr().err
+    assert "worker.max_batch_records: Expected `int` >= 1" in capsys.readouterr().err

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from processor.config import Config, load_config
+from processor.config import Config, Route, load_config
 from processor.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,21 +95,24 @@ def test_unrelated_environment_is_ignored() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("worker:\n  max_batch_records: 0\n", "worker.max_batch_records must be positive"),
-        ("ingress:\n  port: 70000\n", "ingress.port must be 1..65535"),
-        ("worker:\n  metrics_port: 0\n", "worker.metrics_port must be 1..65535"),
-        ("worker:\n  metrics_port: 65536\n", "worker.metrics_port must be 1..65535"),
+        ("worker:\n  max_batch_records: 0\n", r"worker\.max_batch_records: Expected `int` >= 1"),
+        ("ingress:\n  port: 70000\n", r"ingress\.port: Expected `int` <= 65535"),
+        ("worker:\n  metrics_port: 0\n", r"worker\.metrics_port: Expected `int` >= 1"),
+        ("worker:\n  metrics_port: 65536\n", r"worker\.metrics_port: Expected `int` <= 65535"),
         ("ingress:\n  path: webhooks\n", "ingress.path must start with '/'"),
         ("kafka:\n  security_protocol: SASL_SSL\n", "needs kafka.sasl_mechanism"),
         ("kafka:\n  security_protocol: TLS\n", "kafka.security_protocol"),
         ("routing:\n  routes: {integration: 'x.{state}'}\n", "only use the placeholder"),
         ("routing:\n  routes: {Integration: 'x.{status}'}\n", "would never match"),
         ("ingress:\n  max_body_bytes: 4194304\n", "topics.max_message_bytes"),
-        ("ingress:\n  body_timeout_s: 0\n", "ingress.body_timeout_s must be positive"),
-        ("ingress:\n  max_headers: -1\n", "ingress.max_headers must be positive"),
+        ("ingress:\n  body_timeout_s: 0\n", r"ingress\.body_timeout_s: Expected `float` > 0"),
+        ("ingress:\n  max_headers: -1\n", r"ingress\.max_headers: Expected `int` >= 1"),
+        ("kafka:\n  connect_timeout_s: -1\n", r"kafka\.connect_timeout_s: Expected `float` > 0"),
     ],
 )
-def test_values_a_type_cannot_check_are_refused(tmp_path: Path, text: str, message: str) -> None:
+def test_values_out_of_bounds_are_refused_naming_the_key(
+    tmp_path: Path, text: str, message: str
+) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, text), env={})
 
@@ -189,3 +192,76 @@ def test_webhook_secret_with_an_empty_entry_is_an_error_naming_it(value: str) ->
     with pytest.raises(ConfigError, match=r"^WEBHOOK_SECRET holds an empty secret") as caught:
         load_config(None, env={"WEBHOOK_SECRET": value})
     assert "signing-secret" not in str(caught.value)
+
+
+def test_a_route_by_status_may_have_its_own_statuses_in_yaml_or_the_environment(
+    tmp_path: Path,
+) -> None:
+    text = (
+        "routing:\n"
+        "  routes:\n"
+        "    integration: 'integration.status.{status}'\n"
+        "    wallet:\n"
+        "      topic: 'wallet.status.{status}'\n"
+        "      statuses: [open, closed]\n"
+        "      other_status: misc\n"
+    )
+    from_file = load_config(write(tmp_path, text), env={})
+    from_env = load_config(
+        None,
+        env={
+            "PROCESSOR_ROUTING__ROUTES": "{integration: 'integration.status.{status}', "
+            "wallet: {topic: 'wallet.status.{status}', statuses: [open, closed], "
+            "other_status: misc}}"
+        },
+    )
+
+    assert from_file == from_env
+    routes = from_file.routing.resolved()
+    assert routes["wallet"] == Route(
+        topic="wallet.status.{status}", statuses=("open", "closed"), other_status="misc"
+    )
+    assert routes["integration"].statuses == Config().routing.statuses
+    assert routes["integration"].other_status == "other"
+
+
+@pytest.mark.parametrize(
+    ("text", "refusal"),
+    [
+        (
+            "routing:\n  other_status: Other Status\n",
+            r"routing\.other_status: 'Other Status' makes the topic "
+            r"'integration\.status\.Other Status', which Kafka refuses: a topic name may only",
+        ),
+        (
+            "routing:\n  routes: {wallet: {topic: 'w.{status}', other_status: 'a/b'}}\n",
+            r"routing\.routes\.wallet\.other_status: 'a/b' makes the topic 'w\.a/b'",
+        ),
+        (
+            "routing:\n  routes: {wallet: {topic: 'w.{status}', statuses: ['"
+            + "x" * 250
+            + "']}}\n",
+            r"routing\.routes\.wallet\.statuses: 'x+' makes the topic 'w\.x+', which Kafka "
+            r"refuses: a topic name has at most 249 characters",
+        ),
+        (
+            "routing:\n  routes: {wallet: 'wallet events'}\n",
+            r"routing\.routes\.wallet: 'wallet events' Kafka refuses",
+        ),
+        ("topics:\n  dlq: '..'\n", r"topics\.dlq: '\.\.' Kafka refuses"),
+        (
+            "routing:\n  routes: {wallet: {topic: 'wallet.events', statuses: [a]}}\n",
+            r"routing\.routes\.wallet: statuses and other_status only apply to a topic template "
+            r"with \{status\}",
+        ),
+        (
+            "routing:\n  routes: {wallet: {topic: 'w.{status}', statuses: ['!!']}}\n",
+            r"routing\.routes\.wallet\.statuses: '!!' has no letter or digit",
+        ),
+    ],
+)
+def test_a_route_that_could_name_an_illegal_topic_is_refused_naming_the_key(
+    tmp_path: Path, text: str, refusal: str
+) -> None:
+    with pytest.raises(ConfigError, match=refusal):
+        load_config(write(tmp_path, text), env={})

@@ -10,8 +10,9 @@ import msgspec
 import pytest
 
 import processor.routing
-from processor.config import RoutingConfig, TopicsConfig
-from processor.routing import Routed, Router, normalise_status
+from processor.config import Route, RoutingConfig, TopicsConfig
+from processor.naming import normalise_status
+from processor.routing import Routed, Router
 from tests.deliveries import SPEC_EXAMPLE
 
 DEFAULT_TOPICS = [
@@ -389,6 +390,36 @@ def test_custom_config_routes_by_its_own_templates_and_statuses() -> None:
     )
     assert route(delivery(event="alert.raised"), router).topic == "parked"
     assert route(b"{}", router).topic == "dead"
+
+
+def test_a_second_category_routed_by_status_has_its_own_statuses_and_other_topic() -> None:
+    routing = RoutingConfig(
+        routes={
+            "integration": "integration.status.{status}",
+            "wallet": Route(
+                topic="wallet.status.{status}", statuses=("open", "CLOSED"), other_status="misc"
+            ),
+        }
+    )
+    router = Router(routing=routing, topics=TopicsConfig())
+
+    assert router.destination_topics() == [
+        *DEFAULT_TOPICS[:-2],
+        "wallet.status.open",
+        "wallet.status.closed",
+        "wallet.status.misc",
+        "webhooks.unrouted",
+        "webhooks.dlq",
+    ]
+    assert route(delivery(event="wallet.updated", status="Open"), router).topic == (
+        "wallet.status.open"
+    )
+    # An integration status means nothing to wallets, and a wallet one nothing to integrations.
+    assert route(delivery(event="wallet.updated", status="active"), router).topic == (
+        "wallet.status.misc"
+    )
+    assert route(delivery(status="closed"), router).topic == "integration.status.other"
+    assert route(delivery(status="active"), router).topic == "integration.status.active"
 
 
 def test_fixed_topic_route_still_checks_the_category_model() -> None:
