@@ -39,7 +39,7 @@ from processor.ingress_checks import (
 )
 from processor.ingress_errors import INGRESS_METRICS, Refusal, errors_as_json
 from processor.ingress_server import Listener, listen
-from processor.kafka_clients import client_options, connect
+from processor.kafka_clients import client_options, connect, wait_until_reachable
 from processor.metrics import IngressMetrics, render
 from processor.publisher import KafkaPublisher, NotReady, Publisher, RawRecord
 from processor.shutdown import stop_on_signals
@@ -245,7 +245,12 @@ async def run_ingress(config: Config) -> None:
         listener: Listener | None = None
         try:
             app = create_app(config=config, publisher=KafkaPublisher(producer), metrics=metrics)
-            if not await connect(producer.start, config=config.kafka, stop=stop):
+
+            async def start_producer() -> None:
+                await wait_until_reachable(config.kafka)
+                await producer.start()
+
+            if not await connect(start_producer, config=config.kafka, stop=stop):
                 return
             listener = await listen(app, settings)
             log.info(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any
 
 import structlog
@@ -21,7 +21,7 @@ from aiokafka.helpers import create_ssl_context
 from processor.config import KafkaConfig
 from processor.errors import BrokerUnavailable, ConfigError, TopicsMissing
 
-__all__ = ["client_options", "connect", "require_topics"]
+__all__ = ["client_options", "connect", "require_topics", "wait_until_reachable"]
 
 log = structlog.get_logger(__name__)
 
@@ -69,19 +69,14 @@ def _ssl_context(config: KafkaConfig) -> ssl.SSLContext:
 async def connect(
     start: Callable[[], Awaitable[None]], *, config: KafkaConfig, stop: asyncio.Event
 ) -> bool:
-    """Wait for the cluster, then run `start` (starting clients, their first requests),
-    all within kafka.connect_timeout_s: a broker that is still starting is waited for.
+    """Run `start` (waiting for the cluster, starting clients, their first requests)
+    within kafka.connect_timeout_s.
 
     Returns False when `stop` came first: a SIGTERM during start-up ends it at once,
     which matters for a process that is PID 1 in a container. Raises BrokerUnavailable
     naming the address and what to check; TopicsMissing passes through.
     """
-
-    async def reach_then_start() -> None:
-        await _reachable(config)
-        await start()
-
-    starting = asyncio.ensure_future(reach_then_start())
+    starting = asyncio.ensure_future(start())
     stopping = asyncio.ensure_future(stop.wait())
     try:
         async with asyncio.timeout(config.connect_timeout_s):
@@ -103,8 +98,12 @@ async def connect(
     return True
 
 
-async def _reachable(config: KafkaConfig) -> None:
-    """Until a bootstrap server answers a metadata request; logged once if not at once."""
+async def wait_until_reachable(config: KafkaConfig) -> None:
+    """Until a bootstrap server answers a metadata request; logged once if not at once.
+
+    aiokafka's clients fail their start at once when no broker answers; starting them
+    after this waits for a broker that is still coming up instead.
+    """
     pause = 0.25
     while True:
         probe = AIOKafkaClient(**client_options(config))
@@ -127,10 +126,9 @@ async def _reachable(config: KafkaConfig) -> None:
             await probe.close()
 
 
-async def require_topics(client: AIOKafkaClient, topics: Iterable[str], *, bootstrap: str) -> None:
-    """Raise TopicsMissing unless every one of `topics` exists on the cluster."""
-    known = (await client.fetch_all_metadata()).topics()
-    missing = [topic for topic in topics if topic not in known]
+def require_topics(known: Collection[str], wanted: Iterable[str], *, bootstrap: str) -> None:
+    """Raise TopicsMissing unless every one of `wanted` is among the `known` topics."""
+    missing = [topic for topic in wanted if topic not in known]
     if missing:
         raise TopicsMissing(
             f"topics missing on {bootstrap}: {', '.join(missing)}; "

@@ -1,40 +1,47 @@
 """The worker: consume `webhooks.raw`, route each delivery, produce, then commit.
 
-One loop, batch in and batch out, at least once:
+One loop, batch in and batch out:
 
 1. `getmany` a batch from the partitions this member owns;
 2. route every record (pure, never raises) to exactly one destination;
-3. produce the batch with the batch API and wait for every acknowledgement;
-4. only then commit the batch's offsets.
+3. hand the outputs and the batch's next offsets to a Checkpoint of the guarantee
+   (processor.checkpoint), which makes them durable together or fails.
 
-A crash anywhere before 4 re-delivers the batch to whoever owns the partitions
-next: duplicates are possible, loss is not. A failed produce seeks back to the
-batch's first offsets and retries it, backing off while the failures last (a
-retry re-writes what the failed attempt did get written: duplicates again, never a
-gap). A rebalance waits for the batch in flight to be committed before the
-partitions are given away. Exactly-once (transactions)
-later replaces steps 3 and 4 with one transaction; the loop keeps its shape.
+At least once (the guarantee so far), a crash before the commit re-delivers the
+batch to whoever owns the partitions next: duplicates are possible, loss is not. A
+failed produce seeks back to the batch's first offsets and retries it, pausing
+longer while the failures last. A rebalance waits for the batch in flight, never
+for a pause.
+
+The consumer and the guarantee can be given (tests pass fakes); by default they
+are built from the config, with aiokafka.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from typing import Any, TypeAlias
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from typing import Any, Protocol, TypeAlias
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import KafkaError
 
 from processor import unreadable
-from processor.batching import produce_batch
+from processor.checkpoint import AtLeastOnce, CommitFailed, Guarantee, ProduceFailed
 from processor.config import HEADROOM_BYTES, Config
 from processor.connectivity import Connectivity
-from processor.kafka_clients import client_options, connect, require_topics
+from processor.kafka_clients import (
+    client_options,
+    connect,
+    require_topics,
+    wait_until_reachable,
+)
 from processor.metrics import WorkerMetrics
 from processor.routing import Routed, Router
 from processor.shutdown import stop_on_signals
@@ -91,6 +98,19 @@ def producer_options(config: Config) -> dict[str, Any]:
 Batch: TypeAlias = Mapping[TopicPartition, Sequence[Any]]
 
 
+class Consumer(Protocol):
+    """What the worker uses of its consumer (aiokafka's AIOKafkaConsumer)."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def topics(self) -> set[str]: ...
+    def subscribe(self, topics: list[str], *, listener: ConsumerRebalanceListener) -> None: ...
+    async def getmany(self, *, timeout_ms: int, max_records: int) -> Batch: ...
+    def assignment(self) -> set[TopicPartition]: ...
+    def seek(self, partition: TopicPartition, offset: int) -> None: ...
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+
+
 class Worker:
     """One member of the routing consumer group; `run` until `stop` is set.
 
@@ -98,19 +118,41 @@ class Worker:
     default, a fresh one nobody reads, suits tests and benchmarks.
     """
 
-    def __init__(self, *, config: Config, metrics: WorkerMetrics | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        metrics: WorkerMetrics | None = None,
+        consumer: Consumer | None = None,
+        guarantee: Guarantee | None = None,
+    ) -> None:
         self._config = config
         self._metrics = WorkerMetrics() if metrics is None else metrics
         self._router = Router(routing=config.routing, topics=config.topics)
         # A record aiokafka cannot read reaches the router marked, to be parked.
         unreadable.install()
-        self._consumer = AIOKafkaConsumer(**consumer_options(config))
-        self._producer = AIOKafkaProducer(**producer_options(config))
         connectivity = Connectivity(
             bootstrap=config.kafka.bootstrap_servers, registry=self._metrics.registry
         )
-        connectivity.watch(self._consumer._client)
-        connectivity.watch(self._producer.client)
+        # Clients made here wait for the cluster at start; given ones are the caller's.
+        self._reach: Callable[[], Awaitable[None]] = _nothing
+        if consumer is None or guarantee is None:
+            self._reach = functools.partial(wait_until_reachable, config.kafka)
+        if consumer is None:
+            kafka_consumer = AIOKafkaConsumer(**consumer_options(config))
+            connectivity.watch(kafka_consumer._client)
+            consumer = kafka_consumer
+        if guarantee is None:
+            producer = AIOKafkaProducer(**producer_options(config))
+            connectivity.watch(producer.client)
+            guarantee = AtLeastOnce(
+                producer=producer,
+                consumer=consumer,
+                produce_timeout_s=config.worker.produce_timeout_s,
+                commit_timeout_s=config.worker.commit_timeout_s,
+            )
+        self._consumer = consumer
+        self._guarantee = guarantee
         # Held while a batch is between fetch and commit; a revoke waits for it.
         self._in_flight = asyncio.Lock()
         self._backoff = config.worker.retry_backoff_s
@@ -180,19 +222,23 @@ class Worker:
         """
 
         async def start_clients() -> None:
-            await self._producer.start()
-            # Every destination must exist, or the first batch for it would stall.
-            await require_topics(
-                self._producer.client, all_topics(self._config), bootstrap=kafka.bootstrap_servers
-            )
+            await self._reach()
+            await self._guarantee.start()
             await self._consumer.start()
+            # Every destination must exist, or the first batch for it would stall.
+            require_topics(
+                await self._consumer.topics(),
+                all_topics(self._config),
+                bootstrap=kafka.bootstrap_servers,
+            )
 
         kafka = self._config.kafka
         if not await connect(start_clients, config=kafka, stop=stop):
             return False
         # Subscribing after start: start() would otherwise also wait for the assignment.
         self._consumer.subscribe(
-            [self._config.topics.raw], listener=_FinishBatchOnRevoke(self._in_flight)
+            [self._config.topics.raw],
+            listener=_Rebalance(in_flight=self._in_flight, guarantee=self._guarantee),
         )
         worker = self._config.worker
         log.info(
@@ -216,73 +262,69 @@ class Worker:
         try:
             async with asyncio.timeout(self._config.worker.shutdown_timeout_s):
                 await self._consumer.stop()
-                await self._producer.stop()
+                await self._guarantee.stop()
         except (TimeoutError, KafkaError) as exc:
             log.warning("worker.close_failed", error=repr(exc))
         log.info("worker.stopped", group_id=self._config.worker.group_id)
 
     async def _process(self, batch: Batch, fetched_at: float) -> bool:
-        """Route, produce and commit `batch`; False when it was rewound to be retried."""
+        """Route `batch` and commit it; False when it was rewound to be retried."""
         route = self._router.route
-        routed = [route(record) for records in batch.values() for record in records]
-        if not await self._produce(routed):
+        checkpoint = self._guarantee.begin()
+        routed: dict[TopicPartition, list[Routed]] = {}
+        for partition, records in batch.items():
+            routed[partition] = [route(record) for record in records]
+            checkpoint.produce(partition, routed[partition])
+        offsets = {partition: records[-1].offset + 1 for partition, records in batch.items()}
+        count = sum(len(records) for records in batch.values())
+        try:
+            await checkpoint.commit(offsets)
+        except ProduceFailed as failure:
+            await checkpoint.abort()
+            self._produce_failed(failure, records=count)
             self._rewind(batch)
             return False
-        self._backoff = self._config.worker.retry_backoff_s
-        offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
-        try:
-            async with asyncio.timeout(self._config.worker.commit_timeout_s):
-                await self._consumer.commit(offsets)
-        except (TimeoutError, CommitFailedError, KafkaError) as exc:
+        except CommitFailed as failure:
             # The outputs are written; the next owner re-routes the batch (duplicates).
             self._metrics.commit_failures.inc()
-            log.warning("batch.commit_failed", error=repr(exc), records=len(routed))
+            log.warning("batch.commit_failed", error=repr(failure.cause), records=count)
             return True
-        outcomes: Counter[str] = Counter(r.outcome for r in routed)
+        if self._failed_attempts:
+            log.info("batch.produce_recovered", failed_attempts=self._failed_attempts)
+            self._failed_attempts = 0
+        self._backoff = self._config.worker.retry_backoff_s
+        outcomes: Counter[str] = Counter(r.outcome for results in routed.values() for r in results)
         self._metrics.count_batch(outcomes, seconds=time.perf_counter() - fetched_at)
         self._log_batch(batch, routed, outcomes)
         return True
 
-    async def _produce(self, routed: list[Routed]) -> bool:
-        """True when Kafka acknowledged every record of the batch in time."""
-        timeout = self._config.worker.produce_timeout_s
-        try:
-            async with asyncio.timeout(timeout):
-                futures = await produce_batch(self._producer, routed)
-                await asyncio.gather(*futures)
-        except (TimeoutError, KafkaError) as exc:
-            self._metrics.produce_failures.inc()
-            self._failed_attempts += 1
-            # Reported once per streak; every attempt is counted in metrics. Kafka being
-            # away is a warning (it heals); a refusal such as a missing ACL needs a human.
-            if self._failed_attempts == 1:
-                needs_a_human = isinstance(exc, KafkaError) and not exc.retriable
-                (log.error if needs_a_human else log.warning)(
-                    "batch.produce_failed",
-                    error=repr(exc),
-                    records=len(routed),
-                    timeout_s=timeout,
-                    detail="the batch is rewound and retried after a pause that doubles "
-                    f"from {self._backoff:g} s to {self._config.worker.max_retry_backoff_s:g} s "
-                    "until Kafka takes it; nothing is committed meanwhile",
-                )
-            return False
-        if self._failed_attempts:
-            log.info("batch.produce_recovered", failed_attempts=self._failed_attempts)
-            self._failed_attempts = 0
-        return True
+    def _produce_failed(self, failure: ProduceFailed, *, records: int) -> None:
+        """Count every failed attempt; report a streak of them once. Kafka being away is
+        a warning (it heals); a refusal such as a missing ACL needs a human."""
+        self._metrics.produce_failures.inc()
+        self._failed_attempts += 1
+        if self._failed_attempts > 1:
+            return
+        (log.error if failure.needs_a_human else log.warning)(
+            "batch.produce_failed",
+            error=repr(failure.cause),
+            records=records,
+            timeout_s=self._config.worker.produce_timeout_s,
+            detail="the batch is rewound and retried after a pause that doubles "
+            f"from {self._backoff:g} s to {self._config.worker.max_retry_backoff_s:g} s "
+            "until Kafka takes it; nothing is committed meanwhile",
+        )
 
     def _rewind(self, batch: Batch) -> None:
         for tp, records in batch.items():
             if tp in self._consumer.assignment():
                 self._consumer.seek(tp, records[0].offset)
 
-    def _log_batch(self, batch: Batch, routed: list[Routed], outcomes: Counter[str]) -> None:
-        index = 0
-        for records in batch.values():
-            for record in records:
-                result = routed[index]
-                index += 1
+    def _log_batch(
+        self, batch: Batch, routed: Mapping[TopicPartition, list[Routed]], outcomes: Counter[str]
+    ) -> None:
+        for partition, records in batch.items():
+            for record, result in zip(records, routed[partition], strict=True):
                 if result.outcome == "dlq":
                     log.warning(
                         "delivery.dead_lettered",
@@ -294,7 +336,7 @@ class Worker:
                     )
         log.info(
             "batch.committed",
-            records=len(routed),
+            records=sum(outcomes.values()),
             routed=outcomes["routed"],
             unrouted=outcomes["unrouted"],
             dlq=outcomes["dlq"],
@@ -304,24 +346,31 @@ class Worker:
         )
 
 
-class _FinishBatchOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Partitions are given away only after the batch in flight is committed."""
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Partitions are given away only after the batch in flight is committed, and the
+    guarantee sets up and tears down what it keeps per partition."""
 
-    def __init__(self, in_flight: asyncio.Lock) -> None:
+    def __init__(self, *, in_flight: asyncio.Lock, guarantee: Guarantee) -> None:
         self._in_flight = in_flight
+        self._guarantee = guarantee
 
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
         async with self._in_flight:
+            await self._guarantee.revoked(revoked)
             if revoked:  # aiokafka also calls this, with nothing, before the first join
-                log.info(
-                    "partitions.revoked",
-                    partitions=[f"{tp.topic}/{tp.partition}" for tp in revoked],
-                )
+                log.info("partitions.revoked", partitions=_names(revoked))
 
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        log.info(
-            "partitions.assigned", partitions=[f"{tp.topic}/{tp.partition}" for tp in assigned]
-        )
+    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        await self._guarantee.assigned(assigned)
+        log.info("partitions.assigned", partitions=_names(assigned))
+
+
+async def _nothing() -> None:
+    pass
+
+
+def _names(partitions: Collection[TopicPartition]) -> list[str]:
+    return [f"{tp.topic}/{tp.partition}" for tp in partitions]
 
 
 async def run_worker(config: Config) -> None:

@@ -1,0 +1,187 @@
+"""How a batch leaves the worker: its outputs, state writes and offsets, as one step.
+
+A `Guarantee` owns the producing side of a worker and opens one `Checkpoint` per
+batch (Quix Streams' Checkpoint, at a tenth of its size):
+
+    checkpoint = guarantee.begin()
+    checkpoint.produce(partition, routed)        # the outputs of a raw partition's records
+    checkpoint.add_state(partition, changelog)   # state writes (dedup's changelog)
+    await checkpoint.commit(offsets)             # or ProduceFailed / CommitFailed
+    await checkpoint.abort()                     # after ProduceFailed: give the batch up
+
+`assigned` and `revoked` set up and tear down whatever a guarantee keeps per raw
+partition (the exactly-once one: a transactional producer per partition).
+
+`AtLeastOnce` is the one guarantee so far: outputs first, then, once Kafka has
+acknowledged every one, the state writes, then, once those are acknowledged too,
+the offsets. A crash between any two steps re-delivers the batch to the next owner
+of its partitions: duplicates are possible, loss is not, and no state is ever ahead
+of the outputs it stands for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Collection, Mapping, Sequence
+from typing import Protocol
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
+
+from processor.batching import OutgoingRecord, produce_batch
+
+__all__ = [
+    "AtLeastOnce",
+    "Checkpoint",
+    "CommitFailed",
+    "Guarantee",
+    "OffsetCommitter",
+    "ProduceFailed",
+]
+
+
+class ProduceFailed(Exception):
+    """Kafka did not acknowledge every output and state write in time; nothing of the
+    batch is committed. Rewind to its first offsets and try again."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(repr(cause))
+        self.cause = cause
+
+    @property
+    def needs_a_human(self) -> bool:
+        """Kafka refused for a reason waiting will not fix (an ACL, a size limit)."""
+        # aiokafka marks its own delivery timeout as not retriable; it is an outage.
+        if isinstance(self.cause, KafkaTimeoutError):
+            return False
+        return isinstance(self.cause, KafkaError) and not self.cause.retriable
+
+
+class CommitFailed(Exception):
+    """The outputs are written but the offsets are not committed: whoever owns the
+    partitions next routes the batch again (duplicates, never a gap)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(repr(cause))
+        self.cause = cause
+
+
+class Checkpoint(Protocol):
+    """One batch on its way out."""
+
+    def produce(self, partition: TopicPartition, records: Sequence[OutgoingRecord]) -> None:
+        """Stage the outputs routed from `partition`'s records, in order."""
+
+    def add_state(self, partition: TopicPartition, records: Sequence[OutgoingRecord]) -> None:
+        """Stage changelog records of `partition`'s state, written with the outputs."""
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Make outputs, state and `offsets` (next offset per partition) durable.
+
+        Raises ProduceFailed or CommitFailed.
+        """
+
+    async def abort(self) -> None:
+        """Give the batch up after ProduceFailed, so that it can be produced again."""
+
+
+class Guarantee(Protocol):
+    """The producing side of a worker, and what it keeps per raw partition."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    def begin(self) -> Checkpoint: ...
+    async def assigned(self, partitions: Collection[TopicPartition]) -> None: ...
+    async def revoked(self, partitions: Collection[TopicPartition]) -> None: ...
+
+
+class OffsetCommitter(Protocol):
+    """What commits a consumer group's offsets: the worker's consumer."""
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+
+
+class AtLeastOnce:
+    """Outputs, then state writes, then offsets, each once the one before is acknowledged."""
+
+    def __init__(
+        self,
+        *,
+        producer: AIOKafkaProducer,
+        consumer: OffsetCommitter,
+        produce_timeout_s: float,
+        commit_timeout_s: float,
+    ) -> None:
+        self._producer = producer
+        self._consumer = consumer
+        self._produce_timeout_s = produce_timeout_s
+        self._commit_timeout_s = commit_timeout_s
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    def begin(self) -> _AtLeastOnceCheckpoint:
+        return _AtLeastOnceCheckpoint(
+            producer=self._producer,
+            consumer=self._consumer,
+            produce_timeout_s=self._produce_timeout_s,
+            commit_timeout_s=self._commit_timeout_s,
+        )
+
+    async def assigned(self, partitions: Collection[TopicPartition]) -> None:
+        """Nothing is kept per partition."""
+
+    async def revoked(self, partitions: Collection[TopicPartition]) -> None:
+        """Nothing is kept per partition."""
+
+
+class _AtLeastOnceCheckpoint:
+    def __init__(
+        self,
+        *,
+        producer: AIOKafkaProducer,
+        consumer: OffsetCommitter,
+        produce_timeout_s: float,
+        commit_timeout_s: float,
+    ) -> None:
+        self._producer = producer
+        self._consumer = consumer
+        self._produce_timeout_s = produce_timeout_s
+        self._commit_timeout_s = commit_timeout_s
+        self._outputs: list[Sequence[OutgoingRecord]] = []
+        self._state: list[Sequence[OutgoingRecord]] = []
+
+    def produce(self, partition: TopicPartition, records: Sequence[OutgoingRecord]) -> None:
+        self._outputs.append(records)
+
+    def add_state(self, partition: TopicPartition, records: Sequence[OutgoingRecord]) -> None:
+        self._state.append(records)
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        try:
+            async with asyncio.timeout(self._produce_timeout_s):
+                await self._write(self._outputs)
+                if self._state:
+                    await self._write(self._state)
+        except (TimeoutError, KafkaError) as exc:
+            raise ProduceFailed(exc) from exc
+        try:
+            async with asyncio.timeout(self._commit_timeout_s):
+                await self._consumer.commit(offsets)
+        except (TimeoutError, CommitFailedError, KafkaError) as exc:
+            raise CommitFailed(exc) from exc
+
+    async def abort(self) -> None:
+        # What was written stays written; the retry writes it again (duplicates).
+        self._outputs.clear()
+        self._state.clear()
+
+    async def _write(self, staged: list[Sequence[OutgoingRecord]]) -> None:
+        """Produce and wait for every acknowledgement. One produce_batch for all of it:
+        one Kafka batch per destination partition, whatever raw partitions fed it."""
+        acks = await produce_batch(self._producer, itertools.chain.from_iterable(staged))
+        await asyncio.gather(*acks)

@@ -1,0 +1,288 @@
+"""The worker's own decisions, through its seams: commit, rewind, retry, pause, revoke, stop.
+
+A fake consumer hands out batches and a fake guarantee commits or fails as told
+(tests/unit/worker_fakes.py); what Kafka itself does is tested in tests/integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import msgspec
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaTimeoutError, TopicAuthorizationFailedError
+from structlog.testing import capture_logs
+
+from processor.checkpoint import CommitFailed, ProduceFailed
+from processor.config import Config
+from processor.errors import TopicsMissing
+from processor.metrics import WorkerMetrics
+from processor.topics import all_topics
+from processor.worker import Worker
+from tests.deliveries import integration_event
+from tests.unit.worker_fakes import RAW, Batch, FakeConsumer, FakeGuarantee, Record
+
+P0 = TopicPartition(RAW, 0)
+P1 = TopicPartition(RAW, 1)
+
+
+def settings(**worker: Any) -> Config:
+    base = Config()
+    defaults = {"fetch_timeout_ms": 5, "retry_backoff_s": 0.02, "max_retry_backoff_s": 0.08}
+    return msgspec.structs.replace(
+        base, worker=msgspec.structs.replace(base.worker, **(defaults | worker))
+    )
+
+
+def delivery(index: int, status: str = "active") -> bytes:
+    return integration_event(index=index, uid="user_1", status=status)
+
+
+def two_partitions() -> Batch:
+    return {
+        P0: [Record(0, 5, delivery(1)), Record(0, 6, delivery(2, "COMPLETED"))],
+        P1: [Record(1, 10, delivery(3))],
+    }
+
+
+class Running:
+    def __init__(self, config: Config, metrics: WorkerMetrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.consumer = FakeConsumer(topics=all_topics(config))
+        self.consumer.assigned = {P0, P1}
+        self.guarantee = FakeGuarantee()
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        worker = Worker(
+            config=self.config,
+            metrics=self.metrics,
+            consumer=self.consumer,
+            guarantee=self.guarantee,
+        )
+        self.task = asyncio.create_task(worker.run(self.stop))
+
+    def failures(self) -> float:
+        return (
+            self.metrics.registry.get_sample_value("processor_worker_produce_failures_total") or 0
+        )
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config | None = None) -> AsyncIterator[Running]:
+    state = Running(config or settings(), WorkerMetrics())
+    state.start()
+    try:
+        yield state
+    finally:
+        state.stop.set()
+        assert state.task is not None
+        await asyncio.wait_for(state.task, 5)
+
+
+def committed(worker: Running, index: int) -> bool:
+    checkpoints = worker.guarantee.checkpoints
+    return len(checkpoints) > index and checkpoints[index].committed is not None
+
+
+async def until(condition: Callable[[], object], timeout: float = 2) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+async def test_a_batch_is_committed_with_each_partitions_next_offset() -> None:
+    async with running() as worker:
+        worker.consumer.batches.put_nowait(two_partitions())
+        await until(
+            lambda: worker.guarantee.checkpoints and worker.guarantee.checkpoints[0].committed
+        )
+
+    (checkpoint,) = worker.guarantee.checkpoints
+    assert checkpoint.committed == {P0: 7, P1: 11}
+    assert [r.topic for r in checkpoint.produced[P0]] == [
+        "integration.status.active",
+        "integration.status.completed",
+    ]
+    assert [r.value for r in checkpoint.produced[P1]] == [delivery(3)]
+    assert worker.consumer.seeks == []
+
+
+async def test_a_failed_produce_is_aborted_and_rewound_to_each_owned_partitions_first_offset() -> (
+    None
+):
+    async with running() as worker:
+        worker.guarantee.failures.append(ProduceFailed(KafkaTimeoutError()))
+        worker.consumer.assigned = {P0}  # P1 went to another member meanwhile
+        worker.consumer.batches.put_nowait(two_partitions())
+        await until(lambda: worker.consumer.seeks)
+        worker.consumer.batches.put_nowait({P0: two_partitions()[P0]})  # as Kafka re-delivers
+        await until(lambda: len(worker.guarantee.checkpoints) == 2)
+        await until(lambda: worker.guarantee.checkpoints[1].committed)
+
+    first, second = worker.guarantee.checkpoints
+    assert first.aborted
+    assert first.committed is None
+    assert worker.consumer.seeks == [(P0, 5)]
+    assert second.committed == {P0: 7}
+    assert worker.failures() == 1
+
+
+async def test_the_pause_before_a_retry_doubles_to_the_maximum_and_resets_after_a_commit() -> None:
+    config = settings(retry_backoff_s=0.05, max_retry_backoff_s=0.4)
+    async with running(config) as worker:
+        begun: list[float] = []
+        guarantee = worker.guarantee
+        original = guarantee.begin
+
+        def timed_begin() -> Any:
+            begun.append(time.monotonic())
+            return original()
+
+        guarantee.begin = timed_begin  # type: ignore[method-assign]
+        guarantee.failures = [ProduceFailed(KafkaTimeoutError()) for _ in range(5)]
+        for _ in range(6):
+            worker.consumer.batches.put_nowait({P0: two_partitions()[P0]})
+        await until(lambda: len(begun) == 6 and guarantee.checkpoints[5].committed, timeout=5)
+        guarantee.failures = [ProduceFailed(KafkaTimeoutError())]
+        for _ in range(2):
+            worker.consumer.batches.put_nowait({P0: two_partitions()[P0]})
+        await until(lambda: len(begun) == 8, timeout=5)
+
+    pauses = [later - earlier for earlier, later in itertools.pairwise(begun)]
+    for pause, expected in zip(pauses, [0.05, 0.1, 0.2, 0.4, 0.4], strict=False):
+        assert pause >= expected * 0.9, pauses
+    assert pauses[5] < 0.1, "no pause after a committed batch"
+    assert pauses[6] < 0.3, "the pause starts over after a committed batch"
+
+
+async def test_a_failed_offsets_commit_is_counted_and_neither_rewound_nor_retried() -> None:
+    async with running() as worker:
+        worker.guarantee.failures.append(CommitFailed(CommitFailedError("rebalanced")))
+        worker.consumer.batches.put_nowait(two_partitions())
+        worker.consumer.batches.put_nowait({P0: [Record(0, 7, delivery(4))]})
+        await until(lambda: len(worker.guarantee.checkpoints) == 2)
+        await until(lambda: worker.guarantee.checkpoints[1].committed)
+
+    assert worker.consumer.seeks == []
+    assert worker.guarantee.checkpoints[1].committed == {P0: 8}
+    commit_failures = "processor_worker_commit_failures_total"
+    assert worker.metrics.registry.get_sample_value(commit_failures) == 1
+    assert worker.failures() == 0
+
+
+async def test_stop_during_the_pause_before_a_retry_ends_the_run_at_once() -> None:
+    worker = Running(settings(retry_backoff_s=30), WorkerMetrics())
+    worker.start()
+    worker.guarantee.failures.append(ProduceFailed(KafkaTimeoutError()))
+    worker.consumer.batches.put_nowait(two_partitions())
+    await until(lambda: worker.guarantee.checkpoints and worker.guarantee.checkpoints[0].aborted)
+
+    worker.stop.set()
+    assert worker.task is not None
+    await asyncio.wait_for(worker.task, 1)
+
+    assert worker.consumer.stopped
+    assert worker.guarantee.stopped
+
+
+async def test_a_revoke_waits_for_the_batch_in_flight_but_not_for_a_pause() -> None:
+    async with running(settings(retry_backoff_s=30)) as worker:
+        worker.guarantee.gate.clear()
+        worker.consumer.batches.put_nowait(two_partitions())
+        await until(worker.guarantee.committing.is_set)
+        revoking = asyncio.create_task(worker.consumer.listener.on_partitions_revoked({P1}))
+        await asyncio.sleep(0.05)
+        assert not revoking.done(), "partitions were given away with a batch in flight"
+        worker.guarantee.gate.set()
+        await asyncio.wait_for(revoking, 1)
+        assert worker.guarantee.revoked_calls == [{P1}]
+
+        worker.guarantee.failures.append(ProduceFailed(KafkaTimeoutError()))
+        worker.consumer.batches.put_nowait({P0: [Record(0, 7, delivery(4))]})
+        await until(lambda: worker.guarantee.checkpoints[-1].aborted)
+        await asyncio.wait_for(worker.consumer.listener.on_partitions_revoked({P0}), 0.5)
+
+    assert worker.guarantee.revoked_calls == [{P1}, {P0}]
+
+
+async def test_assigned_partitions_reach_the_guarantee() -> None:
+    async with running() as worker:
+        await until(lambda: worker.consumer.listener is not None)
+        await worker.consumer.listener.on_partitions_assigned({P0, P1})
+
+    assert worker.guarantee.assigned_calls == [{P0, P1}]
+
+
+@pytest.mark.parametrize(
+    ("cause", "level"),
+    [(KafkaTimeoutError(), "warning"), (TopicAuthorizationFailedError(), "error")],
+)
+async def test_a_failing_produce_is_reported_once_per_streak_and_its_end_once(
+    cause: Exception, level: str
+) -> None:
+    with capture_logs() as logs:
+        async with running() as worker:
+            worker.guarantee.failures = [ProduceFailed(cause) for _ in range(3)]
+            for _ in range(4):
+                worker.consumer.batches.put_nowait({P0: two_partitions()[P0]})
+            await until(lambda: len(worker.guarantee.checkpoints) == 4)
+            await until(lambda: worker.guarantee.checkpoints[3].committed)
+
+    failed = [entry for entry in logs if entry["event"] == "batch.produce_failed"]
+    recovered = [entry for entry in logs if entry["event"] == "batch.produce_recovered"]
+    assert [entry["log_level"] for entry in failed] == [level]
+    assert failed[0]["error"] == repr(cause)
+    assert [entry["failed_attempts"] for entry in recovered] == [3]
+    assert worker.failures() == 3
+
+
+async def test_each_outcome_of_a_committed_batch_is_counted_once() -> None:
+    unrouted = (
+        b'{"id":"whd_u","event":"portfolio.updated","timestamp":"2025-02-19T12:00:00Z",'
+        b'"data":{"uid":"user_2"}}'
+    )
+    batch = {
+        P0: [
+            Record(0, 0, delivery(1)),
+            Record(0, 1, unrouted),
+            Record(0, 2, b"not json"),
+            Record(0, 3, delivery(2)),
+        ]
+    }
+    async with running() as worker:
+        worker.consumer.batches.put_nowait(batch)
+        await until(
+            lambda: worker.guarantee.checkpoints and worker.guarantee.checkpoints[0].committed
+        )
+        await asyncio.sleep(0.01)
+
+    sample = worker.metrics.registry.get_sample_value
+    counts = {
+        outcome: sample("processor_worker_records_total", {"outcome": outcome})
+        for outcome in ("routed", "unrouted", "dlq")
+    }
+    assert counts == {"routed": 2, "unrouted": 1, "dlq": 1}
+    assert sample("processor_worker_batches_total") == 1
+
+
+async def test_missing_destination_topics_end_the_start_with_what_to_do() -> None:
+    worker = Running(settings(), WorkerMetrics())
+    worker.consumer = FakeConsumer(topics={RAW})
+    worker.start()
+    assert worker.task is not None
+
+    with pytest.raises(
+        TopicsMissing, match=r"integration\.status\.queued.*processor topics create"
+    ):
+        await asyncio.wait_for(worker.task, 2)
+    assert worker.consumer.stopped
+    assert worker.guarantee.stopped
