@@ -22,7 +22,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from processor.batching import produce_batch
+from processor.batching import BatchProducer, produce_batch
 
 __all__ = ["GroupPublisher", "KafkaPublisher", "NotReady", "Publisher", "RawRecord"]
 
@@ -111,7 +111,7 @@ class GroupPublisher:
     that requests that timed out and left leave nothing unretrieved behind).
     """
 
-    def __init__(self, producer: AIOKafkaProducer) -> None:
+    def __init__(self, producer: BatchProducer) -> None:
         self._producer = producer
         self._pending: list[tuple[RawRecord, asyncio.Future[BaseException | None]]] = []
         self._wakeup = asyncio.Event()
