@@ -82,7 +82,7 @@ async def produce_batch(
     """
     grouped: dict[tuple[str, int], list[OutgoingRecord]] = {}
     partition_counts: dict[str, int] = {}
-    unkeyed = 0
+    unkeyed: dict[str, int] = {}  # per topic: one shared count skews interleaved topics
     for record in records:
         count = partition_counts.get(record.topic)
         if count is None:
@@ -90,8 +90,9 @@ async def produce_batch(
                 await producer.partitions_for(record.topic)
             )
         if record.key is None:
-            partition = unkeyed % count
-            unkeyed += 1
+            turn = unkeyed.get(record.topic, 0)
+            unkeyed[record.topic] = turn + 1
+            partition = turn % count
         else:
             partition = _partition_for(record.key, count)
         grouped.setdefault((record.topic, partition), []).append(record)

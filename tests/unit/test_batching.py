@@ -67,6 +67,20 @@ async def test_unkeyed_records_take_the_topics_partitions_in_turn() -> None:
     ]
 
 
+async def test_unkeyed_records_of_two_topics_take_each_topics_partitions_in_turn() -> None:
+    producer = FakeBatchProducer(partitions={"a": 2, "b": 2})
+    records = [out(f"{topic}{n}", topic=topic, key=None) for n in range(3) for topic in "ab"]
+
+    await produce_batch(producer, records)
+
+    assert producer.where() == [
+        ("a", 0, [b"a0", b"a2"]),
+        ("b", 0, [b"b0", b"b2"]),
+        ("a", 1, [b"a1"]),
+        ("b", 1, [b"b1"]),
+    ]
+
+
 async def test_each_partition_gets_its_records_in_input_order() -> None:
     # Small batches, so that a partition's records span several of them.
     producer = FakeBatchProducer(partitions={"a": 4, "b": 3}, batch_bytes=40)
