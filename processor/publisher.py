@@ -151,11 +151,11 @@ class GroupPublisher:
 def _settle_acknowledged(
     waiters: list[asyncio.Future[BaseException | None]], acknowledged: asyncio.Future[object]
 ) -> None:
-    error: BaseException | None
-    if acknowledged.cancelled():
+    # Nothing cancels the gather itself; a cancelled ack (its producer stopped) comes
+    # out of it as a CancelledError, which the requests should hear as Kafka's failure.
+    error = acknowledged.exception()
+    if isinstance(error, asyncio.CancelledError):
         error = KafkaError("the producer stopped before Kafka acknowledged")
-    else:
-        error = acknowledged.exception()
     _settle(waiters, error)
 
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaTimeoutError, NotEnoughReplicasError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, NotEnoughReplicasError
 
 from processor.batching import BatchProducer, OutgoingRecord, produce_batch
 from processor.publisher import GroupPublisher, RawRecord
@@ -168,3 +168,18 @@ async def test_a_failed_ack_reaches_every_waiter_of_its_group_and_the_next_goes_
         ("raw", 1, [b"delivery-2"]),
         ("raw", 0, [b"delivery-3"]),
     ]
+
+
+async def test_an_ack_cancelled_by_a_stopping_producer_reaches_waiters_as_a_kafka_error() -> None:
+    producer = FakeBatchProducer(partitions={"raw": 1})
+    async with running(producer) as publisher:
+        group = [publisher.publish(raw(1)), publisher.publish(raw(2))]
+        await until(lambda: len(producer.sent) == 1)
+        producer.sent[0].ack.cancel()
+
+        results = [await outcome(waiter) for waiter in group]
+
+    assert [type(result) for result in results] == [KafkaError, KafkaError]
+    assert [str(result) for result in results] == [
+        "KafkaError: the producer stopped before Kafka acknowledged"
+    ] * 2
