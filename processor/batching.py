@@ -17,10 +17,9 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
-__all__ = ["OutgoingRecord", "produce_batch"]
+__all__ = ["BatchBuilder", "BatchProducer", "OutgoingRecord", "produce_batch"]
 
 
 class OutgoingRecord(Protocol):
@@ -36,6 +35,36 @@ class OutgoingRecord(Protocol):
     def headers(self) -> list[tuple[str, bytes]]: ...  # a list: aiokafka's C builder takes no other
 
 
+class BatchBuilder(Protocol):
+    """One Kafka batch being filled: what aiokafka's `BatchBuilder` offers."""
+
+    def append(
+        self,
+        *,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp: int | None,
+        headers: list[tuple[str, bytes]],
+    ) -> object | None:
+        """Add a record; None once the batch is full. An empty batch takes any record."""
+
+
+class BatchProducer(Protocol):
+    """What `produce_batch` needs of a producer: a started `AIOKafkaProducer` has it,
+    and so can a fake, so that what is sent where can be tested without a broker."""
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        """The topic's partition ids."""
+
+    def create_batch(self) -> BatchBuilder:
+        """An empty batch, not yet queued."""
+
+    async def send_batch(
+        self, batch: BatchBuilder, topic: str, *, partition: int
+    ) -> asyncio.Future[Any]:
+        """Queue `batch`; the future completes when Kafka has acknowledged it."""
+
+
 @lru_cache(maxsize=65_536)
 def _partition_for(key: bytes, partitions: int) -> int:
     # murmur2 is pure Python in aiokafka; users repeat, so the cache saves most calls.
@@ -44,7 +73,7 @@ def _partition_for(key: bytes, partitions: int) -> int:
 
 
 async def produce_batch(
-    producer: AIOKafkaProducer, records: Iterable[OutgoingRecord]
+    producer: BatchProducer, records: Iterable[OutgoingRecord]
 ) -> list[asyncio.Future[Any]]:
     """Submit `records` in order and return one future per submitted Kafka batch.
 
@@ -53,7 +82,7 @@ async def produce_batch(
     """
     grouped: dict[tuple[str, int], list[OutgoingRecord]] = {}
     partition_counts: dict[str, int] = {}
-    unkeyed = 0
+    unkeyed: dict[str, int] = {}  # per topic: one shared count skews interleaved topics
     for record in records:
         count = partition_counts.get(record.topic)
         if count is None:
@@ -61,8 +90,9 @@ async def produce_batch(
                 await producer.partitions_for(record.topic)
             )
         if record.key is None:
-            partition = unkeyed % count
-            unkeyed += 1
+            turn = unkeyed.get(record.topic, 0)
+            unkeyed[record.topic] = turn + 1
+            partition = turn % count
         else:
             partition = _partition_for(record.key, count)
         grouped.setdefault((record.topic, partition), []).append(record)

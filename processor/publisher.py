@@ -22,7 +22,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from processor.batching import produce_batch
+from processor.batching import BatchProducer, produce_batch
 
 __all__ = ["GroupPublisher", "KafkaPublisher", "NotReady", "Publisher", "RawRecord"]
 
@@ -111,7 +111,7 @@ class GroupPublisher:
     that requests that timed out and left leave nothing unretrieved behind).
     """
 
-    def __init__(self, producer: AIOKafkaProducer) -> None:
+    def __init__(self, producer: BatchProducer) -> None:
         self._producer = producer
         self._pending: list[tuple[RawRecord, asyncio.Future[BaseException | None]]] = []
         self._wakeup = asyncio.Event()
@@ -151,11 +151,11 @@ class GroupPublisher:
 def _settle_acknowledged(
     waiters: list[asyncio.Future[BaseException | None]], acknowledged: asyncio.Future[object]
 ) -> None:
-    error: BaseException | None
-    if acknowledged.cancelled():
+    # Nothing cancels the gather itself; a cancelled ack (its producer stopped) comes
+    # out of it as a CancelledError, which the requests should hear as Kafka's failure.
+    error = acknowledged.exception()
+    if isinstance(error, asyncio.CancelledError):
         error = KafkaError("the producer stopped before Kafka acknowledged")
-    else:
-        error = acknowledged.exception()
     _settle(waiters, error)
 
 
