@@ -26,10 +26,10 @@ import itertools
 from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
 
-from processor.batching import OutgoingRecord, produce_batch
+from processor.batching import BatchProducer, OutgoingRecord, produce_batch
 
 __all__ = [
     "AtLeastOnce",
@@ -38,6 +38,7 @@ __all__ = [
     "Guarantee",
     "OffsetCommitter",
     "ProduceFailed",
+    "Producer",
 ]
 
 
@@ -96,6 +97,13 @@ class Guarantee(Protocol):
     async def revoked(self, partitions: Collection[TopicPartition]) -> None: ...
 
 
+class Producer(BatchProducer, Protocol):
+    """A producer a guarantee starts and stops: aiokafka's, or a fake in tests."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
 class OffsetCommitter(Protocol):
     """What commits a consumer group's offsets: the worker's consumer."""
 
@@ -108,7 +116,7 @@ class AtLeastOnce:
     def __init__(
         self,
         *,
-        producer: AIOKafkaProducer,
+        producer: Producer,
         consumer: OffsetCommitter,
         produce_timeout_s: float,
         commit_timeout_s: float,
@@ -143,7 +151,7 @@ class _AtLeastOnceCheckpoint:
     def __init__(
         self,
         *,
-        producer: AIOKafkaProducer,
+        producer: Producer,
         consumer: OffsetCommitter,
         produce_timeout_s: float,
         commit_timeout_s: float,
