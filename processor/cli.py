@@ -12,9 +12,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from processor import devbroker
 from processor.config import Config, load_config
-from processor.dev import DevOptions, run_dev
+from processor.devtools.broker import KAFKA_VERSION, LocalBroker
+from processor.devtools.dev import DevOptions, run_dev
 from processor.errors import ProcessorError
 from processor.ingress import run_ingress
 from processor.logging import configure_logging
@@ -31,8 +31,8 @@ DEFAULT_DEV_DIR = Path(".kafka") / "dev"
 Command = Callable[[argparse.Namespace, Config], int]
 
 
-def _broker(args: argparse.Namespace) -> devbroker.LocalBroker:
-    return devbroker.LocalBroker(directory=args.dir, port=args.port)
+def _broker(args: argparse.Namespace) -> LocalBroker:
+    return LocalBroker(directory=args.dir, port=args.port)
 
 
 def broker_start(args: argparse.Namespace, config: Config) -> int:
@@ -41,7 +41,7 @@ def broker_start(args: argparse.Namespace, config: Config) -> int:
         print(f"broker already running from {args.dir}: {status}")
         return 0
     bootstrap = broker.start()
-    print(f"Kafka {devbroker.KAFKA_VERSION} running on {bootstrap} (data in {args.dir})")
+    print(f"Kafka {KAFKA_VERSION} running on {bootstrap} (data in {args.dir})")
     print(f"  export KAFKA_BOOTSTRAP_SERVERS={bootstrap}")
     return 0
 

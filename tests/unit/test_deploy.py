@@ -15,7 +15,7 @@ import yaml
 
 from processor import worker_http
 from processor.config import Config, load_config
-from processor.devbroker import KAFKA_VERSION
+from processor.devtools.broker import KAFKA_VERSION
 from processor.errors import ConfigError
 from processor.ingress import create_app
 from processor.metrics import WorkerMetrics
@@ -90,7 +90,7 @@ def test_kustomization_applies_every_manifest_in_the_folder() -> None:
     assert sorted(kustomization["resources"]) == sorted(on_disk)
 
 
-def test_compose_kafka_is_the_devbroker_version(compose: dict[str, Any]) -> None:
+def test_compose_kafka_is_the_local_broker_version(compose: dict[str, Any]) -> None:
     assert compose["kafka"]["image"] == f"apache/kafka:{KAFKA_VERSION}"
 
 
@@ -418,7 +418,7 @@ def test_compose_workers_are_static_members_named_after_their_container(
 
 
 def test_dev_workers_are_distinct_static_members() -> None:
-    from processor.dev import _member
+    from processor.devtools.dev import _member
 
     ids = {_member(Config(), index)["PROCESSOR_WORKER__GROUP_INSTANCE_ID"] for index in (1, 2, 3)}
 

@@ -47,7 +47,7 @@ KAFKA_VERSION = "4.4.0"
 # The log4j2 version Kafka was built with; the tarball ships this SLF4J binding.
 LOG4J_VERSION = "2.25.3"
 
-POM = Path(__file__).resolve().parent.parent / "deploy" / "kafka" / "pom.xml"
+POM = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "pom.xml"
 # A test broker needs little heap; three of them fit a CI machine comfortably.
 JVM_FLAGS = ("-Xms512m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true")
 # A JVM that ignores SIGTERM this long is killed: a graceful stop takes ~2 s.

@@ -1,0 +1,1 @@
+"""Development tooling: a local Apache Kafka without Docker, and `processor dev`."""
