@@ -44,7 +44,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from processor.config import Config, IngressConfig, KafkaConfig, LoggingConfig, TopicsConfig
-from processor.devtools.broker import LocalBroker, free_port
+from processor.devtools.broker import LocalBroker
+from processor.devtools.ports import free_port
 from processor.ingress import run_ingress
 from processor.logging import configure_logging
 from processor.signing import sign_hmac_sha256

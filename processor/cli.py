@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from processor.config import Config, load_config
-from processor.devtools.broker import KAFKA_VERSION, LocalBroker
+from processor.devtools.broker import LocalBroker
 from processor.devtools.dev import DevOptions, run_dev
+from processor.devtools.jars import KAFKA_VERSION
 from processor.errors import ProcessorError
 from processor.ingress import run_ingress
 from processor.logging import configure_logging

@@ -23,7 +23,9 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from processor.config import Config, KafkaConfig, TopicsConfig
-from processor.devtools.broker import KAFKA_VERSION, LocalBroker, free_port, kafka_libs
+from processor.devtools.broker import LocalBroker
+from processor.devtools.jars import KAFKA_VERSION, kafka_libs
+from processor.devtools.ports import free_port
 from processor.topics import create_topics as create_pipeline_topics
 from tests.harness import REPO, SpawnWorker, worker_env
 

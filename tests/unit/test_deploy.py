@@ -15,7 +15,7 @@ import yaml
 
 from processor import worker_http
 from processor.config import Config, load_config
-from processor.devtools.broker import KAFKA_VERSION
+from processor.devtools.jars import KAFKA_VERSION
 from processor.errors import ConfigError
 from processor.ingress import create_app
 from processor.metrics import WorkerMetrics
