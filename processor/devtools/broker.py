@@ -2,9 +2,8 @@
 
 `LocalBroker` is one combined broker+controller node on 127.0.0.1, run from the
 official jars (`processor.devtools.jars`) as a plain `java` process in KRaft mode;
-`processor broker`, `processor dev`, the tests and the benchmarks use it.
-`LocalCluster` is three of them with a static quorum, for fault tests. Both are
-context managers that always stop their JVMs.
+`processor broker`, `processor dev`, the tests and the benchmarks use it. It is a
+context manager that always stops its JVM.
 
 A broker directory holds everything of one broker (`processor.devtools.node`), so
 `processor broker start --dir D` after a stop restarts the same broker with its topics.
@@ -22,7 +21,7 @@ from processor.devtools.ports import free_port, port_in_use
 from processor.devtools.quorum import Quorum
 from processor.errors import BrokerError
 
-__all__ = ["BrokerStatus", "LocalBroker", "LocalCluster"]
+__all__ = ["BrokerStatus", "LocalBroker"]
 
 
 class BrokerStatus:
@@ -127,60 +126,3 @@ class LocalBroker(Quorum):
 def _saved_bootstrap(directory: Path) -> str:
     port = saved_ports(directory).get("port")
     return f"127.0.0.1:{port}" if port else "an unknown port"
-
-
-class LocalCluster(Quorum):
-    """Three KRaft nodes with a static quorum, replication factor 3, for fault tests."""
-
-    def __init__(self, *, directory: str | Path, size: int = 3) -> None:
-        root = Path(directory).resolve()
-        self.nodes = tuple(
-            Node(
-                directory=root / f"node{i}",
-                node_id=i,
-                port=free_port(),
-                controller_port=free_port(),
-            )
-            for i in range(1, size + 1)
-        )
-        self.tie_to_parent = True
-
-    @classmethod
-    @contextlib.contextmanager
-    def temporary(cls, size: int = 3) -> Iterator[LocalCluster]:
-        with tempfile.TemporaryDirectory(prefix="kafka-cluster-") as directory:
-            cluster = cls(directory=directory, size=size)
-            try:
-                cluster.start()
-                yield cluster
-            finally:
-                cluster.stop()
-
-    def start(self) -> str:
-        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
-        replicas = str(len(self.nodes))
-        extra = {
-            "default.replication.factor": replicas,
-            "min.insync.replicas": "2",
-            "unclean.leader.election.enable": "false",
-            "offsets.topic.replication.factor": replicas,
-            "offsets.topic.num.partitions": "1",
-            "transaction.state.log.replication.factor": replicas,
-            "transaction.state.log.min.isr": "2",
-            "transaction.state.log.num.partitions": "1",
-            "share.coordinator.state.topic.replication.factor": replicas,
-            "share.coordinator.state.topic.min.isr": "2",
-            # Fence a dead broker in 3 s instead of 9 s, so failover tests are quick.
-            "broker.session.timeout.ms": "3000",
-            "broker.heartbeat.interval.ms": "500",
-        }
-        return self._start(
-            standalone=False, quorum={"controller.quorum.voters": voters}, extra=extra
-        )
-
-    def node(self, node_id: int) -> Node:
-        return next(n for n in self.nodes if n.node_id == node_id)
-
-    def kill(self, node_id: int) -> None:
-        """SIGKILL one node, as a crash would."""
-        self.node(node_id).kill()
