@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_ingress.py [--bootstrap 127.0.0.1:9092] \\
         [--duration 10 --concurrency 64 --rounds 3 --partitions 6 --client auto|wrk|python]
 
-Without --bootstrap it starts a local broker (processor.devbroker) for the run.
+Without --bootstrap it starts a local broker (processor.devtools) for the run.
 
 Each server runs in a process of its own and the load comes from another: `wrk` (one
 thread) when it is on PATH, else an aiohttp client pool. Every server gets the same
@@ -44,7 +44,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from processor.config import Config, IngressConfig, KafkaConfig, LoggingConfig, TopicsConfig
-from processor.devbroker import LocalBroker, free_port
+from processor.devtools.broker import LocalBroker
+from processor.devtools.ports import free_port
 from processor.ingress import run_ingress
 from processor.logging import configure_logging
 from processor.signing import sign_hmac_sha256

@@ -72,7 +72,7 @@ from aiokafka.errors import GroupCoordinatorNotAvailableError
 
 from processor.batching import produce_batch
 from processor.config import Config, KafkaConfig, LoggingConfig, TopicsConfig
-from processor.devbroker import LocalBroker
+from processor.devtools.broker import LocalBroker
 from processor.kafka_clients import client_options
 from processor.logging import configure_logging
 from processor.routing import Outcome, Router

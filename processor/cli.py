@@ -1,25 +1,30 @@
 """The `processor` command: one entry point for every process of the pipeline.
 
 Each subcommand loads the configuration once (`--config PATH`, default
-`config.yaml`), sets up logging and hands the frozen `Config` down.
+`config.yaml`), sets up logging and hands the frozen `Config` down. The development
+commands (`broker`, `dev`) import `processor.devtools` only when they run: the
+production image ships without it, and the runtime commands never need it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from processor import devbroker
 from processor.config import Config, load_config
-from processor.dev import DevOptions, run_dev
-from processor.errors import ProcessorError
+from processor.errors import DevToolsMissing, ProcessorError
 from processor.ingress import run_ingress
 from processor.logging import configure_logging
 from processor.topics import create_topics
 from processor.worker import run_worker
+
+if TYPE_CHECKING:
+    from processor.devtools.broker import LocalBroker
 
 __all__ = ["main"]
 
@@ -31,17 +36,38 @@ DEFAULT_DEV_DIR = Path(".kafka") / "dev"
 Command = Callable[[argparse.Namespace, Config], int]
 
 
-def _broker(args: argparse.Namespace) -> devbroker.LocalBroker:
-    return devbroker.LocalBroker(directory=args.dir, port=args.port)
+@contextlib.contextmanager
+def _development_command() -> Iterator[None]:
+    """Around an import of `processor.devtools`: where it is absent (the production
+    image), say that this is a development command instead of a traceback."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[:2] != ["processor", "devtools"]:
+            raise
+        raise DevToolsMissing(
+            "`processor broker` and `processor dev` are development commands: run them "
+            "from a source checkout of the repository (`make setup`, then "
+            "`.venv/bin/processor ...`). This installation has only the runtime "
+            "commands: worker, ingress, topics create."
+        ) from None
+
+
+def _broker(args: argparse.Namespace) -> LocalBroker:
+    with _development_command():
+        from processor.devtools.broker import LocalBroker
+    return LocalBroker(directory=args.dir, port=args.port)
 
 
 def broker_start(args: argparse.Namespace, config: Config) -> int:
+    with _development_command():
+        from processor.devtools.jars import KAFKA_VERSION
     broker = _broker(args)
     if (status := broker.status()).running:
         print(f"broker already running from {args.dir}: {status}")
         return 0
     bootstrap = broker.start()
-    print(f"Kafka {devbroker.KAFKA_VERSION} running on {bootstrap} (data in {args.dir})")
+    print(f"Kafka {KAFKA_VERSION} running on {bootstrap} (data in {args.dir})")
     print(f"  export KAFKA_BOOTSTRAP_SERVERS={bootstrap}")
     return 0
 
@@ -91,6 +117,8 @@ def topics_create(args: argparse.Namespace, config: Config) -> int:
 
 
 def dev(args: argparse.Namespace, config: Config) -> int:
+    with _development_command():
+        from processor.devtools.dev import DevOptions, run_dev
     options = DevOptions(
         config_path=args.config,
         workers=args.workers,

@@ -11,6 +11,7 @@ __all__ = [
     "BrokerError",
     "BrokerUnavailable",
     "ConfigError",
+    "DevToolsMissing",
     "ProcessorError",
     "TopicsMissing",
 ]
@@ -38,3 +39,7 @@ class TopicsMissing(ProcessorError):
 
 class BrokerError(ProcessorError):
     """The local development broker cannot be fetched, started or stopped."""
+
+
+class DevToolsMissing(ProcessorError):
+    """A development command (`broker`, `dev`) ran where `processor.devtools` is absent."""

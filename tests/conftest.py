@@ -4,7 +4,7 @@ Where the broker comes from:
 - `KAFKA_BOOTSTRAP_SERVERS` set: that cluster (tests create uniquely named topics);
 - `PROCESSOR_TEST_BROKER=testcontainers`: the official `apache/kafka` image, for
   machines with a Docker engine;
-- otherwise: the project's own local broker (`processor.devbroker`), started on free
+- otherwise: the project's own local broker (`processor.devtools`), started on free
   ports in a temporary directory and always stopped.
 """
 
@@ -23,7 +23,9 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from processor.config import Config, KafkaConfig, TopicsConfig
-from processor.devbroker import KAFKA_VERSION, LocalBroker, free_port, kafka_libs
+from processor.devtools.broker import LocalBroker
+from processor.devtools.jars import KAFKA_VERSION, kafka_libs
+from processor.devtools.ports import free_port
 from processor.topics import create_topics as create_pipeline_topics
 from tests.harness import REPO, SpawnWorker, worker_env
 

@@ -25,7 +25,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from processor.config import Config, IngressConfig, KafkaConfig
-from processor.devbroker import LocalBroker, free_port
+from processor.devtools.broker import LocalBroker
+from processor.devtools.ports import free_port
 from processor.errors import BrokerUnavailable
 from processor.ingress import READY_TIMEOUT_S, new_producer, run_ingress
 from processor.publisher import KafkaPublisher

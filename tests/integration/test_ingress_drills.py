@@ -21,7 +21,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from processor.devbroker import LocalBroker, free_port
+from processor.devtools.broker import LocalBroker
+from processor.devtools.ports import free_port
 from tests.harness import REPO
 from tests.ingress_harness import SECRET, delivery, signed
 from tests.integration.test_ingress import ids_of, read_topic

@@ -15,7 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from processor.devbroker import LocalCluster
+from tests.cluster import LocalCluster
 
 pytestmark = pytest.mark.integration
 

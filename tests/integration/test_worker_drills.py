@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from processor.config import Config, KafkaConfig
-from processor.devbroker import LocalBroker
+from processor.devtools.broker import LocalBroker
 from processor.metrics import WorkerMetrics
 from processor.topics import all_topics, create_topics
 from processor.worker import Worker

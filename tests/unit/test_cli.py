@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from processor.cli import build_parser, main
+
+CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
 
 
 @pytest.mark.parametrize(
@@ -39,3 +42,28 @@ def test_a_bad_setting_is_a_clear_error_and_exit_2(
     config.write_text("worker:\n  max_batch_records: -1\n")
     assert main(["topics", "create", "--config", str(config)]) == 2
     assert "worker.max_batch_records: Expected `int` >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["broker", "start"], ["broker", "stop"], ["broker", "status"], ["dev", "--workers", "1"]],
+)
+def test_dev_commands_without_the_dev_tooling_say_to_run_from_a_checkout_and_exit_2(
+    argv: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The production image has no processor/devtools: importing it fails as it would there.
+    for name in [name for name in sys.modules if name.startswith("processor.devtools.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "processor.devtools", None)
+
+    code = main([*argv, "--config", str(CONFIG), "--dir", str(tmp_path / "kafka")])
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "development commands" in err
+    assert "source checkout" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "kafka").exists(), "nothing was started"

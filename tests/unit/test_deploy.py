@@ -6,7 +6,12 @@ them with what `processor` itself would do with the same settings.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +20,7 @@ import yaml
 
 from processor import worker_http
 from processor.config import Config, load_config
-from processor.devbroker import KAFKA_VERSION
+from processor.devtools.jars import KAFKA_VERSION
 from processor.errors import ConfigError
 from processor.ingress import create_app
 from processor.metrics import WorkerMetrics
@@ -90,7 +95,7 @@ def test_kustomization_applies_every_manifest_in_the_folder() -> None:
     assert sorted(kustomization["resources"]) == sorted(on_disk)
 
 
-def test_compose_kafka_is_the_devbroker_version(compose: dict[str, Any]) -> None:
+def test_compose_kafka_is_the_local_broker_version(compose: dict[str, Any]) -> None:
     assert compose["kafka"]["image"] == f"apache/kafka:{KAFKA_VERSION}"
 
 
@@ -230,6 +235,119 @@ def test_dockerignore_keeps_secrets_and_local_state_out_of_the_build_context() -
     included = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
     assert {"pyproject.toml", "constraints.txt", "config.yaml", "processor"} <= included
     assert not included & {".env", ".git", ".venv", ".kafka"}
+
+
+def dockerignore_rules() -> list[tuple[bool, re.Pattern[str]]]:
+    """`.dockerignore` as Docker reads it: `!` re-includes; `*` and `?` stay within a
+    path segment, `**` crosses segments, `[...]` is a class."""
+    tokens = {"**/": "(.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}
+    rules = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        rule = line.strip()
+        if not rule or rule.startswith("#"):
+            continue
+        pattern = rule.removeprefix("!").strip("/")
+        regex = "".join(
+            tokens.get(token) or (token if token.startswith("[") else re.escape(token))
+            for token in re.findall(r"\*\*/|\*\*|\*|\?|\[[^]]*\]|[^*?[]+", pattern)
+        )
+        rules.append((rule.startswith("!"), re.compile(regex + r"\Z")))
+    return rules
+
+
+def sent_to_docker(path: str) -> bool:
+    """Whether `docker build` gets `path` (relative to the root): the last rule that
+    matches the path or one of its parent directories decides."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    sent = True
+    for negated, pattern in dockerignore_rules():
+        if any(pattern.match(prefix) for prefix in prefixes):
+            sent = negated
+    return sent
+
+
+def module_file(name: str) -> str:
+    """`processor.worker` -> `processor/worker.py`; a package -> its `__init__.py`."""
+    base = ROOT / name.replace(".", "/")
+    path = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+    assert path.is_file(), name
+    return path.relative_to(ROOT).as_posix()
+
+
+@pytest.fixture(scope="module")
+def runtime_modules() -> list[str]:
+    """The `processor` modules of the runtime commands: the CLI imports worker, ingress
+    and topics at its top, so a fresh interpreter that imports it has loaded them all."""
+    listing = "import sys, processor.cli; print(*sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", listing], capture_output=True, text=True, check=True, timeout=60
+    )
+    return [name for name in result.stdout.split() if name.partition(".")[0] == "processor"]
+
+
+def test_runtime_commands_never_import_the_dev_tooling(runtime_modules: list[str]) -> None:
+    assert {"processor.cli", "processor.worker", "processor.ingress", "processor.topics"} <= set(
+        runtime_modules
+    )
+    assert [name for name in runtime_modules if name.startswith("processor.devtools")] == []
+
+
+def test_image_gets_every_runtime_module_and_no_dev_tooling(runtime_modules: list[str]) -> None:
+    # The reading of .dockerignore agrees with Docker on paths whose fate is known.
+    assert sent_to_docker("config.yaml")
+    assert not sent_to_docker(".venv/bin/python")
+    assert not sent_to_docker("processor/__pycache__/cli.cpython-311.pyc")
+    for name in runtime_modules:
+        assert sent_to_docker(module_file(name)), name
+    dev_only = [
+        path.relative_to(ROOT).as_posix() for path in (ROOT / "processor/devtools").rglob("*.py")
+    ]
+    assert "processor/devtools/broker.py" in dev_only
+    for path in [*dev_only, "deploy/kafka/pom.xml"]:
+        assert not sent_to_docker(path), f"{path} is dev tooling, yet the image gets it"
+    # What the Dockerfile copies from the context: sent to it, and none of it dev tooling.
+    copies = [
+        line.split()[1:-1]
+        for line in (DEPLOY / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ") and "--from=" not in line
+    ]
+    assert ["processor"] in copies
+    for source in (source for sources in copies for source in sources):
+        assert sent_to_docker(source), source
+        assert not source.startswith(("processor/devtools", "deploy/")), source
+
+
+def test_the_images_files_run_the_runtime_cli_and_refuse_the_dev_commands(
+    tmp_path: Path,
+) -> None:
+    """The build context's files alone on the path, as pip installs them in the image:
+    the CLI imports from them, and `processor broker` says it is for a checkout."""
+    image = tmp_path / "image"
+    for path in [*ROOT.glob("*"), *(ROOT / "processor").rglob("*")]:
+        relative = path.relative_to(ROOT).as_posix()
+        if path.is_file() and sent_to_docker(relative):
+            (image / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, image / relative)
+    # -S skips site: the checkout's editable install cannot lend the image what it lacks,
+    # while the venv's site-packages still provide the dependencies, as pip's do there.
+    libraries = dict.fromkeys(sysconfig.get_path(kind) for kind in ("purelib", "platlib"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(image), *libraries])}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-S", *args],
+            cwd=image, env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    loaded = run("-c", "import processor.cli; print(processor.cli.__file__)")
+    assert loaded.returncode == 0, loaded.stderr
+    assert Path(loaded.stdout.strip()).is_relative_to(image)
+    refused = run("-m", "processor.cli", "--config", "config.yaml", "broker", "status")
+    assert refused.returncode == 2
+    assert "development commands" in refused.stderr
+    assert "source checkout" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def test_configmap_embeds_config_yaml_byte_for_byte(manifests: list[dict[str, Any]]) -> None:
@@ -418,7 +536,7 @@ def test_compose_workers_are_static_members_named_after_their_container(
 
 
 def test_dev_workers_are_distinct_static_members() -> None:
-    from processor.dev import _member
+    from processor.devtools.dev import _member
 
     ids = {_member(Config(), index)["PROCESSOR_WORKER__GROUP_INSTANCE_ID"] for index in (1, 2, 3)}
 

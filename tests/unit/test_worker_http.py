@@ -7,7 +7,7 @@ import socket
 import aiohttp
 import pytest
 
-from processor.devbroker import free_port
+from processor.devtools.ports import free_port
 from processor.errors import ConfigError
 from processor.metrics import WorkerMetrics
 from processor.worker_http import serve_health_and_metrics

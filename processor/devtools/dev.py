@@ -22,7 +22,7 @@ import aiohttp
 import msgspec
 
 from processor.config import Config
-from processor.devbroker import LocalBroker
+from processor.devtools.broker import LocalBroker
 from processor.shutdown import stop_on_signals
 from processor.topics import all_topics, create_topics
 
