@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 lint: setup
-	$(BIN)/ruff check processor tests
-	$(BIN)/ruff format --check processor tests
+	$(BIN)/ruff check processor tests benchmarks
+	$(BIN)/ruff format --check processor tests benchmarks
 	$(BIN)/mypy --strict processor
 
 test: lint

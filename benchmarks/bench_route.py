@@ -12,9 +12,10 @@ group and output topics of its own:
             awaiting all the futures, then committing.
 
 All three use the worker's own producer and consumer settings
-(`processor.worker.producer_options` / `consumer_options`: acks=all, idempotence,
-manual commit, `worker.max_batch_records` per `getmany`). Output topics are created
-with `processor.topics.create_topics` and written to a little before each run,
+(`processor.kafka_clients.worker_producer_options` / `worker_consumer_options`:
+acks=all, idempotence, manual commit, `worker.max_batch_records` per `getmany`).
+Output topics are created with `processor.topics.create_topics` and written to a
+little before each run,
 as the broker is slow on the first writes to a new partition (`Bench.warm_up`).
 
 A run starts when the variant's task is created (clients start, join the group)
@@ -73,11 +74,11 @@ from aiokafka.errors import GroupCoordinatorNotAvailableError
 from processor.batching import produce_batch
 from processor.config import Config, KafkaConfig, LoggingConfig, TopicsConfig
 from processor.devtools.broker import LocalBroker
-from processor.kafka_clients import client_options
+from processor.kafka_clients import client_options, worker_consumer_options, worker_producer_options
 from processor.logging import configure_logging
 from processor.routing import Outcome, Router
 from processor.topics import create_topics
-from processor.worker import Worker, consumer_options, producer_options
+from processor.worker import Worker
 
 RAW_PARTITIONS: Final = 6
 USERS: Final = 1000
@@ -260,8 +261,8 @@ async def _pipe(config: Config, stop: asyncio.Event, produce: Produce) -> None:
     (With no routes configured, every delivery is unrouted: that topic is the one
     `create_topics` makes for this config.)
     """
-    consumer = AIOKafkaConsumer(**consumer_options(config))
-    producer = AIOKafkaProducer(**producer_options(config))
+    consumer = AIOKafkaConsumer(**worker_consumer_options(config))
+    producer = AIOKafkaProducer(**worker_producer_options(config))
     try:
         await producer.start()
         consumer.subscribe([config.topics.raw])
@@ -328,7 +329,7 @@ class Bench:
         self.base = base
         self.admin = AIOKafkaAdminClient(**client_options(base.kafka))
         self.probe = AIOKafkaConsumer(**client_options(base.kafka))
-        self.warmer = AIOKafkaProducer(**producer_options(base))
+        self.warmer = AIOKafkaProducer(**worker_producer_options(base))
         self.coordinator = -1
         self.raw_partitions = [TopicPartition(base.topics.raw, p) for p in range(RAW_PARTITIONS)]
         self.created: list[str] = []
@@ -455,7 +456,7 @@ async def load(config: Config, count: int, seed: int) -> Counter[Outcome]:
     """
     records, expected = make_deliveries(config.topics.raw, count, seed)
     size = sum(len(r.value or b"") for r in records) / count
-    producer = AIOKafkaProducer(**producer_options(config))
+    producer = AIOKafkaProducer(**worker_producer_options(config))
     try:
         await producer.start()
         started = time.perf_counter()

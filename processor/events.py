@@ -44,6 +44,7 @@ __all__ = [
     "BaseData",
     "DecodedDelivery",
     "Delivery",
+    "Identifier",
     "IntegrationData",
     "IntegrationEvent",
     "InvalidDelivery",
@@ -51,6 +52,7 @@ __all__ = [
     "category_of",
     "decode_delivery",
     "decode_integration_event",
+    "decode_json",
 ]
 
 MAX_IDENTIFIER_LENGTH: Final = 256
@@ -60,7 +62,9 @@ MAX_IDENTIFIER_LENGTH: Final = 256
 _DELIVERY_ID: Final = re.compile(r"whd_\S+")
 _EVENT_TYPE: Final = re.compile(r"[a-z0-9_]+\.[a-z0-9_]+")
 _AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
-_Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_IDENTIFIER_LENGTH)]
+# An identifier (`id`, `event`, `data.uid`, `data.status`): it becomes a record key or a
+# header, and an unbounded one could push a record past the topic's size limit.
+Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_IDENTIFIER_LENGTH)]
 # The provider's numbers are milliseconds and counts; a value outside int64 would not
 # survive a JVM or Go consumer, so it is a contract break, not a big number.
 _Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
@@ -84,13 +88,13 @@ class InvalidDelivery(Exception):
 class BaseData(msgspec.Struct, frozen=True, kw_only=True):
     """What every category's `data` has: the user it is about. Extra fields are fine."""
 
-    uid: _Identifier
+    uid: Identifier
 
 
 class StatusData(BaseData, frozen=True, kw_only=True):
     """`data` that carries a status: what a status-routed category needs at the least."""
 
-    status: _Identifier
+    status: Identifier
 
 
 class IntegrationData(StatusData, frozen=True, kw_only=True, rename="camel"):
@@ -122,8 +126,8 @@ DataT = TypeVar("DataT")
 class Delivery(msgspec.Struct, Generic[DataT], frozen=True, kw_only=True):
     """The envelope every delivery shares; `data` depends on the event's category."""
 
-    id: _Identifier
-    event: _Identifier
+    id: Identifier
+    event: Identifier
     timestamp: _AwareDatetime
     data: DataT
 
@@ -191,7 +195,7 @@ def decode_delivery(
     model of their own, their `data` must still carry a string `status`.
     Raises InvalidDelivery.
     """
-    envelope = _decode(_ENVELOPE, raw)
+    envelope = decode_json(_ENVELOPE, raw)
     category, _, action = envelope.event.partition(".")
     decoder = _DATA.get(category)
     if decoder is None:
@@ -213,7 +217,7 @@ def decode_delivery(
 
 def decode_integration_event(raw: bytes) -> IntegrationEvent:
     """Decode a record of an `integration.status.*` topic. Raises InvalidDelivery."""
-    event = _decode(_INTEGRATION_EVENT, raw)
+    event = decode_json(_INTEGRATION_EVENT, raw)
     if category_of(event.event) != "integration":
         raise InvalidDelivery(
             "ValidationError",
@@ -225,13 +229,20 @@ def decode_integration_event(raw: bytes) -> IntegrationEvent:
 _T = TypeVar("_T")
 
 
-def _decode(decoder: msgspec.json.Decoder[_T], raw: bytes) -> _T:
+def decode_json(decoder: msgspec.json.Decoder[_T], raw: bytes) -> _T:
+    """`raw` decoded by `decoder`; every way it can fail is an InvalidDelivery.
+
+    The one mapping of msgspec's errors, shared by the worker and the ingress. Its
+    messages name positions and field paths, never the bytes themselves.
+    """
     # msgspec checks UTF-8 only in strings it decodes, not in the ones it skips, and
     # JSON must be UTF-8 throughout; bytes.decode is the fast C check for that.
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidDelivery("DecodeError", f"not valid UTF-8: {exc}") from None
+        raise InvalidDelivery(
+            "DecodeError", f"invalid UTF-8 at byte {exc.start} ({exc.reason})"
+        ) from None
     try:
         return decoder.decode(raw)
     except msgspec.ValidationError as exc:
@@ -239,7 +250,7 @@ def _decode(decoder: msgspec.json.Decoder[_T], raw: bytes) -> _T:
     except msgspec.DecodeError as exc:
         raise InvalidDelivery("DecodeError", str(exc)) from None
     except RecursionError:
-        raise InvalidDelivery("DecodeError", "JSON is nested too deeply") from None
+        raise InvalidDelivery("DecodeError", "nested too deeply") from None
 
 
 def _under_data(message: str) -> str:

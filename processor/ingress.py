@@ -23,12 +23,13 @@ from typing import Final
 
 import msgspec
 import structlog
-from aiohttp import hdrs, web
+from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from processor.config import Config
 from processor.connectivity import Connectivity
 from processor.headers import CONTENT_TYPE, DELIVERY_ID, EVENT, RECEIVED_AT, format_received_at
+from processor.http_probes import probe_routes
 from processor.ingress_checks import (
     Envelope,
     check_content_encoding,
@@ -39,13 +40,13 @@ from processor.ingress_checks import (
 )
 from processor.ingress_errors import INGRESS_METRICS, Refusal, errors_as_json
 from processor.ingress_server import Listener, listen
-from processor.kafka_clients import client_options, connect, wait_until_reachable
-from processor.metrics import IngressMetrics, render
+from processor.kafka_clients import connect, ingress_producer_options, wait_until_reachable
+from processor.metrics import IngressMetrics
 from processor.publisher import KafkaPublisher, NotReady, Publisher, RawRecord
 from processor.shutdown import stop_on_signals
 from processor.signing import NoVerification, SignatureError, Verifier, build_verifier
 
-__all__ = ["READY_TIMEOUT_S", "create_app", "new_producer", "run_ingress"]
+__all__ = ["READY_TIMEOUT_S", "create_app", "run_ingress"]
 
 log = structlog.get_logger(__name__)
 
@@ -162,10 +163,6 @@ class _Ingress:
             )
         self._metrics.publish_seconds.observe(time.perf_counter() - started)
 
-    async def healthz(self, request: web.Request) -> web.Response:
-        """The process is up and serving; says nothing about Kafka (that is /readyz)."""
-        return web.json_response({"status": "ok"})
-
     async def readyz(self, request: web.Request) -> web.Response:
         """Can a delivery be persisted now? Kafka answers and the raw topic exists."""
         try:
@@ -188,10 +185,6 @@ class _Ingress:
             log.warning("ingress.not_ready", error=error, detail=detail)
             self._not_ready = error
         return web.json_response({"error": error, "detail": detail}, status=503)
-
-    async def metrics(self, request: web.Request) -> web.Response:
-        body, content_type = render(self._metrics.registry)
-        return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
 
 
 def create_app(
@@ -219,9 +212,8 @@ def create_app(
     app.add_routes(
         [
             web.post(config.ingress.path, ingress.webhook),
-            web.get("/healthz", ingress.healthz),
             web.get("/readyz", ingress.readyz),
-            web.get("/metrics", ingress.metrics),
+            *probe_routes(metrics.registry),
         ]
     )
     return app
@@ -238,7 +230,7 @@ async def run_ingress(config: Config) -> None:
     stop = asyncio.Event()
     with stop_on_signals(stop):
         metrics = IngressMetrics()
-        producer = new_producer(config)
+        producer = AIOKafkaProducer(**ingress_producer_options(config))
         Connectivity(bootstrap=config.kafka.bootstrap_servers, registry=metrics.registry).watch(
             producer.client
         )
@@ -275,23 +267,6 @@ async def run_ingress(config: Config) -> None:
                     "(ingress.shutdown_timeout_s); unanswered deliveries will be retried",
                 )
             log.info("ingress.stopped")
-
-
-def new_producer(config: Config) -> AIOKafkaProducer:
-    """The producer the ingress needs: nothing is 2xx until every in-sync replica has it.
-
-    Its batch and request limits are the topic's, which config checks leaves room for
-    the largest body the ingress accepts, so Kafka never refuses a delivery the HTTP
-    side took, and a busy group fills one batch per partition instead of several that
-    would each wait for the previous one's round trip.
-    """
-    return AIOKafkaProducer(
-        acks="all",
-        enable_idempotence=True,
-        max_batch_size=config.topics.max_message_bytes,
-        max_request_size=config.topics.max_message_bytes,
-        **client_options(config.kafka),
-    )
 
 
 async def _drain(listener: Listener | None, producer: AIOKafkaProducer) -> None:

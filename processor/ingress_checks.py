@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections.abc import Mapping
-from typing import Annotated, Final
+from typing import Final
 
 import msgspec
 from aiohttp import hdrs, web
 from multidict import CIMultiDictProxy
 
-from processor.events import MAX_IDENTIFIER_LENGTH
+from processor.events import Identifier, InvalidDelivery, decode_json
 from processor.ingress_errors import Refusal
 
 __all__ = [
@@ -28,24 +28,20 @@ __all__ = [
     "read_body",
 ]
 
-# The same bounds as the contract (processor.events): these become the record key and
-# headers, and an unbounded one could push a record past the topic's size limit.
-_NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_IDENTIFIER_LENGTH)]
-
 
 class _Data(msgspec.Struct):
-    uid: _NonEmpty
+    uid: Identifier
 
 
 class Envelope(msgspec.Struct):
     """Only what the ingress needs: the id to answer with, the event header, the key."""
 
-    id: _NonEmpty
-    event: _NonEmpty
+    id: Identifier
+    event: Identifier
     data: _Data
 
 
-_decode_envelope = msgspec.json.Decoder(Envelope).decode
+_ENVELOPE: Final = msgspec.json.Decoder(Envelope)
 
 # Content-Encoding values undone here -> the zlib format they name (x-gzip: RFC 9110).
 _CODINGS: Final = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate"}
@@ -194,26 +190,17 @@ class _Inflater:
 
 
 def decode(body: bytes) -> Envelope:
-    """The envelope's id, event and key; 400 for anything that is not such a JSON object."""
-    # msgspec checks UTF-8 only in the strings it decodes, not in those it skips, and the
-    # worker would dead-letter what passed here; bytes.decode is the fast C check.
+    """The envelope's id, event and key; 400 for anything that is not such a JSON object.
+
+    UTF-8 is checked over the whole body, as the worker does, so that nothing passes
+    here that the worker would dead-letter as undecodable.
+    """
     try:
-        body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise Refusal(
-            400,
-            "malformed_json",
-            f"body is not valid JSON: invalid utf-8 at byte {exc.start} ({exc.reason})",
-        ) from None
-    try:
-        return _decode_envelope(body)
-    except msgspec.ValidationError as exc:
-        raise Refusal(400, "invalid_envelope", str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise Refusal(400, "malformed_json", f"body is not valid JSON: {exc}") from None
-    except RecursionError:
-        # msgspec recurses per nesting level, so ~1,000 levels reach Python's limit.
-        raise Refusal(400, "malformed_json", "body is not valid JSON: nested too deeply") from None
+        return decode_json(_ENVELOPE, body)
+    except InvalidDelivery as exc:
+        if exc.error_class == "ValidationError":
+            raise Refusal(400, "invalid_envelope", exc.message) from None
+        raise Refusal(400, "malformed_json", f"body is not valid JSON: {exc.message}") from None
 
 
 def _too_large(limit: int, *, decompressed: bool = False) -> Refusal:

@@ -26,7 +26,7 @@ from aiohttp.http_exceptions import (
 )
 
 from processor.config import IngressConfig
-from processor.errors import ConfigError
+from processor.http_probes import cannot_listen
 from processor.ingress_errors import INGRESS_METRICS, error_response
 from processor.metrics import IngressMetrics
 
@@ -103,10 +103,7 @@ async def listen(app: web.Application, settings: IngressConfig) -> Listener:
         )
     except OSError as exc:
         await runner.cleanup()
-        raise ConfigError(
-            f"cannot listen on {settings.host}:{settings.port} ({exc.strerror}): free the "
-            "port or choose another with ingress.port / PROCESSOR_INGRESS__PORT"
-        ) from None
+        raise cannot_listen(settings.host, settings.port, exc, setting="ingress.port") from None
     return Listener(runner, listening)
 
 

@@ -1,4 +1,5 @@
-"""How every process reaches Kafka: client settings, start-up within a deadline, topics.
+"""How every process reaches Kafka: client settings, start-up within a deadline, topics,
+and reading partitions to their end.
 
 The ingress producer, the worker's consumer and producer, and the admin client all
 reach the same cluster the same way; building their keyword arguments in one place
@@ -9,19 +10,31 @@ place gives every process the same bounded start and the same error message.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from typing import Any
 
 import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
-from processor.config import KafkaConfig
+from processor.config import HEADROOM_BYTES, Config, KafkaConfig
 from processor.errors import BrokerUnavailable, ConfigError, TopicsMissing
 
-__all__ = ["client_options", "connect", "require_topics", "wait_until_reachable"]
+__all__ = [
+    "client_options",
+    "connect",
+    "group_instance_id",
+    "ingress_producer_options",
+    "read_to_end",
+    "require_topics",
+    "wait_until_reachable",
+    "worker_consumer_options",
+    "worker_producer_options",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +59,59 @@ def client_options(config: KafkaConfig) -> dict[str, Any]:
         options["sasl_plain_username"] = config.sasl_username
         options["sasl_plain_password"] = config.sasl_password
     return options
+
+
+def ingress_producer_options(config: Config) -> dict[str, Any]:
+    """The ingress's producer: nothing is 2xx until every in-sync replica has it.
+
+    Its batch and request limits are the topic's, which leave room for the largest
+    body the ingress accepts (HEADROOM_BYTES), so Kafka never refuses a delivery the
+    HTTP side took; and a busy group fills one batch per partition instead of several
+    that would each wait for the previous one's round trip.
+    """
+    return {
+        **client_options(config.kafka),
+        "acks": "all",
+        "enable_idempotence": True,
+        "max_batch_size": config.topics.max_message_bytes,
+        "max_request_size": config.topics.max_message_bytes,
+    }
+
+
+def worker_consumer_options(config: Config) -> dict[str, Any]:
+    """The worker's consumer: manual commits, a new group reads from the beginning."""
+    return {
+        **client_options(config.kafka),
+        "group_id": config.worker.group_id,
+        "group_instance_id": group_instance_id(config),
+        "enable_auto_commit": False,
+        # Nothing written before the first worker ever ran is skipped.
+        "auto_offset_reset": "earliest",
+        "max_poll_interval_ms": config.worker.max_poll_interval_ms,
+        "session_timeout_ms": config.worker.session_timeout_ms,
+        "heartbeat_interval_ms": config.worker.heartbeat_interval_ms,
+    }
+
+
+def group_instance_id(config: Config) -> str | None:
+    """worker.group_instance_id with `{hostname}` filled in; None for a dynamic member."""
+    template = config.worker.group_instance_id
+    return None if template is None else template.format(hostname=socket.gethostname())
+
+
+def worker_producer_options(config: Config) -> dict[str, Any]:
+    """The worker's producer: durable (acks=all, idempotent) and fed whole batches."""
+    return {
+        **client_options(config.kafka),
+        "acks": "all",
+        "enable_idempotence": True,
+        # produce_batch hands over complete batches; lingering would only delay them.
+        "linger_ms": 0,
+        # One Kafka batch per destination partition per worker batch, up to the topic limit.
+        "max_batch_size": config.topics.max_message_bytes // 2,
+        # Derived topics take HEADROOM_BYTES more than the raw topic (processor.topics).
+        "max_request_size": config.topics.max_message_bytes + HEADROOM_BYTES,
+    }
 
 
 def _ssl_context(config: KafkaConfig) -> ssl.SSLContext:
@@ -134,3 +200,20 @@ def require_topics(known: Collection[str], wanted: Iterable[str], *, bootstrap: 
             f"topics missing on {bootstrap}: {', '.join(missing)}; "
             "create them with `processor topics create`"
         )
+
+
+async def read_to_end(
+    consumer: AIOKafkaConsumer, partitions: Collection[TopicPartition]
+) -> AsyncIterator[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]:
+    """The records of `partitions` (assigned to `consumer`) from its positions up to
+    their end offsets as they are when called: a snapshot, however much is written
+    meanwhile. With read_committed, the end is the last stable offset."""
+    ends = await consumer.end_offsets(list(partitions))
+    pending = {tp for tp, end in ends.items() if await consumer.position(tp) < end}
+    while pending:
+        fetched = await consumer.getmany(*pending, timeout_ms=200)
+        for tp, records in fetched.items():
+            within = [record for record in records if record.offset < ends[tp]]
+            if within:
+                yield tp, within
+        pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -34,13 +33,15 @@ from aiokafka.errors import KafkaError
 
 from processor import unreadable
 from processor.checkpoint import AtLeastOnce, CommitFailed, Guarantee, ProduceFailed
-from processor.config import HEADROOM_BYTES, Config
+from processor.config import Config
 from processor.connectivity import Connectivity
 from processor.kafka_clients import (
-    client_options,
     connect,
+    group_instance_id,
     require_topics,
     wait_until_reachable,
+    worker_consumer_options,
+    worker_producer_options,
 )
 from processor.metrics import WorkerMetrics
 from processor.routing import Routed, Router
@@ -48,50 +49,9 @@ from processor.shutdown import stop_on_signals
 from processor.topics import all_topics
 from processor.worker_http import serve_health_and_metrics
 
-__all__ = [
-    "Worker",
-    "consumer_options",
-    "group_instance_id",
-    "producer_options",
-    "run_worker",
-]
+__all__ = ["Consumer", "Worker", "run_worker"]
 
 log = structlog.get_logger(__name__)
-
-
-def consumer_options(config: Config) -> dict[str, Any]:
-    """The worker's consumer: manual commits, a new group reads from the beginning."""
-    return {
-        **client_options(config.kafka),
-        "group_id": config.worker.group_id,
-        "group_instance_id": group_instance_id(config),
-        "enable_auto_commit": False,
-        # Nothing written before the first worker ever ran is skipped.
-        "auto_offset_reset": "earliest",
-        "max_poll_interval_ms": config.worker.max_poll_interval_ms,
-        "session_timeout_ms": config.worker.session_timeout_ms,
-        "heartbeat_interval_ms": config.worker.heartbeat_interval_ms,
-    }
-
-
-def group_instance_id(config: Config) -> str | None:
-    """worker.group_instance_id with `{hostname}` filled in; None for a dynamic member."""
-    template = config.worker.group_instance_id
-    return None if template is None else template.format(hostname=socket.gethostname())
-
-
-def producer_options(config: Config) -> dict[str, Any]:
-    """The worker's producer: durable (acks=all, idempotent) and fed whole batches."""
-    return {
-        **client_options(config.kafka),
-        "acks": "all",
-        "enable_idempotence": True,
-        # produce_batch hands over complete batches; lingering would only delay them.
-        "linger_ms": 0,
-        # One Kafka batch per destination partition per worker batch, up to the topic limit.
-        "max_batch_size": config.topics.max_message_bytes // 2,
-        "max_request_size": config.topics.max_message_bytes + HEADROOM_BYTES,
-    }
 
 
 # What one getmany() returns: each partition's records, in offset order.
@@ -139,11 +99,11 @@ class Worker:
         if consumer is None or guarantee is None:
             self._reach = functools.partial(wait_until_reachable, config.kafka)
         if consumer is None:
-            kafka_consumer = AIOKafkaConsumer(**consumer_options(config))
+            kafka_consumer = AIOKafkaConsumer(**worker_consumer_options(config))
             connectivity.watch(kafka_consumer._client)
             consumer = kafka_consumer
         if guarantee is None:
-            producer = AIOKafkaProducer(**producer_options(config))
+            producer = AIOKafkaProducer(**worker_producer_options(config))
             connectivity.watch(producer.client)
             guarantee = AtLeastOnce(
                 producer=producer,

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 from typing import Final
 
 import structlog
-from aiohttp import hdrs, web
+from aiohttp import web
 
-from processor.errors import ConfigError
-from processor.metrics import WorkerMetrics, render
+from processor.http_probes import cannot_listen, probe_routes
+from processor.metrics import WorkerMetrics
 
 __all__ = ["CLOSE_TIMEOUT_S", "create_app", "serve_health_and_metrics"]
 
@@ -30,23 +30,8 @@ CLOSE_TIMEOUT_S: Final = 2.0
 
 def create_app(metrics: WorkerMetrics) -> web.Application:
     """The two routes as an aiohttp app, so tests can serve it in-process."""
-
-    async def healthz(request: web.Request) -> web.Response:
-        """200 while the worker's event loop runs: this answer IS the liveness check.
-
-        It is served from the loop that routes, so a loop that is blocked or wedged
-        cannot answer and the orchestrator restarts the process. Kafka is not asked on
-        purpose: the worker retries a broker outage itself, and restarting every worker
-        at once would not bring the broker back.
-        """
-        return web.json_response({"status": "ok"})
-
-    async def metrics_text(request: web.Request) -> web.Response:
-        body, content_type = render(metrics.registry)
-        return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
-
     app = web.Application()
-    app.add_routes([web.get("/healthz", healthz), web.get("/metrics", metrics_text)])
+    app.add_routes(probe_routes(metrics.registry))
     return app
 
 
@@ -67,10 +52,7 @@ async def serve_health_and_metrics(
         await web.TCPSite(runner, host, port).start()
     except OSError as exc:
         await runner.cleanup()
-        raise ConfigError(
-            f"cannot listen on {host}:{port} ({exc.strerror}): free the port or choose another "
-            "with worker.metrics_port / PROCESSOR_WORKER__METRICS_PORT"
-        ) from None
+        raise cannot_listen(host, port, exc, setting="worker.metrics_port") from None
     log.info("worker.metrics_listening", host=host, port=port)
     try:
         yield

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from processor.batching import produce_batch
 from processor.config import Config
+from processor.kafka_clients import read_to_end
 from processor.topics import all_topics
 from tests.deliveries import Delivery
 
@@ -104,14 +105,12 @@ async def read_all_outputs(config: Config) -> list[Output]:
         ]
         consumer.assign(partitions)
         await consumer.seek_to_beginning()
-        ends = await consumer.end_offsets(partitions)
         async with asyncio.timeout(60):
-            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-                for tp, records in (await consumer.getmany(timeout_ms=200)).items():
-                    found.extend(
-                        Output(tp.topic, tp.partition, r.offset, r.key, r.value, dict(r.headers))
-                        for r in records
-                    )
+            async for tp, records in read_to_end(consumer, partitions):
+                found.extend(
+                    Output(tp.topic, tp.partition, r.offset, r.key, r.value, dict(r.headers))
+                    for r in records
+                )
         return found
     finally:
         await consumer.stop()

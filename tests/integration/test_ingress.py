@@ -28,7 +28,8 @@ from processor.config import Config, IngressConfig, KafkaConfig
 from processor.devtools.broker import LocalBroker
 from processor.devtools.ports import free_port
 from processor.errors import BrokerUnavailable
-from processor.ingress import READY_TIMEOUT_S, new_producer, run_ingress
+from processor.ingress import READY_TIMEOUT_S, run_ingress
+from processor.kafka_clients import ingress_producer_options, read_to_end
 from processor.publisher import KafkaPublisher
 from tests.ingress_harness import SECRET, Serve, Served, delivery, serving, signed
 
@@ -45,12 +46,10 @@ async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, b
         partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
         records: list[ConsumerRecord[bytes, bytes]] = []
         async with asyncio.timeout(30):
-            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-                for batch in (await consumer.getmany(timeout_ms=500)).values():
-                    records.extend(batch)
+            async for _, batch in read_to_end(consumer, partitions):
+                records.extend(batch)
         return records
     finally:
         await consumer.stop()
@@ -65,7 +64,7 @@ async def producer(
     config: Config, create_topics: Callable[..., Awaitable[None]]
 ) -> AsyncIterator[AIOKafkaProducer]:
     await create_topics(config.topics.raw, partitions=PARTITIONS)
-    producer = new_producer(config)
+    producer = AIOKafkaProducer(**ingress_producer_options(config))
     await producer.start()
     yield producer
     await producer.stop()
@@ -237,7 +236,7 @@ async def test_kafka_outage_is_503_with_retry_after_then_recovers(
     await admin.start()
     await admin.create_topics([NewTopic(config.topics.raw, PARTITIONS, 1)])
     await admin.close()
-    producer = new_producer(config)
+    producer = AIOKafkaProducer(**ingress_producer_options(config))
     await producer.start()
     accepted: list[str] = []
     try:

@@ -97,7 +97,7 @@ async def test_structured_json_suffix_is_accepted(serve: Serve) -> None:
     [
         (b'{"id": "whd_1", "event": ', "malformed_json", "truncated"),
         (b"\xff\xfe not utf-8", "malformed_json", "JSON"),
-        (b'{"id": "whd_1", "event": "a.b", "data": {"uid": "\xff"}}', "malformed_json", "utf-8"),
+        (b'{"id": "whd_1", "event": "a.b", "data": {"uid": "\xff"}}', "malformed_json", "UTF-8"),
         (b"[]", "invalid_envelope", "Expected `object`"),
         (b'{"event": "a.b", "data": {"uid": "u"}}', "invalid_envelope", "`id`"),
         (b'{"id": "whd_1", "data": {"uid": "u"}}', "invalid_envelope", "`event`"),
@@ -301,5 +301,5 @@ async def test_invalid_utf8_in_a_field_the_ingress_skips_is_400_not_accepted(
     assert response.status == 400
     payload = await response.json()
     assert payload["error"] == "malformed_json"
-    assert payload["detail"].startswith("body is not valid JSON: invalid utf-8 at byte ")
+    assert payload["detail"].startswith("body is not valid JSON: invalid UTF-8 at byte ")
     assert published(client) == []
