@@ -1,9 +1,10 @@
 """structlog set-up: JSON lines in production, key=value on a terminal.
 
 Every process calls `configure_logging` once at start-up; modules then take a
-logger with `structlog.get_logger(__name__)` and bind the delivery id, topic,
-partition and offset where they exist. Events are named `noun.verb`
-(`batch.committed`, `ingress.rejected`).
+logger with `structlog.get_logger(__name__)` and pass the delivery id, topic,
+partition and offset as keys of the line where they exist (`delivery_id=`,
+`topic=`, ...). Events are named `noun.verb` (`batch.committed`, `ingress.rejected`).
+aiokafka's per-attempt retry lines stay out above DEBUG (processor.connectivity).
 
 Our own lines take structlog's native path (render, write, no standard-library
 record in between): the ingress writes one per request, and this path costs a few

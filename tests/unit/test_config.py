@@ -119,7 +119,7 @@ def test_values_out_of_bounds_are_refused_naming_the_key(
 
 def test_config_is_frozen() -> None:
     config = Config()
-    with pytest.raises(AttributeError):
+    with pytest.raises(AttributeError, match="immutable type: 'Config'"):
         config.worker = config.worker  # type: ignore[misc]
 
 

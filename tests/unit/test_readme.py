@@ -35,3 +35,16 @@ def test_readme_header_tables_match_processor_headers(
     marker: str, headers: tuple[Header, ...]
 ) -> None:
     assert table_after(marker) == [f"| `{h.name}` | {h.value} |" for h in headers]
+
+
+def test_readme_layout_names_every_module_of_processor() -> None:
+    root = Path(__file__).resolve().parents[2]
+    named = "\n".join(table_after("layout"))
+    for path in sorted((root / "processor").rglob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        relative = path.relative_to(root)
+        if relative.parts[1] in ("config", "devtools"):  # one row per package
+            assert f"`{path.name}`" in named, f"README's layout omits {relative}"
+        else:
+            assert f"`{relative}`" in named, f"README's layout omits {relative}"
