@@ -18,10 +18,21 @@ from processor.errors import BrokerUnavailable
 from processor.kafka_clients import client_options
 from processor.routing import Router
 
-__all__ = ["TopicsReport", "all_topics", "create_topics", "topic_configs"]
+__all__ = [
+    "TopicsReport",
+    "all_topics",
+    "changelog_configs",
+    "create_topics",
+    "output_topics",
+    "topic_configs",
+]
 
 # Creating a dozen topics is one request; this bounds a cluster that does not answer.
 ADMIN_TIMEOUT_S = 30.0
+# The changelog keeps an hour beyond the dedup window: a restore then still finds the
+# ids of a window's first moments, and segments whose newest id is older go.
+CHANGELOG_MARGIN_MS = 3_600_000
+DAY_MS = 86_400_000
 
 
 @dataclass
@@ -32,18 +43,39 @@ class TopicsReport:
     mismatched: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
+def output_topics(config: Config) -> list[str]:
+    """Every topic the router can produce to: derived topics, unrouted, DLQ."""
+    return Router(routing=config.routing, topics=config.topics).destination_topics()
+
+
 def all_topics(config: Config) -> list[str]:
-    """The raw topic and every destination the router can produce to."""
-    router = Router(routing=config.routing, topics=config.topics)
-    return [config.topics.raw, *router.destination_topics()]
+    """Every topic of the pipeline: raw, the outputs, and the dedup changelog if on."""
+    changelog = [config.topics.dedup] if config.dedup.enabled else []
+    return [config.topics.raw, *output_topics(config), *changelog]
 
 
 def topic_configs(config: Config, topic: str) -> dict[str, str]:
     """The topic-level configs `topics create` gives `topic`."""
+    if topic == config.topics.dedup:
+        return changelog_configs(config)
     limit = config.topics.max_message_bytes
     if topic != config.topics.raw:
         limit += HEADROOM_BYTES
     return {"max.message.bytes": str(limit), **config.topics.configs}
+
+
+def changelog_configs(config: Config) -> dict[str, str]:
+    """The dedup changelog keeps the newest record per delivery id (compact) and drops
+    whole segments once the window has passed (delete); a segment rolls daily so that
+    little more than the window is kept."""
+    window_ms = config.dedup.window_s * 1000
+    return {
+        "max.message.bytes": str(config.topics.max_message_bytes),
+        **config.topics.configs,
+        "cleanup.policy": "compact,delete",
+        "retention.ms": str(window_ms + CHANGELOG_MARGIN_MS),
+        "segment.ms": str(min(window_ms, DAY_MS)),
+    }
 
 
 async def create_topics(config: Config) -> TopicsReport:

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from processor.batching import produce_batch
 from processor.config import Config
 from processor.kafka_clients import read_to_end
-from processor.topics import all_topics
+from processor.topics import output_topics
 from tests.deliveries import Delivery
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ async def produce_raw(config: Config, deliveries: list[Delivery]) -> None:
 
 async def read_outputs(config: Config, expected: int, *, settle_s: float = 1.0) -> list[Output]:
     """Every record in the output topics once `expected` arrived and `settle_s` brought no more."""
-    outputs = [t for t in all_topics(config) if t != config.topics.raw]
+    outputs = output_topics(config)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=config.kafka.bootstrap_servers, enable_auto_commit=False
     )
@@ -92,7 +92,7 @@ async def read_outputs(config: Config, expected: int, *, settle_s: float = 1.0) 
 
 async def read_all_outputs(config: Config) -> list[Output]:
     """Every record the output topics hold now: read from the start to the end offsets."""
-    outputs = [t for t in all_topics(config) if t != config.topics.raw]
+    outputs = output_topics(config)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=config.kafka.bootstrap_servers, enable_auto_commit=False
     )
@@ -176,8 +176,7 @@ async def count_outputs(config: Config) -> int:
         await consumer._client.force_metadata_update()
         partitions = [
             TopicPartition(t, p)
-            for t in all_topics(config)
-            if t != config.topics.raw
+            for t in output_topics(config)
             for p in consumer.partitions_for_topic(t) or ()
         ]
         ends = await consumer.end_offsets(partitions)

@@ -8,6 +8,7 @@ from processor.config.load import ENV_PREFIX, load_config
 from processor.config.model import (
     HEADROOM_BYTES,
     Config,
+    DedupConfig,
     IngressConfig,
     KafkaConfig,
     LoggingConfig,
@@ -21,6 +22,7 @@ __all__ = [
     "ENV_PREFIX",
     "HEADROOM_BYTES",
     "Config",
+    "DedupConfig",
     "IngressConfig",
     "KafkaConfig",
     "LoggingConfig",

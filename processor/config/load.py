@@ -174,7 +174,7 @@ def _check(config: Config, source: str) -> None:
                 f"{source}: worker.group_instance_id {instance!r} must be a non-empty name; "
                 "the only placeholder it may use is {hostname}"
             )
-    for key in ("raw", "unrouted", "dlq"):
+    for key in ("raw", "unrouted", "dlq", "dedup"):
         name = getattr(config.topics, key)
         _refuse_illegal(source, f"topics.{key}", name, name)
     _check_routes(config.routing, source)

@@ -16,6 +16,7 @@ __all__ = [
     "HEADROOM_BYTES",
     "SECTIONS",
     "Config",
+    "DedupConfig",
     "IngressConfig",
     "KafkaConfig",
     "LoggingConfig",
@@ -65,6 +66,8 @@ class TopicsConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     raw: str = "webhooks.raw"
     unrouted: str = "webhooks.unrouted"
     dlq: str = "webhooks.dlq"
+    # The dedup changelog: remembered delivery ids, per raw partition (compacted).
+    dedup: str = "webhooks.dedup"
     # Partitions bound the number of useful workers: one partition feeds one worker.
     partitions: PositiveInt = 6
     replication_factor: PositiveInt = 1
@@ -129,10 +132,24 @@ class RoutingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
         return resolved
 
 
+class DedupConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Provider retries recognised by delivery id and not routed again."""
+
+    enabled: bool = True
+    # How long an id is remembered: 4 days. The provider does not document its retry
+    # schedule; senders retry for up to ~28 h (Svix) and the Standard Webhooks example
+    # schedule runs ~76 h, and a shorter window lets the late retries through.
+    window_s: PositiveInt = 345_600
+
+
 class WorkerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The consumer group that routes `webhooks.raw`."""
 
     group_id: str = "processor-workers"
+    # at_least_once: outputs, dedup changelog, then offsets, each after the last is
+    # acknowledged (a crash may write a batch twice). exactly_once: all three in one
+    # Kafka transaction per raw partition (subscribers read with read_committed).
+    guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     # Static membership (Kubernetes: the pod name): a restarted pod gets its partitions
     # back without a rebalance if it returns within session_timeout_ms. `{hostname}` is
     # replaced by the host name, stable across restarts of one container.
@@ -211,6 +228,7 @@ class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     kafka: KafkaConfig = msgspec.field(default_factory=KafkaConfig)
     topics: TopicsConfig = msgspec.field(default_factory=TopicsConfig)
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
+    dedup: DedupConfig = msgspec.field(default_factory=DedupConfig)
     worker: WorkerConfig = msgspec.field(default_factory=WorkerConfig)
     ingress: IngressConfig = msgspec.field(default_factory=IngressConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
@@ -220,6 +238,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "kafka": KafkaConfig,
     "topics": TopicsConfig,
     "routing": RoutingConfig,
+    "dedup": DedupConfig,
     "worker": WorkerConfig,
     "ingress": IngressConfig,
     "logging": LoggingConfig,

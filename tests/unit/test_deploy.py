@@ -393,6 +393,8 @@ def test_kafka_topics_are_exactly_the_configured_topics(
         assert settings["max.message.bytes"] == wanted, name
         assert settings["min.insync.replicas"] == "2", name
         assert config.topics.configs.items() <= settings.items(), name
+        if name == config.topics.dedup:
+            assert topic_configs(config, name).items() <= settings.items(), name
 
 
 def test_kafka_topics_are_strimzi_resources_with_valid_names(
