@@ -129,6 +129,7 @@ class Outgoing:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]]  # a list: aiokafka's C batch builder takes no other
+    partition: int | None = None  # by key
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,8 @@ class OutgoingRecord(Protocol):
     def value(self) -> bytes | None: ...
     @property
     def headers(self) -> list[tuple[str, bytes]]: ...  # a list: aiokafka's C builder takes no other
+    @property
+    def partition(self) -> int | None: ...  # None: by key, as the Java client would
 
 
 class BatchBuilder(Protocol):
@@ -77,8 +79,9 @@ async def produce_batch(
 ) -> list[asyncio.Future[Any]]:
     """Submit `records` in order and return one future per submitted Kafka batch.
 
-    Every future must complete before the source offsets may be committed. Records
-    without a key are spread round-robin over the topic's partitions.
+    Every future must complete before the source offsets may be committed. A record
+    goes to its `partition` when it names one, else by key; records without either are
+    spread round-robin over the topic's partitions.
     """
     grouped: dict[tuple[str, int], list[OutgoingRecord]] = {}
     partition_counts: dict[str, int] = {}
@@ -89,12 +92,14 @@ async def produce_batch(
             count = partition_counts[record.topic] = len(
                 await producer.partitions_for(record.topic)
             )
-        if record.key is None:
-            turn = unkeyed.get(record.topic, 0)
-            unkeyed[record.topic] = turn + 1
-            partition = turn % count
-        else:
-            partition = _partition_for(record.key, count)
+        partition = record.partition
+        if partition is None:
+            if record.key is None:
+                turn = unkeyed.get(record.topic, 0)
+                unkeyed[record.topic] = turn + 1
+                partition = turn % count
+            else:
+                partition = _partition_for(record.key, count)
         grouped.setdefault((record.topic, partition), []).append(record)
 
     futures: list[asyncio.Future[Any]] = []

@@ -27,7 +27,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol
 
 from aiokafka import TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
+from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError, ProducerFenced
 
 from processor.batching import BatchProducer, OutgoingRecord, produce_batch
 
@@ -43,12 +43,25 @@ __all__ = [
 
 
 class ProduceFailed(Exception):
-    """Kafka did not acknowledge every output and state write in time; nothing of the
-    batch is committed. Rewind to its first offsets and try again."""
+    """Kafka did not take every output and state write in time; nothing of the batch is
+    committed, or (exactly once) nothing of the partitions in `failed`. Rewind those to
+    their first offsets and try again, except partitions another worker has fenced."""
 
-    def __init__(self, cause: BaseException) -> None:
+    def __init__(
+        self, cause: BaseException, *, failed: Mapping[TopicPartition, BaseException] | None = None
+    ) -> None:
         super().__init__(repr(cause))
         self.cause = cause
+        # None: the whole batch failed; else each failed partition and why.
+        self.failed = failed
+
+    def failed_partitions(self, batch: Collection[TopicPartition]) -> set[TopicPartition]:
+        """The partitions of `batch` whose records were not committed."""
+        return set(batch) if self.failed is None else set(self.failed) & set(batch)
+
+    def fenced(self, partition: TopicPartition) -> bool:
+        """Another worker owns `partition` now: its records are not this worker's to retry."""
+        return self.failed is not None and isinstance(self.failed.get(partition), ProducerFenced)
 
     @property
     def needs_a_human(self) -> bool:

@@ -87,6 +87,8 @@ def worker_consumer_options(config: Config) -> dict[str, Any]:
         "enable_auto_commit": False,
         # Nothing written before the first worker ever ran is skipped.
         "auto_offset_reset": "earliest",
+        # A raw record some transactional producer aborted (a replay, say) is not routed.
+        "isolation_level": "read_committed",
         "max_poll_interval_ms": config.worker.max_poll_interval_ms,
         "session_timeout_ms": config.worker.session_timeout_ms,
         "heartbeat_interval_ms": config.worker.heartbeat_interval_ms,

@@ -76,13 +76,31 @@ class WorkerMetrics:
         self.registry = _process_registry()
         records = Counter(
             "processor_worker_records",
-            "Records routed and committed, by outcome (routed, unrouted, dlq).",
+            "Records read and committed, by outcome: routed, unrouted, dlq, or duplicate "
+            "(a provider retry of a delivery already routed: not produced again).",
             ["outcome"],
             registry=self.registry,
         )
         # Every child resolved up front: a batch costs a few inc() calls, and each
         # outcome is exported (as 0) before its first record, so rate() works from the start.
-        self._records = {outcome: records.labels(outcome=outcome) for outcome in OUTCOMES}
+        self._records = {
+            outcome: records.labels(outcome=outcome) for outcome in (*OUTCOMES, "duplicate")
+        }
+        self._conflicts = Counter(
+            "processor_worker_dedup_conflicts",
+            "Deliveries whose id was routed before with other bytes (routed again).",
+            registry=self.registry,
+        )
+        self._remembered = Gauge(
+            "processor_worker_dedup_ids",
+            "Delivery ids remembered for dedup, over the partitions this worker owns.",
+            registry=self.registry,
+        )
+        self._remembered_bytes = Gauge(
+            "processor_worker_dedup_bytes",
+            "Memory held by the remembered delivery ids.",
+            registry=self.registry,
+        )
         self._batches = Counter(
             "processor_worker_batches",
             "Batches routed, produced and committed.",
@@ -110,13 +128,22 @@ class WorkerMetrics:
             registry=self.registry,
         )
 
-    def count_batch(self, outcomes: Mapping[str, int], *, seconds: float) -> None:
-        """A committed batch: records by outcome, and `seconds` from fetch to commit."""
+    def count_batch(
+        self, outcomes: Mapping[str, int], *, seconds: float | None, conflicts: int = 0
+    ) -> None:
+        """A committed batch (or the committed part of one): records by outcome, dedup
+        conflicts, and `seconds` from fetch to commit when all of it was committed."""
         for outcome, counter in self._records.items():
             counter.inc(outcomes.get(outcome, 0))
+        self._conflicts.inc(conflicts)
         self._batches.inc()
-        self._batch_seconds.observe(seconds)
+        if seconds is not None:
+            self._batch_seconds.observe(seconds)
         self._last_commit.set_to_current_time()
+
+    def set_remembered(self, ids: int, nbytes: int) -> None:
+        self._remembered.set(ids)
+        self._remembered_bytes.set(nbytes)
 
 
 def render(registry: CollectorRegistry) -> tuple[bytes, str]:

@@ -36,6 +36,7 @@ class RawRecord(NamedTuple):
     key: bytes
     value: bytes
     headers: list[tuple[str, bytes]]
+    partition: int | None = None  # None: by key
 
 
 class NotReady(Exception):

@@ -99,6 +99,7 @@ class Routed(msgspec.Struct, frozen=True, gc=False):
     outcome: Outcome
     delivery_id: str | None
     error: str | None  # for dlq: the error message, for logs
+    partition: None = None  # by key (processor.batching)
 
 
 @dataclass(frozen=True, slots=True)

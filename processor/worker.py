@@ -28,25 +28,25 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, Protocol, TypeAlias
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from processor import unreadable
-from processor.checkpoint import AtLeastOnce, CommitFailed, Guarantee, ProduceFailed
+from processor.changelog import KafkaChangelog
+from processor.checkpoint import CommitFailed, Guarantee, ProduceFailed
 from processor.config import Config
-from processor.connectivity import Connectivity
+from processor.dedup import Dedup, Screened
 from processor.kafka_clients import (
     connect,
     group_instance_id,
     require_topics,
     wait_until_reachable,
-    worker_consumer_options,
-    worker_producer_options,
 )
 from processor.metrics import WorkerMetrics
 from processor.routing import Routed, Router
 from processor.shutdown import stop_on_signals
 from processor.topics import all_topics
+from processor.worker_clients import kafka_parts
 from processor.worker_http import serve_health_and_metrics
 
 __all__ = ["Consumer", "Worker", "run_worker"]
@@ -85,35 +85,28 @@ class Worker:
         metrics: WorkerMetrics | None = None,
         consumer: Consumer | None = None,
         guarantee: Guarantee | None = None,
+        dedup: Dedup | None = None,
     ) -> None:
+        """Without `consumer` and `guarantee`, the worker makes its Kafka clients from
+        `config` (processor.worker_clients), dedup's included; given parts are used as
+        they are, and dedup is then on only when given."""
         self._config = config
         self._metrics = WorkerMetrics() if metrics is None else metrics
         self._router = Router(routing=config.routing, topics=config.topics)
         # A record aiokafka cannot read reaches the router marked, to be parked.
         unreadable.install()
-        connectivity = Connectivity(
-            bootstrap=config.kafka.bootstrap_servers, registry=self._metrics.registry
-        )
         # Clients made here wait for the cluster at start; given ones are the caller's.
         self._reach: Callable[[], Awaitable[None]] = _nothing
+        self._changelog: KafkaChangelog | None = None
         if consumer is None or guarantee is None:
+            parts = kafka_parts(config, self._metrics)
+            consumer, guarantee = parts.consumer, parts.guarantee
+            dedup, self._changelog = parts.dedup, parts.changelog
             self._reach = functools.partial(wait_until_reachable, config.kafka)
-        if consumer is None:
-            kafka_consumer = AIOKafkaConsumer(**worker_consumer_options(config))
-            connectivity.watch(kafka_consumer._client)
-            consumer = kafka_consumer
-        if guarantee is None:
-            producer = AIOKafkaProducer(**worker_producer_options(config))
-            connectivity.watch(producer.client)
-            guarantee = AtLeastOnce(
-                producer=producer,
-                consumer=consumer,
-                produce_timeout_s=config.worker.produce_timeout_s,
-                commit_timeout_s=config.worker.commit_timeout_s,
-            )
-        self._consumer = consumer
-        self._guarantee = guarantee
-        # Held while a batch is between fetch and commit; a revoke waits for it.
+        self._consumer: Consumer = consumer
+        self._guarantee: Guarantee = guarantee
+        self._dedup = dedup
+        # Held while a batch is between fetch and commit; a rebalance waits for it.
         self._in_flight = asyncio.Lock()
         self._backoff = config.worker.retry_backoff_s
         self._failed_attempts = 0  # consecutive failed produces of the batch being retried
@@ -185,6 +178,8 @@ class Worker:
             await self._reach()
             await self._guarantee.start()
             await self._consumer.start()
+            if self._changelog is not None:
+                await self._changelog.start()
             # Every destination must exist, or the first batch for it would stall.
             require_topics(
                 await self._consumer.topics(),
@@ -198,7 +193,9 @@ class Worker:
         # Subscribing after start: start() would otherwise also wait for the assignment.
         self._consumer.subscribe(
             [self._config.topics.raw],
-            listener=_Rebalance(in_flight=self._in_flight, guarantee=self._guarantee),
+            listener=_Rebalance(
+                in_flight=self._in_flight, guarantee=self._guarantee, dedup=self._dedup
+            ),
         )
         worker = self._config.worker
         log.info(
@@ -223,40 +220,85 @@ class Worker:
             async with asyncio.timeout(self._config.worker.shutdown_timeout_s):
                 await self._consumer.stop()
                 await self._guarantee.stop()
+                if self._changelog is not None:
+                    await self._changelog.stop()
         except (TimeoutError, KafkaError) as exc:
             log.warning("worker.close_failed", error=repr(exc))
         log.info("worker.stopped", group_id=self._config.worker.group_id)
 
     async def _process(self, batch: Batch, fetched_at: float) -> bool:
-        """Route `batch` and commit it; False when it was rewound to be retried."""
+        """Route `batch` and commit it; False when some of it was rewound to be retried."""
         route = self._router.route
+        dedup = self._dedup
         checkpoint = self._guarantee.begin()
         routed: dict[TopicPartition, list[Routed]] = {}
+        screened: dict[TopicPartition, Screened] = {}
         for partition, records in batch.items():
-            routed[partition] = [route(record) for record in records]
-            checkpoint.produce(partition, routed[partition])
+            routed[partition] = results = [route(record) for record in records]
+            if dedup is None:
+                checkpoint.produce(partition, results)
+                continue
+            screened[partition] = kept = dedup.screen(partition, results)
+            checkpoint.produce(partition, kept.outputs)
+            checkpoint.add_state(partition, kept.changelog)
         offsets = {partition: records[-1].offset + 1 for partition, records in batch.items()}
-        count = sum(len(records) for records in batch.values())
         try:
             await checkpoint.commit(offsets)
         except ProduceFailed as failure:
             await checkpoint.abort()
-            self._produce_failed(failure, records=count)
-            self._rewind(batch)
-            return False
+            failed = failure.failed_partitions(batch)
+            self._produce_failed(failure, records=sum(len(batch[tp]) for tp in failed))
+            retried = {tp for tp in failed if not failure.fenced(tp)}
+            self._rewind({tp: batch[tp] for tp in retried})
+            self._done({tp: batch[tp] for tp in batch if tp not in failed}, routed, screened)
+            return not retried
         except CommitFailed as failure:
             # The outputs are written; the next owner re-routes the batch (duplicates).
             self._metrics.commit_failures.inc()
-            log.warning("batch.commit_failed", error=repr(failure.cause), records=count)
-            return True
-        if self._failed_attempts:
-            log.info("batch.produce_recovered", failed_attempts=self._failed_attempts)
-            self._failed_attempts = 0
-        self._backoff = self._config.worker.retry_backoff_s
-        outcomes: Counter[str] = Counter(r.outcome for results in routed.values() for r in results)
-        self._metrics.count_batch(outcomes, seconds=time.perf_counter() - fetched_at)
-        self._log_batch(batch, routed, outcomes)
+            log.warning("batch.commit_failed", error=repr(failure.cause), records=len(batch))
+        else:
+            if self._failed_attempts:
+                log.info("batch.produce_recovered", failed_attempts=self._failed_attempts)
+                self._failed_attempts = 0
+            self._backoff = self._config.worker.retry_backoff_s
+        self._done(batch, routed, screened, fetched_at=fetched_at)
         return True
+
+    def _done(
+        self,
+        batch: Batch,
+        routed: Mapping[TopicPartition, list[Routed]],
+        screened: Mapping[TopicPartition, Screened],
+        *,
+        fetched_at: float | None = None,
+    ) -> None:
+        """What of `batch` is in Kafka now: remember its ids, count it, log it."""
+        if not batch:
+            return
+        outcomes: Counter[str] = Counter()
+        conflicts: list[Routed] = []
+        for partition in batch:
+            kept = screened.get(partition)
+            if kept is None or self._dedup is None:
+                outcomes.update(r.outcome for r in routed[partition])
+                continue
+            self._dedup.remember(partition, kept)
+            outcomes.update(r.outcome for r in kept.outputs)
+            outcomes["duplicate"] += kept.duplicates
+            conflicts += kept.conflicts
+        seconds = None if fetched_at is None else time.perf_counter() - fetched_at
+        self._metrics.count_batch(outcomes, seconds=seconds, conflicts=len(conflicts))
+        if self._dedup is not None:
+            self._metrics.set_remembered(self._dedup.remembered, self._dedup.nbytes)
+        for conflict in conflicts:
+            log.warning(
+                "delivery.conflict",
+                delivery_id=conflict.delivery_id,
+                topic=conflict.topic,
+                detail="this delivery id was routed before with other bytes: not a retry, "
+                "so it is routed again; subscribers get both versions",
+            )
+        self._log_batch(batch, routed, outcomes)
 
     def _produce_failed(self, failure: ProduceFailed, *, records: int) -> None:
         """Count every failed attempt; report a streak of them once. Kafka being away is
@@ -300,6 +342,7 @@ class Worker:
             routed=outcomes["routed"],
             unrouted=outcomes["unrouted"],
             dlq=outcomes["dlq"],
+            duplicate=outcomes["duplicate"],
             partitions={
                 f"{tp.topic}/{tp.partition}": recs[-1].offset for tp, recs in batch.items()
             },
@@ -307,21 +350,32 @@ class Worker:
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Partitions are given away only after the batch in flight is committed, and the
-    guarantee sets up and tears down what it keeps per partition."""
+    """Partitions are given away only after the batch in flight is committed; the
+    guarantee and dedup set up and tear down what they keep per partition."""
 
-    def __init__(self, *, in_flight: asyncio.Lock, guarantee: Guarantee) -> None:
+    def __init__(
+        self, *, in_flight: asyncio.Lock, guarantee: Guarantee, dedup: Dedup | None
+    ) -> None:
         self._in_flight = in_flight
         self._guarantee = guarantee
+        self._dedup = dedup
 
     async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
         async with self._in_flight:
             await self._guarantee.revoked(revoked)
+            if self._dedup is not None:
+                self._dedup.revoked(revoked)
             if revoked:  # aiokafka also calls this, with nothing, before the first join
                 log.info("partitions.revoked", partitions=_names(revoked))
 
     async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
-        await self._guarantee.assigned(assigned)
+        # Under the batch lock: a batch fetched meanwhile waits for the restore.
+        async with self._in_flight:
+            # Exactly once: fencing the previous owners first means what is restored
+            # next is all they will ever have committed.
+            await self._guarantee.assigned(assigned)
+            if self._dedup is not None:
+                await self._dedup.assigned(assigned)
         log.info("partitions.assigned", partitions=_names(assigned))
 
 

@@ -116,7 +116,11 @@ def config(kafka_bootstrap: str) -> Config:
         base,
         kafka=KafkaConfig(bootstrap_servers=kafka_bootstrap),
         topics=TopicsConfig(
-            raw=unique("raw"), unrouted=unique("unrouted"), dlq=unique("dlq"), partitions=3
+            raw=unique("raw"),
+            unrouted=unique("unrouted"),
+            dlq=unique("dlq"),
+            dedup=unique("dedup"),
+            partitions=3,
         ),
         routing=msgspec.structs.replace(
             base.routing, routes={"integration": unique("status") + ".{status}"}

@@ -42,6 +42,7 @@ class RawRecord:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    partition: int | None = None
 
 
 async def produce_raw(config: Config, deliveries: list[Delivery]) -> None:
@@ -152,6 +153,7 @@ def worker_env(config: Config) -> dict[str, str]:
         "PROCESSOR_TOPICS__RAW": config.topics.raw,
         "PROCESSOR_TOPICS__UNROUTED": config.topics.unrouted,
         "PROCESSOR_TOPICS__DLQ": config.topics.dlq,
+        "PROCESSOR_TOPICS__DEDUP": config.topics.dedup,
         "PROCESSOR_ROUTING__ROUTES": f"{{integration: '{config.routing.routes['integration']}'}}",
         "PROCESSOR_WORKER__GROUP_ID": config.worker.group_id,
         "PROCESSOR_WORKER__MAX_BATCH_RECORDS": str(BATCH),

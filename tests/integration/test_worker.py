@@ -227,7 +227,7 @@ async def test_metrics_port_answers_healthz_and_counts_each_committed_outcome(
             while sum((records := await records_by_outcome(session)).values()) < len(stream):
                 await asyncio.sleep(0.2)
 
-    assert records == {"routed": 4, "unrouted": 1, "dlq": 1}
+    assert records == {"routed": 4, "unrouted": 1, "dlq": 1, "duplicate": 0}
     worker.send_signal(signal.SIGTERM)
     code = await wait_exit(worker, config.worker.shutdown_timeout_s)
     assert code == 0, (tmp_path / "worker0.log").read_text()

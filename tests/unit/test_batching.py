@@ -21,6 +21,7 @@ class Out(NamedTuple):
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]]
+    partition: int | None = None
 
 
 def out(value: str, *, topic: str = "out", key: bytes | None = b"k") -> Out:
@@ -215,3 +216,12 @@ async def test_aiokafkas_producer_offers_what_produce_batch_uses() -> None:
         assert batch.append(key=None, value=b"", timestamp=None, headers=[]) is None
     finally:
         await producer.stop()
+
+
+async def test_a_record_naming_its_partition_goes_there_whatever_its_key() -> None:
+    producer = FakeBatchProducer(partitions={"out": 6})
+    records = [Out("out", b"k", b"a", [], partition=4), Out("out", None, b"b", [], partition=0)]
+
+    await produce_batch(producer, records)
+
+    assert producer.where() == [("out", 4, [b"a"]), ("out", 0, [b"b"])]

@@ -1,0 +1,61 @@
+"""Reading the dedup changelog back: a consumer of its own, no group, read_committed.
+
+Only what a transaction committed (or an at-least-once worker wrote) is restored:
+an aborted exactly-once batch leaves no remembered id behind.
+"""
+
+from __future__ import annotations
+
+from array import array
+from typing import Final
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from processor.config import Config
+from processor.dedup import Restored
+from processor.kafka_clients import client_options, read_to_end
+
+__all__ = ["KafkaChangelog"]
+
+# A changelog record is ~70 bytes on the wire: big fetches make the restore fast.
+FETCH_BYTES: Final = 8 * 1024 * 1024
+_VALUE_BYTES: Final = 12
+
+
+class KafkaChangelog:
+    """The changelog's partitions, each read from its start to its end on request."""
+
+    def __init__(self, config: Config) -> None:
+        self._topic = config.topics.dedup
+        self.consumer = AIOKafkaConsumer(
+            **client_options(config.kafka),
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            max_partition_fetch_bytes=FETCH_BYTES,
+            fetch_max_bytes=FETCH_BYTES,
+        )
+
+    async def start(self) -> None:
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+
+    async def read(self, partition: int) -> Restored:
+        tp = TopicPartition(self._topic, partition)
+        self.consumer.assign([tp])
+        await self.consumer.seek_to_beginning(tp)
+        hashes = bytearray()
+        prints = bytearray()
+        seen_at = array("I")
+        async for _, records in read_to_end(self.consumer, [tp]):
+            for record in records:
+                value = record.value
+                if value is None or len(value) != _VALUE_BYTES:
+                    continue  # not written by a worker: nothing to restore
+                hashes += value[:8]
+                prints += value[8:]
+                seen_at.append(record.timestamp // 1000)
+        if seen_at.itemsize != 4:
+            raise RuntimeError("array('I') must be 4 bytes on this platform")
+        return Restored(bytes(hashes), bytes(prints), seen_at.tobytes())

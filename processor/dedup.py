@@ -1,0 +1,192 @@
+"""Provider retries recognised by delivery id and routed once; state per raw partition.
+
+A delivery and its retries carry the same `id` and `data.uid`, so they land on the
+same raw partition: each partition the worker owns has an IdWindow of the ids routed
+from it within `dedup.window_s`. For each valid delivery of a batch (routed or
+unrouted; a DLQ record's id cannot be trusted, so it is never screened):
+
+- an id not seen in the window is produced, and remembered once its record is
+  acknowledged: never suppress a delivery whose first copy is not in Kafka;
+- the same id with the same bytes is a retry: not produced anywhere, counted;
+- the same id with other bytes is not a retry: it is produced, counted and logged as
+  a conflict, and remembered with its new bytes.
+
+What is remembered also goes to the changelog topic (`topics.dedup`, compacted), one
+record per id on the raw partition's number: key = the id, value = its 64-bit hash
+and 32-bit fingerprint (little-endian), timestamp = when it was remembered. A worker
+that is assigned a partition restores its ids from there before routing any of its
+records (`assigned`, from the rebalance listener).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Final, NamedTuple, Protocol
+
+import structlog
+from aiokafka import TopicPartition
+
+from processor.idwindow import IdWindow, fingerprint, id_hash
+from processor.routing import Routed
+
+__all__ = ["ChangelogReader", "ChangelogRecord", "Dedup", "Restored", "Screened", "pack_entry"]
+
+log = structlog.get_logger(__name__)
+
+_ENTRY: Final = struct.Struct("<QI")
+# Eviction of expired ids runs at most this often per partition; ids expire by the day.
+EVICT_EVERY_S: Final = 60.0
+
+
+def pack_entry(id_hash_: int, fingerprint_: int) -> bytes:
+    """A changelog record's value."""
+    return _ENTRY.pack(id_hash_, fingerprint_)
+
+
+class ChangelogRecord(NamedTuple):
+    """One remembered id, as produce_batch takes it: to the raw partition's number."""
+
+    topic: str
+    partition: int
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+class Restored(NamedTuple):
+    """A partition's changelog, packed as IdWindow.restore takes it."""
+
+    id_hashes: bytes
+    fingerprints: bytes
+    seen_at: bytes
+
+    def __len__(self) -> int:
+        return len(self.id_hashes) // 8
+
+
+class ChangelogReader(Protocol):
+    """Reads a partition of the changelog from its start to its end (read_committed)."""
+
+    async def read(self, partition: int) -> Restored: ...
+
+
+@dataclass
+class Screened:
+    """One raw partition's share of a batch after screening."""
+
+    outputs: list[Routed] = field(default_factory=list)
+    changelog: list[ChangelogRecord] = field(default_factory=list)
+    duplicates: int = 0
+    conflicts: list[Routed] = field(default_factory=list)
+    # Ids to remember once the outputs are durable.
+    hashes: list[int] = field(default_factory=list)
+    fingerprints: list[int] = field(default_factory=list)
+
+
+class Dedup:
+    """The remembered ids of every raw partition this worker owns."""
+
+    def __init__(
+        self,
+        *,
+        topic: str,
+        window_s: float,
+        reader: ChangelogReader,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._topic = topic
+        self._window_s = window_s
+        self._reader = reader
+        self._clock = clock
+        self._windows: dict[TopicPartition, IdWindow] = {}
+        self._evicted_at: dict[TopicPartition, float] = {}
+
+    @property
+    def remembered(self) -> int:
+        return sum(len(window) for window in self._windows.values())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(window.nbytes for window in self._windows.values())
+
+    async def assigned(self, partitions: Collection[TopicPartition]) -> None:
+        """Restore each partition's ids from the changelog; call before routing its records."""
+        for partition in sorted(partitions):
+            started = time.perf_counter()
+            restored = await self._reader.read(partition.partition)
+            window = IdWindow(window_s=self._window_s)
+            window.restore(*restored)
+            now = self._clock()
+            window.evict(now)
+            self._windows[partition] = window
+            self._evicted_at[partition] = now
+            seconds = time.perf_counter() - started
+            log.info(
+                "dedup.restored",
+                topic=partition.topic,
+                partition=partition.partition,
+                changelog_records=len(restored),
+                remembered=len(window),
+                seconds=round(seconds, 3),
+            )
+
+    def revoked(self, partitions: Collection[TopicPartition]) -> None:
+        for partition in partitions:
+            self._windows.pop(partition, None)
+            self._evicted_at.pop(partition, None)
+
+    def owns(self, partition: TopicPartition) -> bool:
+        return partition in self._windows
+
+    def screen(self, partition: TopicPartition, routed: Sequence[Routed]) -> Screened:
+        """Split `routed` (one partition's records, in order) into what to produce and
+        what to remember; a retry within the batch itself is a duplicate too."""
+        window = self._windows[partition]
+        screened = Screened()
+        # None for what is not screened (DLQ records), the id's hash for the rest.
+        hashes = [
+            None if r.outcome == "dlq" or r.delivery_id is None else id_hash(r.delivery_id)
+            for r in routed
+        ]
+        screenable = [key for key in hashes if key is not None]
+        known = dict(zip(screenable, window.lookup_many(screenable, self._clock()), strict=True))
+        pending: dict[int, int] = {}  # ids of this batch to remember -> their fingerprint
+        for record, key in zip(routed, hashes, strict=True):
+            if key is None or record.delivery_id is None:
+                screened.outputs.append(record)
+                continue
+            print_ = fingerprint(record.value or b"")
+            seen = pending.get(key, known[key])
+            if seen == print_:
+                screened.duplicates += 1
+                continue
+            if seen is not None:
+                screened.conflicts.append(record)
+            pending[key] = print_
+            screened.outputs.append(record)
+            screened.changelog.append(
+                ChangelogRecord(
+                    self._topic,
+                    partition.partition,
+                    record.delivery_id.encode(),
+                    pack_entry(key, print_),
+                    [],
+                )
+            )
+        screened.hashes = list(pending)
+        screened.fingerprints = list(pending.values())
+        return screened
+
+    def remember(self, partition: TopicPartition, screened: Screened) -> None:
+        """The screened ids are durable in Kafka now: remember them."""
+        window = self._windows.get(partition)
+        if window is None:  # revoked meanwhile: the next owner restores them
+            return
+        now = self._clock()
+        window.remember(screened.hashes, screened.fingerprints, now)
+        if now - self._evicted_at[partition] >= EVICT_EVERY_S:
+            window.evict(now)
+            self._evicted_at[partition] = now

@@ -1,0 +1,182 @@
+"""Exactly once: a batch's outputs, dedup changelog and offsets in one Kafka transaction
+per raw partition. Subscribers that read with isolation_level="read_committed" see
+each of them once or not at all.
+
+Why a transactional producer per raw partition, not one per worker: aiokafka's
+`send_offsets_to_transaction(offsets, group_id)` sends no consumer-group generation
+(it predates KIP-447), so the broker cannot tell a worker that lost its partitions
+(a long pause, a network partition) from their owner, and such a zombie could still
+commit. With a transactional id per (group, topic, partition), the next owner's
+`init_transactions` (in `start`) fences the previous one: the zombie's commit fails
+with ProducerFenced and nothing of its batch becomes visible.
+
+Known aiokafka transaction issues this shape avoids: a rebalance during a transaction
+(aiokafka#844) cannot happen, since a revoke waits for the batch in flight and no
+transaction is open between batches; concurrent offset commits on one producer
+(aiokafka#1098, a KeyError in TxnOffsetCommitHandler) cannot happen, since each
+producer runs one transaction at a time; the transaction coordinator moving
+(aiokafka#1134, #1151) is fixed in the 0.14 this project pins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Protocol
+
+import structlog
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError, ProducerFenced
+
+from processor.batching import OutgoingRecord, produce_batch
+from processor.checkpoint import ProduceFailed, Producer
+
+__all__ = ["ExactlyOnce", "TransactionalProducer", "transactional_id"]
+
+log = structlog.get_logger(__name__)
+
+
+class TransactionalProducer(Producer, Protocol):
+    """What a transaction needs of a producer: aiokafka's, with a transactional_id."""
+
+    async def begin_transaction(self) -> None: ...
+    async def commit_transaction(self) -> None: ...
+    async def abort_transaction(self) -> None: ...
+    async def send_offsets_to_transaction(
+        self, offsets: Mapping[TopicPartition, int], group_id: str
+    ) -> None: ...
+
+
+def transactional_id(group_id: str, partition: TopicPartition) -> str:
+    """One id per raw partition of a group: whoever owns the partition next fences the
+    previous owner by starting a producer with the same id."""
+    return f"{group_id}.{partition.topic}.{partition.partition}"
+
+
+class ExactlyOnce:
+    """A transactional producer per assigned raw partition; one transaction per batch each."""
+
+    def __init__(
+        self,
+        *,
+        group_id: str,
+        producer_for: Callable[[str], TransactionalProducer],
+        produce_timeout_s: float,
+    ) -> None:
+        self._group_id = group_id
+        self._producer_for = producer_for
+        self._produce_timeout_s = produce_timeout_s
+        self._producers: dict[TopicPartition, TransactionalProducer] = {}
+
+    async def start(self) -> None:
+        """Producers start with their partitions (`assigned`)."""
+
+    async def stop(self) -> None:
+        await self.revoked(list(self._producers))
+
+    def begin(self) -> _Transactions:
+        return _Transactions(self)
+
+    async def assigned(self, partitions: Collection[TopicPartition]) -> None:
+        """Start each partition's producer: this fences whoever owned it before."""
+        for partition in partitions:
+            await self._replace(partition)
+
+    async def revoked(self, partitions: Collection[TopicPartition]) -> None:
+        for partition in partitions:
+            producer = self._producers.pop(partition, None)
+            if producer is not None:
+                await producer.stop()
+
+    async def _replace(self, partition: TopicPartition) -> None:
+        """A fresh producer for `partition`: its start aborts what an old one left open."""
+        old = self._producers.pop(partition, None)
+        if old is not None:
+            await old.stop()
+        producer = self._producer_for(transactional_id(self._group_id, partition))
+        await producer.start()
+        self._producers[partition] = producer
+
+    async def _commit(
+        self,
+        partition: TopicPartition,
+        records: Sequence[OutgoingRecord],
+        offset: int,
+    ) -> None:
+        producer = self._producers.get(partition)
+        if producer is None:
+            raise ProducerFenced()  # fenced before: another worker owns it now
+        try:
+            async with asyncio.timeout(self._produce_timeout_s):
+                await producer.begin_transaction()
+                acks = await produce_batch(producer, records)
+                await asyncio.gather(*acks)
+                await producer.send_offsets_to_transaction({partition: offset}, self._group_id)
+                await producer.commit_transaction()
+        except ProducerFenced:
+            # Another worker started this partition's producer: it owns the partition.
+            # Kafka aborted this transaction; no retry may write it.
+            self._producers.pop(partition, None)
+            log.warning(
+                "partition.fenced",
+                topic=partition.topic,
+                partition=partition.partition,
+                detail="another worker owns this partition now (this one was paused or cut "
+                "off past its session); its batch was aborted by Kafka and is routed by the "
+                "new owner. This worker rejoins the group.",
+            )
+            with contextlib.suppress(KafkaError, TimeoutError):
+                async with asyncio.timeout(self._produce_timeout_s):
+                    await producer.stop()
+            raise
+        except Exception:
+            # The transaction may be open or half-ended: a new producer's start aborts it.
+            with contextlib.suppress(KafkaError, TimeoutError):
+                async with asyncio.timeout(self._produce_timeout_s):
+                    await self._replace(partition)
+            raise
+
+
+class _Transactions:
+    """One batch: a transaction per raw partition, committed concurrently."""
+
+    def __init__(self, guarantee: ExactlyOnce) -> None:
+        self._guarantee = guarantee
+        self._staged: dict[TopicPartition, list[Sequence[OutgoingRecord]]] = {}
+
+    def produce(self, partition: TopicPartition, records: Sequence[OutgoingRecord]) -> None:
+        self._staged.setdefault(partition, []).append(records)
+
+    def add_state(self, partition: TopicPartition, records: Sequence[OutgoingRecord]) -> None:
+        self._staged.setdefault(partition, []).append(records)
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        partitions = list(offsets)
+        results = await asyncio.gather(
+            *(
+                self._guarantee._commit(
+                    partition,
+                    list(itertools.chain.from_iterable(self._staged.get(partition, ()))),
+                    offsets[partition],
+                )
+                for partition in partitions
+            ),
+            return_exceptions=True,
+        )
+        failed: dict[TopicPartition, BaseException] = {
+            partition: result
+            for partition, result in zip(partitions, results, strict=True)
+            if isinstance(result, BaseException)
+        }
+        if failed:
+            for result in failed.values():
+                if not isinstance(result, Exception):
+                    raise result  # a cancellation, not a Kafka failure
+            raise ProduceFailed(next(iter(failed.values())), failed=failed)
+
+    async def abort(self) -> None:
+        # Each failed partition's transaction was aborted with its producer; committed
+        # partitions stay committed.
+        self._staged.clear()
