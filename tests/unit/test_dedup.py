@@ -1,0 +1,182 @@
+"""Dedup decisions: a provider retry is counted, not produced; a conflict is routed; an id
+is remembered only once its record is durable, and comes back from the changelog."""
+
+from __future__ import annotations
+
+import pytest
+from aiokafka import TopicPartition
+
+from processor.config import RoutingConfig, TopicsConfig
+from processor.dedup import ChangelogRecord, Dedup, Restored, pack_entry
+from processor.idwindow import fingerprint, id_hash
+from processor.routing import Routed, Router
+from tests.deliveries import integration_event
+from tests.unit.worker_fakes import Record
+
+P0 = TopicPartition("webhooks.raw", 0)
+P1 = TopicPartition("webhooks.raw", 1)
+WINDOW_S = 3600.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Changelog:
+    """What a partition's changelog holds, as the reader hands it back."""
+
+    def __init__(self) -> None:
+        self.entries: dict[int, list[tuple[int, int, int]]] = {}
+
+    def write(self, partition: int, records: list[ChangelogRecord], seen_at: float) -> None:
+        for record in records:
+            hashed = int.from_bytes(record.value[:8], "little")
+            print_ = int.from_bytes(record.value[8:], "little")
+            self.entries.setdefault(partition, []).append((hashed, print_, int(seen_at)))
+
+    async def read(self, partition: int) -> Restored:
+        entries = self.entries.get(partition, [])
+        return Restored(
+            b"".join(h.to_bytes(8, "little") for h, _, _ in entries),
+            b"".join(p.to_bytes(4, "little") for _, p, _ in entries),
+            b"".join(t.to_bytes(4, "little") for _, _, t in entries),
+        )
+
+
+ROUTER = Router(routing=RoutingConfig(), topics=TopicsConfig())
+
+
+def routed(index: int, status: str = "active", *, offset: int = 0) -> Routed:
+    value = integration_event(index=index, uid="user_1", status=status)
+    return ROUTER.route(Record(0, offset, value))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def changelog() -> Changelog:
+    return Changelog()
+
+
+@pytest.fixture
+async def dedup(clock: Clock, changelog: Changelog) -> Dedup:
+    dedup = Dedup(topic="webhooks.dedup", window_s=WINDOW_S, reader=changelog, clock=clock)
+    await dedup.assigned([P0, P1])
+    return dedup
+
+
+async def test_a_retry_after_the_first_copy_is_durable_is_counted_not_produced(
+    dedup: Dedup,
+) -> None:
+    first = dedup.screen(P0, [routed(1)])
+    dedup.remember(P0, first)
+
+    retry = dedup.screen(P0, [routed(1)])
+
+    assert [r.delivery_id for r in first.outputs] == ["whd_00000001"]
+    assert retry.outputs == []
+    assert retry.duplicates == 1
+    assert retry.changelog == []
+
+
+async def test_an_id_is_not_remembered_before_its_record_is_durable(dedup: Dedup) -> None:
+    dedup.screen(P0, [routed(1)])  # produced, but the batch failed: never remembered
+
+    again = dedup.screen(P0, [routed(1)])
+
+    assert [r.delivery_id for r in again.outputs] == ["whd_00000001"]
+    assert again.duplicates == 0
+
+
+async def test_a_retry_within_one_batch_is_a_duplicate_of_its_first_copy(dedup: Dedup) -> None:
+    screened = dedup.screen(P0, [routed(1), routed(2), routed(1)])
+
+    assert [r.delivery_id for r in screened.outputs] == ["whd_00000001", "whd_00000002"]
+    assert screened.duplicates == 1
+    assert [record.key for record in screened.changelog] == [b"whd_00000001", b"whd_00000002"]
+
+
+async def test_the_same_id_with_other_bytes_is_a_conflict_routed_again(dedup: Dedup) -> None:
+    dedup.remember(P0, dedup.screen(P0, [routed(1, "active")]))
+
+    screened = dedup.screen(P0, [routed(1, "COMPLETED")])
+
+    assert [r.topic for r in screened.outputs] == ["integration.status.completed"]
+    assert [r.delivery_id for r in screened.conflicts] == ["whd_00000001"]
+    assert screened.duplicates == 0
+    # Remembered with its new bytes: a retry of the new version is a duplicate.
+    dedup.remember(P0, screened)
+    assert dedup.screen(P0, [routed(1, "COMPLETED")]).duplicates == 1
+
+
+async def test_dead_lettered_records_are_never_screened(dedup: Dedup) -> None:
+    invalid = ROUTER.route(Record(0, 0, b'{"id": "whd_x", "event": "integration.updated"}'))
+    assert invalid.outcome == "dlq"
+
+    first = dedup.screen(P0, [invalid])
+    dedup.remember(P0, first)
+    second = dedup.screen(P0, [invalid])
+
+    assert second.outputs == [invalid]
+    assert (second.duplicates, second.changelog) == (0, [])
+
+
+async def test_ids_are_remembered_per_raw_partition(dedup: Dedup) -> None:
+    dedup.remember(P0, dedup.screen(P0, [routed(1)]))
+
+    assert dedup.screen(P1, [routed(1)]).duplicates == 0
+
+
+async def test_the_changelog_record_is_keyed_by_id_on_the_raw_partitions_number(
+    dedup: Dedup,
+) -> None:
+    (record,) = dedup.screen(P1, [routed(7)]).changelog
+
+    value = integration_event(index=7, uid="user_1", status="active")
+    assert record == ChangelogRecord(
+        "webhooks.dedup",
+        1,
+        b"whd_00000007",
+        pack_entry(id_hash("whd_00000007"), fingerprint(value)),
+        [],
+    )
+
+
+async def test_a_new_owner_restores_the_ids_from_the_changelog(
+    clock: Clock, changelog: Changelog
+) -> None:
+    before = Dedup(topic="webhooks.dedup", window_s=WINDOW_S, reader=changelog, clock=clock)
+    await before.assigned([P0])
+    screened = before.screen(P0, [routed(1), routed(2)])
+    changelog.write(0, screened.changelog, clock.now)
+
+    after = Dedup(topic="webhooks.dedup", window_s=WINDOW_S, reader=changelog, clock=clock)
+    await after.assigned([P0])
+
+    assert after.screen(P0, [routed(2), routed(1), routed(3)]).duplicates == 2
+    assert after.remembered == 2
+
+
+async def test_an_id_older_than_the_window_is_routed_again(dedup: Dedup, clock: Clock) -> None:
+    dedup.remember(P0, dedup.screen(P0, [routed(1)]))
+
+    clock.now += WINDOW_S + 1
+
+    assert dedup.screen(P0, [routed(1)]).duplicates == 0
+
+
+async def test_a_revoked_partitions_ids_are_forgotten(dedup: Dedup) -> None:
+    screened = dedup.screen(P0, [routed(1)])
+    dedup.revoked([P0])
+
+    dedup.remember(P0, screened)  # came back after the revoke: the next owner restores it
+
+    assert not dedup.owns(P0)
+    assert dedup.remembered == 0

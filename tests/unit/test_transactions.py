@@ -1,0 +1,180 @@
+"""Exactly once, step by step, with fake transactional producers: one transaction per raw
+partition holding its outputs, its changelog and its offsets; a failure spoils only its
+own partition; a fenced partition is given up, not retried."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError, ProducerFenced
+
+from processor.checkpoint import ProduceFailed
+from processor.publisher import RawRecord
+from processor.transactions import ExactlyOnce, transactional_id
+from tests.unit.fake_producer import FakeBatchProducer
+
+P0 = TopicPartition("webhooks.raw", 0)
+P1 = TopicPartition("webhooks.raw", 1)
+GROUP = "processor-workers"
+
+
+class TxnProducer(FakeBatchProducer):
+    """Acknowledges every batch at once and records the transaction's steps."""
+
+    def __init__(self, transactional_id: str, journal: list[str]) -> None:
+        super().__init__(partitions={"out": 1, "webhooks.dedup": 2})
+        self.transactional_id = transactional_id
+        self.journal = journal
+        self.fail_commit: BaseException | None = None
+
+    def note(self, step: str) -> None:
+        self.journal.append(f"{self.transactional_id}: {step}")
+
+    async def start(self) -> None:
+        self.note("start")
+
+    async def stop(self) -> None:
+        self.note("stop")
+
+    async def begin_transaction(self) -> None:
+        self.note("begin")
+
+    async def send_batch(self, batch, topic, *, partition):  # type: ignore[no-untyped-def]
+        ack = await super().send_batch(batch, topic, partition=partition)
+        ack.set_result(None)
+        self.note(f"produce {topic}/{partition} {[r.value for r in batch.records]}")
+        return ack
+
+    async def send_offsets_to_transaction(
+        self, offsets: Mapping[TopicPartition, int], group_id: str
+    ) -> None:
+        self.note(f"offsets {dict(offsets)} {group_id}")
+
+    async def commit_transaction(self) -> None:
+        if self.fail_commit is not None:
+            raise self.fail_commit
+        self.note("commit")
+
+    async def abort_transaction(self) -> None:
+        self.note("abort")
+
+
+class Factory:
+    def __init__(self) -> None:
+        self.journal: list[str] = []
+        self.made: list[TxnProducer] = []
+
+    def __call__(self, transactional_id: str) -> TxnProducer:
+        producer = TxnProducer(transactional_id, self.journal)
+        self.made.append(producer)
+        return producer
+
+
+def out(value: bytes) -> RawRecord:
+    return RawRecord("out", b"user_1", value, [])
+
+
+def state(partition: int, value: bytes) -> RawRecord:
+    return RawRecord("webhooks.dedup", b"whd", value, [], partition)
+
+
+@pytest.fixture
+def factory() -> Factory:
+    return Factory()
+
+
+@pytest.fixture
+async def guarantee(factory: Factory) -> ExactlyOnce:
+    guarantee = ExactlyOnce(group_id=GROUP, producer_for=factory, produce_timeout_s=1)
+    await guarantee.assigned([P0, P1])
+    factory.journal.clear()
+    return guarantee
+
+
+def test_the_transactional_id_names_group_topic_and_partition() -> None:
+    assert transactional_id(GROUP, P1) == "processor-workers.webhooks.raw.1"
+
+
+async def test_assignment_starts_a_producer_per_partition_and_revoke_stops_it(
+    factory: Factory,
+) -> None:
+    guarantee = ExactlyOnce(group_id=GROUP, producer_for=factory, produce_timeout_s=1)
+
+    await guarantee.assigned([P0, P1])
+    await guarantee.revoked([P0])
+
+    assert factory.journal == [
+        "processor-workers.webhooks.raw.0: start",
+        "processor-workers.webhooks.raw.1: start",
+        "processor-workers.webhooks.raw.0: stop",
+    ]
+
+
+async def test_a_partitions_outputs_state_and_offsets_go_in_its_own_transaction(
+    guarantee: ExactlyOnce, factory: Factory
+) -> None:
+    checkpoint = guarantee.begin()
+    checkpoint.produce(P0, [out(b"a")])
+    checkpoint.add_state(P0, [state(0, b"id-a")])
+    checkpoint.produce(P1, [out(b"b")])
+
+    await asyncio.wait_for(checkpoint.commit({P0: 5, P1: 9}), 1)
+
+    zero = [line for line in factory.journal if line.startswith("processor-workers.webhooks.raw.0")]
+    assert zero == [
+        "processor-workers.webhooks.raw.0: begin",
+        "processor-workers.webhooks.raw.0: produce out/0 [b'a']",
+        "processor-workers.webhooks.raw.0: produce webhooks.dedup/0 [b'id-a']",
+        f"processor-workers.webhooks.raw.0: offsets {{{P0!r}: 5}} {GROUP}",
+        "processor-workers.webhooks.raw.0: commit",
+    ]
+    one = [line for line in factory.journal if line.startswith("processor-workers.webhooks.raw.1")]
+    assert one[-2:] == [
+        f"processor-workers.webhooks.raw.1: offsets {{{P1!r}: 9}} {GROUP}",
+        "processor-workers.webhooks.raw.1: commit",
+    ]
+
+
+async def test_a_failed_transaction_spoils_only_its_partition_and_gets_a_fresh_producer(
+    guarantee: ExactlyOnce, factory: Factory
+) -> None:
+    factory.made[1].fail_commit = KafkaTimeoutError()
+    checkpoint = guarantee.begin()
+    checkpoint.produce(P0, [out(b"a")])
+    checkpoint.produce(P1, [out(b"b")])
+
+    with pytest.raises(ProduceFailed, match="KafkaTimeoutError") as failed:
+        await asyncio.wait_for(checkpoint.commit({P0: 5, P1: 9}), 1)
+
+    assert failed.value.failed_partitions([P0, P1]) == {P1}
+    assert not failed.value.fenced(P1)
+    assert "processor-workers.webhooks.raw.0: commit" in factory.journal
+    # The old producer is stopped and a new one started: its start aborts what was open.
+    assert factory.journal[-2:] == [
+        "processor-workers.webhooks.raw.1: stop",
+        "processor-workers.webhooks.raw.1: start",
+    ]
+    assert len(factory.made) == 3
+
+
+async def test_a_fenced_partition_is_given_up_and_not_retried(
+    guarantee: ExactlyOnce, factory: Factory
+) -> None:
+    factory.made[0].fail_commit = ProducerFenced()
+    checkpoint = guarantee.begin()
+    checkpoint.produce(P0, [out(b"a")])
+
+    with pytest.raises(ProduceFailed, match="ProducerFenced") as failed:
+        await asyncio.wait_for(checkpoint.commit({P0: 5}), 1)
+    assert failed.value.fenced(P0)
+    assert len(factory.made) == 2, "no new producer: another worker owns the partition"
+
+    again = guarantee.begin()
+    again.produce(P0, [out(b"b")])
+    with pytest.raises(ProduceFailed, match="ProducerFenced") as refused:
+        await asyncio.wait_for(again.commit({P0: 6}), 1)
+    assert refused.value.fenced(P0)
+    assert not any("produce out/0 [b'b']" in line for line in factory.journal)
