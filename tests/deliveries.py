@@ -104,3 +104,20 @@ def mixed_stream(count: int, *, users: int = 50, seed: int = 7) -> list[Delivery
             kind = "dlq"
         stream.append(Delivery(key=uid.encode(), value=value, kind=kind))
     return stream
+
+
+def with_retries(
+    stream: list[Delivery], *, fraction: float = 1 / 3, seed: int = 5
+) -> list[Delivery]:
+    """`stream` as the provider would send it: `fraction` of the valid deliveries sent
+    again once or twice (same key, same bytes), each retry somewhere after its first
+    copy, some soon after it, some much later."""
+    rng = random.Random(seed)
+    placed = [(float(position), delivery) for position, delivery in enumerate(stream)]
+    for position, delivery in enumerate(stream):
+        if delivery.kind == "dlq" or rng.random() >= fraction:
+            continue
+        retries = rng.choice((1, 2))
+        placed.extend((rng.uniform(position + 0.5, len(stream)), delivery) for _ in range(retries))
+    placed.sort(key=lambda item: item[0])
+    return [delivery for _, delivery in placed]

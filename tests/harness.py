@@ -57,7 +57,10 @@ async def read_outputs(config: Config, expected: int, *, settle_s: float = 1.0) 
     """Every record in the output topics once `expected` arrived and `settle_s` brought no more."""
     outputs = output_topics(config)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=config.kafka.bootstrap_servers, enable_auto_commit=False
+        bootstrap_servers=config.kafka.bootstrap_servers,
+        enable_auto_commit=False,
+        # Exactly-once outputs are transactional: an aborted batch must not count.
+        isolation_level="read_committed",
     )
     await consumer.start()
     found: list[Output] = []
@@ -95,7 +98,10 @@ async def read_all_outputs(config: Config) -> list[Output]:
     """Every record the output topics hold now: read from the start to the end offsets."""
     outputs = output_topics(config)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=config.kafka.bootstrap_servers, enable_auto_commit=False
+        bootstrap_servers=config.kafka.bootstrap_servers,
+        enable_auto_commit=False,
+        # Exactly-once outputs are transactional: an aborted batch must not count.
+        isolation_level="read_committed",
     )
     await consumer.start()
     found: list[Output] = []
