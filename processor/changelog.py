@@ -6,6 +6,7 @@ an aborted exactly-once batch leaves no remembered id behind.
 
 from __future__ import annotations
 
+import sys
 from array import array
 from typing import Final
 
@@ -19,6 +20,7 @@ __all__ = ["KafkaChangelog"]
 
 # A changelog record is ~70 bytes on the wire: big fetches make the restore fast.
 FETCH_BYTES: Final = 8 * 1024 * 1024
+FETCH_WAIT_MS: Final = 10
 _VALUE_BYTES: Final = 12
 
 
@@ -33,6 +35,8 @@ class KafkaChangelog:
             isolation_level="read_committed",
             max_partition_fetch_bytes=FETCH_BYTES,
             fetch_max_bytes=FETCH_BYTES,
+            # A restore reads to a known end: never wait for more to arrive.
+            fetch_max_wait_ms=FETCH_WAIT_MS,
         )
 
     async def start(self) -> None:
@@ -43,19 +47,27 @@ class KafkaChangelog:
 
     async def read(self, partition: int) -> Restored:
         tp = TopicPartition(self._topic, partition)
-        self.consumer.assign([tp])
-        await self.consumer.seek_to_beginning(tp)
+        # Offsets first, with nothing assigned: no fetch is in flight to wait behind.
+        begin = (await self.consumer.beginning_offsets([tp]))[tp]
+        end = (await self.consumer.end_offsets([tp]))[tp]
         hashes = bytearray()
         prints = bytearray()
         seen_at = array("I")
-        async for _, records in read_to_end(self.consumer, [tp]):
-            for record in records:
-                value = record.value
-                if value is None or len(value) != _VALUE_BYTES:
-                    continue  # not written by a worker: nothing to restore
-                hashes += value[:8]
-                prints += value[8:]
-                seen_at.append(record.timestamp // 1000)
-        if seen_at.itemsize != 4:
-            raise RuntimeError("array('I') must be 4 bytes on this platform")
+        if begin < end:
+            self.consumer.assign([tp])
+            self.consumer.seek(tp, begin)
+            try:
+                async for _, records in read_to_end(self.consumer, [tp]):
+                    for record in records:
+                        value = record.value
+                        if value is None or len(value) != _VALUE_BYTES:
+                            continue  # not written by a worker: nothing to restore
+                        hashes += value[:8]
+                        prints += value[8:]
+                        seen_at.append(record.timestamp // 1000)
+            finally:
+                # Nothing assigned between restores: no idle fetching.
+                self.consumer.assign([])
+        if sys.byteorder == "big":
+            seen_at.byteswap()
         return Restored(bytes(hashes), bytes(prints), seen_at.tobytes())

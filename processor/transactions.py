@@ -174,7 +174,9 @@ class _Transactions:
             for result in failed.values():
                 if not isinstance(result, Exception):
                     raise result  # a cancellation, not a Kafka failure
-            raise ProduceFailed(next(iter(failed.values())), failed=failed)
+            # The cause reported is one worth retrying, if any: a fence is logged apart.
+            causes = [e for e in failed.values() if not isinstance(e, ProducerFenced)]
+            raise ProduceFailed((causes or list(failed.values()))[0], failed=failed)
 
     async def abort(self) -> None:
         # Each failed partition's transaction was aborted with its producer; committed

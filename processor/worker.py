@@ -247,8 +247,10 @@ class Worker:
         except ProduceFailed as failure:
             await checkpoint.abort()
             failed = failure.failed_partitions(batch)
-            self._produce_failed(failure, records=sum(len(batch[tp]) for tp in failed))
+            # A fenced partition is another worker's now: not retried (it logged why).
             retried = {tp for tp in failed if not failure.fenced(tp)}
+            if retried:
+                self._produce_failed(failure, records=sum(len(batch[tp]) for tp in retried))
             self._rewind({tp: batch[tp] for tp in retried})
             self._done({tp: batch[tp] for tp in batch if tp not in failed}, routed, screened)
             return not retried

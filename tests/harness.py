@@ -123,6 +123,16 @@ async def read_all_outputs(config: Config) -> list[Output]:
         await consumer.stop()
 
 
+async def read_outputs_when(config: Config, count: int, *, timeout: float = 120) -> list[Output]:
+    """Every output record once the read_committed view holds `count` of them (copies
+    included) and a second brought no more."""
+    async with asyncio.timeout(timeout):
+        while len(found := await read_all_outputs(config)) < count:
+            await asyncio.sleep(1)
+        await asyncio.sleep(1)
+        return await read_all_outputs(config) if found else found
+
+
 def assert_each_delivered(
     config: Config, stream: list[Delivery], outputs: list[Output]
 ) -> Counter[bytes]:

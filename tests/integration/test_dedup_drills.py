@@ -1,0 +1,210 @@
+"""Drills for each delivery once: crashes, a broker stop, the group growing and shrinking,
+a paused zombie, an expiring dedup window; in both guarantees.
+
+Each sends 20,000 distinct deliveries, a third of them two or three times as the
+provider retries (some retries after the first copy was routed), through `processor
+worker` processes, and reads every derived topic back with read_committed. Exactly
+once: every delivery exactly once, nothing else. At least once with dedup: no provider
+retry gets through; a crash duplicates at most one batch. Both: nothing lost, each
+user's order kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from processor.config import Config, KafkaConfig
+from processor.devtools.broker import LocalBroker
+from processor.topics import create_topics
+from tests.deliveries import Delivery, mixed_stream, with_retries
+from tests.harness import (
+    BATCH,
+    SpawnWorker,
+    assert_each_delivered,
+    produce_raw,
+    read_outputs,
+    read_outputs_when,
+    wait_exit,
+    wait_for_outputs,
+    wait_for_partitions,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DELIVERIES = 20_000
+GUARANTEES = ["at_least_once", "exactly_once"]
+
+
+def chunks(sent: list[Delivery], count: int) -> list[list[Delivery]]:
+    size = -(-len(sent) // count)
+    return [sent[i : i + size] for i in range(0, len(sent), size)]
+
+
+def events(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+
+
+def check(
+    config: Config, stream: list[Delivery], outputs: list[Any], guarantee: str, *, crashes: int
+) -> None:
+    """Nothing lost, order kept; exactly once: nothing twice; at least once: at most a
+    batch twice per crash, and no provider retry (every copy of a retried delivery
+    beyond the first is a retry)."""
+    written = assert_each_delivered(config, stream, outputs)
+    twice = sum(count - 1 for count in written.values())
+    if guarantee == "exactly_once":
+        assert twice == 0, f"{twice} records in the read_committed view more than once"
+    else:
+        assert twice <= BATCH * crashes, f"{twice} duplicates after {crashes} crashes"
+
+
+@pytest.mark.usefixtures("topics")
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+async def test_worker_killed_and_restarted(
+    config: Config, spawn_worker: SpawnWorker, guarantee: str
+) -> None:
+    stream = mixed_stream(DELIVERIES, seed=51)
+    first_half, second_half = chunks(with_retries(stream), 2)
+    await produce_raw(config, first_half)
+    first = spawn_worker(PROCESSOR_WORKER__GUARANTEE=guarantee)
+    await wait_for_outputs(config, 3_000)
+    first.send_signal(signal.SIGKILL)
+    assert await wait_exit(first, 10) == -signal.SIGKILL
+
+    spawn_worker(PROCESSOR_WORKER__GUARANTEE=guarantee)
+    await produce_raw(config, second_half)
+    outputs = await read_outputs(config, len(stream))
+
+    check(config, stream, outputs, guarantee, crashes=1)
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+async def test_broker_stopped_under_load_and_started_again(
+    config: Config, spawn_worker: SpawnWorker, kafka_jars: Path, guarantee: str
+) -> None:
+    stream = mixed_stream(DELIVERIES, seed=53)
+    parts = chunks(with_retries(stream), 4)
+    with LocalBroker.temporary() as broker:
+        config = msgspec.structs.replace(
+            config, kafka=KafkaConfig(bootstrap_servers=broker.bootstrap)
+        )
+        await create_topics(config)
+        await produce_raw(config, parts[0])
+        worker = spawn_worker(
+            KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap,
+            PROCESSOR_WORKER__GUARANTEE=guarantee,
+            PROCESSOR_WORKER__PRODUCE_TIMEOUT_S="5",
+        )
+        await produce_raw(config, parts[1])
+        await wait_for_outputs(config, 3_000)
+        await asyncio.to_thread(broker.stop)  # graceful: SIGTERM, as an operator would
+        await asyncio.sleep(3)
+        await asyncio.to_thread(broker.start)  # the same directory and ports
+        for part in parts[2:]:
+            await produce_raw(config, part)
+        outputs = await read_outputs(config, len(stream))
+        assert worker.poll() is None, "the worker outlived the broker's restart"
+
+    # At least once, a batch whose produce failed part-way is written again when retried.
+    check(config, stream, outputs, guarantee, crashes=2)
+
+
+@pytest.mark.usefixtures("topics")
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+async def test_group_grows_to_three_and_shrinks_to_one_under_load(
+    config: Config, spawn_worker: SpawnWorker, tmp_path: Path, guarantee: str
+) -> None:
+    stream = mixed_stream(DELIVERIES, seed=57)
+    parts = chunks(with_retries(stream), 10)
+    env = {"PROCESSOR_WORKER__GUARANTEE": guarantee}
+    first = spawn_worker(**env)
+    joined: list[subprocess.Popen[bytes]] = []
+    for index, part in enumerate(parts):
+        await produce_raw(config, part)
+        if index == 2:
+            joined = [spawn_worker(**env), spawn_worker(**env)]
+            await wait_for_partitions(tmp_path / "worker2.log")
+        if index == 6:
+            for worker in joined:
+                worker.send_signal(signal.SIGTERM)  # they leave: everything moves back
+        await asyncio.sleep(0.3)
+    for worker in joined:
+        assert await wait_exit(worker, config.worker.shutdown_timeout_s) == 0
+    outputs = await read_outputs(config, len(stream))
+
+    assert first.poll() is None, "the first worker is still running"
+    check(config, stream, outputs, guarantee, crashes=0)
+
+
+@pytest.mark.usefixtures("topics")
+async def test_a_paused_zombie_cannot_commit_into_the_read_committed_view(
+    config: Config, spawn_worker: SpawnWorker, tmp_path: Path
+) -> None:
+    stream = mixed_stream(DELIVERIES, seed=59)
+    parts = chunks(with_retries(stream), 4)
+    env = {"PROCESSOR_WORKER__GUARANTEE": "exactly_once"}
+    await produce_raw(config, parts[0])
+    zombie = spawn_worker(**env)
+    await wait_for_outputs(config, 2_000)
+    await produce_raw(config, parts[1])
+    zombie.send_signal(signal.SIGSTOP)  # mid-stream, most likely mid-transaction
+    try:
+        owner = spawn_worker(**env)  # gets the partitions once the zombie's session expires
+        await wait_for_partitions(tmp_path / "worker1.log")
+        await produce_raw(config, parts[2])
+    finally:
+        zombie.send_signal(signal.SIGCONT)
+    await produce_raw(config, parts[3])
+    outputs = await read_outputs(config, len(stream))
+
+    check(config, stream, outputs, "exactly_once", crashes=0)
+    assert owner.poll() is None
+    woke = events(tmp_path / "worker0.log")
+    reported = {e["event"] for e in woke}
+    # The zombie learns it lost the partitions (a fenced transaction, a failed heartbeat)
+    # and rejoins, still running, or has left cleanly.
+    assert "partition.fenced" in reported or "partitions.revoked" in reported, reported
+    assert zombie.poll() in (None, 0)
+
+
+@pytest.mark.usefixtures("topics")
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+async def test_a_worker_restarted_after_its_window_partly_expired(
+    config: Config, spawn_worker: SpawnWorker, guarantee: str
+) -> None:
+    window_s = 20
+    env = {
+        "PROCESSOR_WORKER__GUARANTEE": guarantee,
+        "PROCESSOR_DEDUP__WINDOW_S": str(window_s),
+    }
+    stream = mixed_stream(DELIVERIES, seed=61)
+    old, recent = stream[: DELIVERIES // 2], stream[DELIVERIES // 2 :]
+    await produce_raw(config, old)
+    first = spawn_worker(**env)
+    await wait_for_outputs(config, len(old))
+    await asyncio.sleep(window_s / 2)
+    await produce_raw(config, recent)
+    await wait_for_outputs(config, len(stream))
+    first.send_signal(signal.SIGTERM)
+    assert await wait_exit(first, config.worker.shutdown_timeout_s) == 0
+    await asyncio.sleep(window_s / 2 + 1)  # the old half's ids have expired, not the recent
+
+    spawn_worker(**env)
+    valid = [d for d in stream if d.kind != "dlq"]
+    await produce_raw(config, valid)  # every valid delivery retried once
+    expired = sum(1 for d in old if d.kind != "dlq")
+    outputs = await read_outputs_when(config, len(stream) + expired)
+
+    written = Counter(o.value for o in outputs)
+    assert {written[d.value] for d in old if d.kind != "dlq"} == {2}, "expired ids route again"
+    assert {written[d.value] for d in recent if d.kind != "dlq"} == {1}, "a retry got through"
+    assert {written[d.value] for d in stream if d.kind == "dlq"} == {1}
