@@ -4,17 +4,19 @@ One loop, batch in and batch out:
 
 1. `getmany` a batch from the partitions this member owns;
 2. route every record (pure, never raises) to exactly one destination;
-3. hand the outputs and the batch's next offsets to a Checkpoint of the guarantee
-   (processor.checkpoint), which makes them durable together or fails.
+3. screen out provider retries (processor.dedup), when dedup is on;
+4. hand the outputs, the dedup changelog and the batch's next offsets to a
+   Checkpoint of the guarantee, which makes them durable together or fails:
+   at least once (processor.checkpoint) or exactly once (processor.transactions).
 
-At least once (the guarantee so far), a crash before the commit re-delivers the
-batch to whoever owns the partitions next: duplicates are possible, loss is not. A
-failed produce seeks back to the batch's first offsets and retries it, pausing
-longer while the failures last. A rebalance waits for the batch in flight, never
-for a pause.
+A failed produce seeks back to the failed partitions' first offsets and retries
+them, pausing longer while the failures last. A rebalance waits for the batch in
+flight, never for a pause; a partition assigned is set up (its transactional
+producer fences the previous owner, its remembered ids are restored) before any of
+its records is routed.
 
-The consumer and the guarantee can be given (tests pass fakes); by default they
-are built from the config, with aiokafka.
+The consumer, guarantee and dedup can be given (tests pass fakes); by default they
+are built from the config, with aiokafka (processor.worker_clients).
 """
 
 from __future__ import annotations
@@ -24,8 +26,7 @@ import contextlib
 import functools
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from typing import Any, Protocol, TypeAlias
+from collections.abc import Awaitable, Callable, Collection, Mapping
 
 import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
@@ -46,29 +47,12 @@ from processor.metrics import WorkerMetrics
 from processor.routing import Routed, Router
 from processor.shutdown import stop_on_signals
 from processor.topics import all_topics
-from processor.worker_clients import kafka_parts
+from processor.worker_clients import Batch, Consumer, kafka_parts
 from processor.worker_http import serve_health_and_metrics
 
-__all__ = ["Consumer", "Worker", "run_worker"]
+__all__ = ["Worker", "run_worker"]
 
 log = structlog.get_logger(__name__)
-
-
-# What one getmany() returns: each partition's records, in offset order.
-Batch: TypeAlias = Mapping[TopicPartition, Sequence[Any]]
-
-
-class Consumer(Protocol):
-    """What the worker uses of its consumer (aiokafka's AIOKafkaConsumer)."""
-
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
-    async def topics(self) -> set[str]: ...
-    def subscribe(self, topics: list[str], *, listener: ConsumerRebalanceListener) -> None: ...
-    async def getmany(self, *, timeout_ms: int, max_records: int) -> Batch: ...
-    def assignment(self) -> set[TopicPartition]: ...
-    def seek(self, partition: TopicPartition, offset: int) -> None: ...
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
 
 
 class Worker:

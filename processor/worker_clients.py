@@ -2,15 +2,17 @@
 least once, or exactly once with a transactional producer per raw partition) and the
 dedup changelog reader, each watched for outages by one Connectivity.
 
-The worker takes these as parts; tests give it fakes instead.
+The worker takes these as parts (`Consumer` says what it uses of its consumer);
+tests give it fakes instead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeAlias
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from processor.changelog import KafkaChangelog
 from processor.checkpoint import AtLeastOnce, Guarantee
@@ -21,12 +23,28 @@ from processor.kafka_clients import worker_consumer_options, worker_producer_opt
 from processor.metrics import WorkerMetrics
 from processor.transactions import ExactlyOnce, TransactionalProducer
 
-__all__ = ["KafkaParts", "kafka_parts"]
+__all__ = ["Batch", "Consumer", "KafkaParts", "kafka_parts"]
+
+# What one getmany() returns: each partition's records, in offset order.
+Batch: TypeAlias = Mapping[TopicPartition, Sequence[Any]]
+
+
+class Consumer(Protocol):
+    """What the worker uses of its consumer (aiokafka's AIOKafkaConsumer)."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def topics(self) -> set[str]: ...
+    def subscribe(self, topics: list[str], *, listener: ConsumerRebalanceListener) -> None: ...
+    async def getmany(self, *, timeout_ms: int, max_records: int) -> Batch: ...
+    def assignment(self) -> set[TopicPartition]: ...
+    def seek(self, partition: TopicPartition, offset: int) -> None: ...
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
 
 
 @dataclass
 class KafkaParts:
-    consumer: Any  # an AIOKafkaConsumer
+    consumer: Consumer
     guarantee: Guarantee
     dedup: Dedup | None
     changelog: KafkaChangelog | None
