@@ -91,6 +91,16 @@ class WorkerMetrics:
             "Deliveries whose id was routed before with other bytes (routed again).",
             registry=self.registry,
         )
+        self._trips = Counter(
+            "processor_worker_dlq_breaker_trips",
+            "Times a partition was paused because too many of its records went to the DLQ.",
+            registry=self.registry,
+        )
+        self._paused = Gauge(
+            "processor_worker_dlq_breaker_open",
+            "Partitions paused by the DLQ breaker now (the worker shows as not ready).",
+            registry=self.registry,
+        )
         self._remembered = Gauge(
             "processor_worker_dedup_ids",
             "Delivery ids remembered for dedup, over the partitions this worker owns.",
@@ -140,6 +150,13 @@ class WorkerMetrics:
         if seconds is not None:
             self._batch_seconds.observe(seconds)
         self._last_commit.set_to_current_time()
+
+    def breaker_tripped(self, *, paused: int) -> None:
+        self._trips.inc()
+        self._paused.set(paused)
+
+    def breaker_paused(self, paused: int) -> None:
+        self._paused.set(paused)
 
     def set_remembered(self, ids: int, nbytes: int) -> None:
         self._remembered.set(ids)

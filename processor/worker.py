@@ -26,17 +26,20 @@ import contextlib
 import functools
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import structlog
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from processor import unreadable
+from processor.breaker import Breakers
 from processor.changelog import KafkaChangelog
 from processor.checkpoint import CommitFailed, Guarantee, ProduceFailed
 from processor.config import Config
 from processor.dedup import Dedup, Screened
+from processor.headers import ERROR_CLASS
 from processor.kafka_clients import (
     connect,
     group_instance_id,
@@ -44,6 +47,7 @@ from processor.kafka_clients import (
     wait_until_reachable,
 )
 from processor.metrics import WorkerMetrics
+from processor.rebalance import Rebalance, partition_names
 from processor.routing import Routed, Router
 from processor.shutdown import stop_on_signals
 from processor.topics import all_topics
@@ -92,6 +96,13 @@ class Worker:
         self._dedup = dedup
         # Held while a batch is between fetch and commit; a rebalance waits for it.
         self._in_flight = asyncio.Lock()
+        settings = config.worker
+        self._breakers = Breakers(
+            max_ratio=settings.dlq_max_ratio,
+            window=settings.dlq_window_records,
+            max_consecutive=settings.dlq_max_consecutive,
+            pause_s=settings.dlq_pause_s,
+        )
         self._backoff = config.worker.retry_backoff_s
         self._failed_attempts = 0  # consecutive failed produces of the batch being retried
 
@@ -105,6 +116,7 @@ class Worker:
             if not await self._start(stop):
                 return
             while (batch := await self._fetch(stop)) is not None:
+                self._resume_rested()
                 if not batch:
                     continue
                 fetched_at = time.perf_counter()
@@ -177,8 +189,11 @@ class Worker:
         # Subscribing after start: start() would otherwise also wait for the assignment.
         self._consumer.subscribe(
             [self._config.topics.raw],
-            listener=_Rebalance(
-                in_flight=self._in_flight, guarantee=self._guarantee, dedup=self._dedup
+            listener=Rebalance(
+                in_flight=self._in_flight,
+                guarantee=self._guarantee,
+                dedup=self._dedup,
+                breakers=self._breakers,
             ),
         )
         worker = self._config.worker
@@ -214,17 +229,31 @@ class Worker:
         """Route `batch` and commit it; False when some of it was rewound to be retried."""
         route = self._router.route
         dedup = self._dedup
+        breakers = self._breakers
         checkpoint = self._guarantee.begin()
         routed: dict[TopicPartition, list[Routed]] = {}
         screened: dict[TopicPartition, Screened] = {}
+        kept_records: dict[TopicPartition, Sequence[Any]] = {}
         for partition, records in batch.items():
-            routed[partition] = results = [route(record) for record in records]
+            results = [route(record) for record in records]
+            if breakers.enabled:
+                dead = [result.outcome == "dlq" for result in results]
+                if (trip := breakers.would_trip(partition, dead)) is not None:
+                    self._hold(partition, records[trip.at :], results[trip.at :], trip.reason)
+                    records, results = records[: trip.at], results[: trip.at]
+                    if not records:
+                        continue
+            kept_records[partition] = records
+            routed[partition] = results
             if dedup is None:
                 checkpoint.produce(partition, results)
                 continue
             screened[partition] = kept = dedup.screen(partition, results)
             checkpoint.produce(partition, kept.outputs)
             checkpoint.add_state(partition, kept.changelog)
+        batch = kept_records  # less what a DLQ breaker held back
+        if not batch:
+            return True
         offsets = {partition: records[-1].offset + 1 for partition, records in batch.items()}
         try:
             await checkpoint.commit(offsets)
@@ -264,6 +293,8 @@ class Worker:
         outcomes: Counter[str] = Counter()
         conflicts: list[Routed] = []
         for partition in batch:
+            if self._breakers.enabled:
+                self._breakers.record(partition, [r.outcome == "dlq" for r in routed[partition]])
             kept = screened.get(partition)
             if kept is None or self._dedup is None:
                 outcomes.update(r.outcome for r in routed[partition])
@@ -285,6 +316,56 @@ class Worker:
                 "so it is routed again; subscribers get both versions",
             )
         self._log_batch(batch, routed, outcomes)
+
+    def _hold(
+        self,
+        partition: TopicPartition,
+        records: Sequence[Any],
+        routed: Sequence[Routed],
+        reason: str,
+    ) -> None:
+        """The breaker tripped: nothing of this batch leaves; the partition rests."""
+        self._consumer.seek(partition, records[0].offset)
+        self._consumer.pause(partition)
+        until = self._breakers.trip(partition, time.time())
+        classes = Counter(
+            value.decode()
+            for result in routed
+            if result.outcome == "dlq"
+            for name, value in result.headers
+            if name == ERROR_CLASS
+        )
+        self._metrics.breaker_tripped(paused=len(self._breakers.paused()))
+        log.error(
+            "partition.dlq_breaker_open",
+            topic=partition.topic,
+            partition=partition.partition,
+            offset=records[0].offset,
+            reason=reason,
+            error_classes=dict(classes),
+            retry_in_s=self._config.worker.dlq_pause_s,
+            detail="this partition is paused and nothing more of it is routed or committed; "
+            "its records stay in the raw topic. Find the cause in webhooks.dlq "
+            "(error.class, error.message): a bad deploy (roll back) or a provider format "
+            "change (update the contract). The worker tries again every "
+            "worker.dlq_pause_s; worker.dlq_max_ratio: 1.0 turns the breaker off.",
+            paused_until=round(until, 3),
+        )
+
+    def _resume_rested(self) -> None:
+        for partition in self._breakers.due(time.time()):
+            if partition in self._consumer.assignment():
+                self._consumer.resume(partition)
+                log.info(
+                    "partition.dlq_breaker_retry",
+                    topic=partition.topic,
+                    partition=partition.partition,
+                )
+        self._metrics.breaker_paused(len(self._breakers.paused()))
+
+    def not_ready(self) -> list[str]:
+        """Why this worker should not count as ready: its paused partitions (/readyz)."""
+        return partition_names(self._breakers.paused())
 
     def _produce_failed(self, failure: ProduceFailed, *, records: int) -> None:
         """Count every failed attempt; report a streak of them once. Kafka being away is
@@ -335,42 +416,8 @@ class Worker:
         )
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Partitions are given away only after the batch in flight is committed; the
-    guarantee and dedup set up and tear down what they keep per partition."""
-
-    def __init__(
-        self, *, in_flight: asyncio.Lock, guarantee: Guarantee, dedup: Dedup | None
-    ) -> None:
-        self._in_flight = in_flight
-        self._guarantee = guarantee
-        self._dedup = dedup
-
-    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
-        async with self._in_flight:
-            await self._guarantee.revoked(revoked)
-            if self._dedup is not None:
-                self._dedup.revoked(revoked)
-            if revoked:  # aiokafka also calls this, with nothing, before the first join
-                log.info("partitions.revoked", partitions=_names(revoked))
-
-    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
-        # Under the batch lock: a batch fetched meanwhile waits for the restore.
-        async with self._in_flight:
-            # Exactly once: fencing the previous owners first means what is restored
-            # next is all they will ever have committed.
-            await self._guarantee.assigned(assigned)
-            if self._dedup is not None:
-                await self._dedup.assigned(assigned)
-        log.info("partitions.assigned", partitions=_names(assigned))
-
-
 async def _nothing() -> None:
     pass
-
-
-def _names(partitions: Collection[TopicPartition]) -> list[str]:
-    return [f"{tp.topic}/{tp.partition}" for tp in partitions]
 
 
 async def run_worker(config: Config) -> None:
@@ -381,11 +428,17 @@ async def run_worker(config: Config) -> None:
     for a dead process. Raises ConfigError when that port is taken.
     """
     metrics = WorkerMetrics()
+    worker = Worker(config=config, metrics=metrics)
     port = config.worker.metrics_port
     http: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
     if port is not None:
-        http = serve_health_and_metrics(host=config.worker.metrics_host, port=port, metrics=metrics)
+        http = serve_health_and_metrics(
+            host=config.worker.metrics_host,
+            port=port,
+            metrics=metrics,
+            not_ready=worker.not_ready,
+        )
     stop = asyncio.Event()
     with stop_on_signals(stop):
         async with http:
-            await Worker(config=config, metrics=metrics).run(stop)
+            await worker.run(stop)

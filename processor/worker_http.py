@@ -1,4 +1,5 @@
-"""The worker's HTTP port: `GET /healthz` for a liveness probe, `GET /metrics` for Prometheus.
+"""The worker's HTTP port: `GET /healthz` for a liveness probe, `GET /readyz` (503 while the
+DLQ breaker holds partitions), `GET /metrics` for Prometheus.
 
 Only served when `worker.metrics_port` is set: a worker needs no HTTP to do its job,
 and workers sharing a laptop would fight over one port.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Final
 
 import structlog
@@ -28,24 +29,49 @@ REQUEST_GRACE_S: Final = 1.0
 CLOSE_TIMEOUT_S: Final = 2.0
 
 
-def create_app(metrics: WorkerMetrics) -> web.Application:
-    """The two routes as an aiohttp app, so tests can serve it in-process."""
+def create_app(
+    metrics: WorkerMetrics, not_ready: Callable[[], list[str]] = list
+) -> web.Application:
+    """The routes as an aiohttp app, so tests can serve it in-process.
+
+    `not_ready` names the partitions the DLQ breaker paused: /readyz is 503 while there
+    are any, so the worker shows as not ready, while /healthz stays 200 (a data problem
+    must not turn into a restart loop).
+    """
+
+    async def readyz(request: web.Request) -> web.Response:
+        paused = not_ready()
+        if not paused:
+            return web.json_response({"status": "ready"})
+        return web.json_response(
+            {
+                "error": "dlq_breaker_open",
+                "detail": "too many records of these partitions went to the DLQ: they are "
+                "paused and tried again every worker.dlq_pause_s; see webhooks.dlq",
+                "partitions": paused,
+            },
+            status=503,
+        )
+
     app = web.Application()
-    app.add_routes(probe_routes(metrics.registry))
+    app.add_routes([*probe_routes(metrics.registry), web.get("/readyz", readyz)])
     return app
 
 
 @contextlib.asynccontextmanager
 async def serve_health_and_metrics(
-    *, host: str, port: int, metrics: WorkerMetrics
+    *, host: str, port: int, metrics: WorkerMetrics, not_ready: Callable[[], list[str]] = list
 ) -> AsyncIterator[None]:
-    """Serve `create_app(metrics)` on host:port while the block runs.
+    """Serve `create_app(metrics, not_ready)` on host:port while the block runs.
 
     Raises ConfigError when the port cannot be bound. Closing takes at most
     CLOSE_TIMEOUT_S, so the port never holds up the worker's exit.
     """
     runner = web.AppRunner(
-        create_app(metrics), access_log=None, handle_signals=False, shutdown_timeout=REQUEST_GRACE_S
+        create_app(metrics, not_ready),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=REQUEST_GRACE_S,
     )
     await runner.setup()
     try:

@@ -173,6 +173,14 @@ class WorkerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     heartbeat_interval_ms: PositiveInt = 3_000
     # A batch must finish well inside this, or the group evicts the worker.
     max_poll_interval_ms: PositiveInt = 300_000
+    # The DLQ circuit breaker (processor.breaker): a partition is paused when more than
+    # this share of its last dlq_window_records went to the DLQ (1.0 turns it off)...
+    dlq_max_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    dlq_window_records: PositiveInt = 1_000
+    # ... or more than this many in a row: a stream that turned bad, not a stray record.
+    dlq_max_consecutive: PositiveInt = 100
+    # How long a tripped partition rests before the worker tries it again.
+    dlq_pause_s: PositiveFloat = 60.0
     # A liveness and metrics port for orchestrators (GET /healthz, GET /metrics). None
     # serves no HTTP, so any number of workers can share a laptop without port clashes.
     metrics_port: Port | None = None

@@ -36,7 +36,9 @@ def settings(**worker: Any) -> Config:
     base = Config()
     defaults = {"fetch_timeout_ms": 5, "retry_backoff_s": 0.02, "max_retry_backoff_s": 0.08}
     return msgspec.structs.replace(
-        base, worker=msgspec.structs.replace(base.worker, **(defaults | worker))
+        base,
+        worker=msgspec.structs.replace(base.worker, **(defaults | worker)),
+        dedup=msgspec.structs.replace(base.dedup, enabled=False),
     )
 
 
@@ -286,3 +288,48 @@ async def test_missing_destination_topics_end_the_start_with_what_to_do() -> Non
         await asyncio.wait_for(worker.task, 2)
     assert worker.consumer.stopped
     assert worker.guarantee.stopped
+
+
+async def test_a_partition_turning_bad_is_held_paused_and_tried_again_after_its_rest() -> None:
+    config = settings(dlq_max_consecutive=3, dlq_pause_s=0.2)
+    turning_bad = [Record(1, 18, delivery(7)), Record(1, 19, delivery(8))] + [
+        Record(1, offset, b"not json") for offset in range(20, 25)
+    ]
+    async with running(config) as worker:
+        worker.consumer.batches.put_nowait({P0: [Record(0, 5, delivery(1))], P1: turning_bad})
+        await until(lambda: committed(worker, 0))
+        assert worker.consumer.paused == {P1}
+        await until(lambda: worker.consumer.resumed == [P1], timeout=3)
+
+    (checkpoint,) = worker.guarantee.checkpoints
+    # What came before the bad run is routed; nothing from the run on is produced or committed.
+    assert checkpoint.committed == {P0: 6, P1: 20}
+    assert [r.value for r in checkpoint.produced[P1]] == [delivery(7), delivery(8)]
+    assert worker.consumer.seeks == [(P1, 20)], "its records stay to be read again"
+    sample = worker.metrics.registry.get_sample_value
+    assert sample("processor_worker_dlq_breaker_trips_total") == 1
+    assert sample("processor_worker_dlq_breaker_open") == 0, "resumed"
+
+
+async def test_a_tripped_breaker_is_logged_once_with_the_error_classes_and_the_way_out() -> None:
+    config = settings(dlq_max_consecutive=2, dlq_pause_s=30)
+    bad = [Record(0, offset, b"not json") for offset in range(3)]
+    with capture_logs() as logs:
+        worker = Worker(
+            config=config,
+            consumer=FakeConsumer(topics=all_topics(config)),
+            guarantee=FakeGuarantee(),
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        worker._consumer.batches.put_nowait({P0: bad})  # type: ignore[attr-defined]
+        await until(lambda: worker.not_ready() == ["webhooks.raw/0"])
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    (opened,) = [e for e in logs if e["event"] == "partition.dlq_breaker_open"]
+    assert opened["log_level"] == "error"
+    assert opened["partition"] == 0
+    assert opened["reason"] == "3 records in a row went to the DLQ (limit 2)"
+    assert opened["error_classes"] == {"DecodeError": 3}
+    assert "worker.dlq_max_ratio: 1.0 turns the breaker off" in opened["detail"]

@@ -42,3 +42,25 @@ async def test_a_taken_port_is_a_config_error_naming_the_setting() -> None:
         with pytest.raises(ConfigError, match=r"PROCESSOR_WORKER__METRICS_PORT"):
             async with serve_health_and_metrics(host=HOST, port=port, metrics=WorkerMetrics()):
                 pass
+
+
+async def test_readyz_is_503_naming_the_paused_partitions_while_healthz_stays_200() -> None:
+    paused: list[str] = []
+    port = free_port()
+    async with (
+        serve_health_and_metrics(
+            host=HOST, port=port, metrics=WorkerMetrics(), not_ready=lambda: paused
+        ),
+        aiohttp.ClientSession(f"http://{HOST}:{port}") as session,
+    ):
+        async with session.get("/readyz") as response:
+            assert (response.status, await response.json()) == (200, {"status": "ready"})
+        paused.append("webhooks.raw/2")
+        async with session.get("/readyz") as response:
+            assert response.status == 503
+            body = await response.json()
+        async with session.get("/healthz") as response:
+            assert response.status == 200
+
+    assert body["error"] == "dlq_breaker_open"
+    assert body["partitions"] == ["webhooks.raw/2"]

@@ -42,6 +42,8 @@ class FakeConsumer:
         self.assigned: set[TopicPartition] = set()
         self.seeks: list[tuple[TopicPartition, int]] = []
         self.commits: list[dict[TopicPartition, int]] = []
+        self.paused: set[TopicPartition] = set()
+        self.resumed: list[TopicPartition] = []
         self.listener: Any = None
         self.stopped = False
         self._topics = set(topics)
@@ -70,6 +72,13 @@ class FakeConsumer:
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self.seeks.append((partition, offset))
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self.paused.update(partitions)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self.paused.difference_update(partitions)
+        self.resumed.extend(partitions)
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         self.commits.append(dict(offsets))

@@ -1,0 +1,61 @@
+"""What happens to a partition's state when the group moves it: the worker's rebalance listener.
+
+Partitions are given away only after the batch in flight is committed, and set up
+before any of their records is routed: under the batch lock both ways. The guarantee,
+dedup and the DLQ breakers each set up or drop what they keep per partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection
+
+import structlog
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+
+from processor.breaker import Breakers
+from processor.checkpoint import Guarantee
+from processor.dedup import Dedup
+
+__all__ = ["Rebalance", "partition_names"]
+
+log = structlog.get_logger(__name__)
+
+
+def partition_names(partitions: Collection[TopicPartition]) -> list[str]:
+    """`webhooks.raw/3` for each partition, for log lines and /readyz."""
+    return [f"{tp.topic}/{tp.partition}" for tp in partitions]
+
+
+class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(
+        self,
+        *,
+        in_flight: asyncio.Lock,
+        guarantee: Guarantee,
+        dedup: Dedup | None,
+        breakers: Breakers,
+    ) -> None:
+        self._in_flight = in_flight
+        self._guarantee = guarantee
+        self._dedup = dedup
+        self._breakers = breakers
+
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        async with self._in_flight:
+            await self._guarantee.revoked(revoked)
+            if self._dedup is not None:
+                self._dedup.revoked(revoked)
+            self._breakers.forget(revoked)
+            if revoked:  # aiokafka also calls this, with nothing, before the first join
+                log.info("partitions.revoked", partitions=partition_names(revoked))
+
+    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        # Under the batch lock: a batch fetched meanwhile waits for the restore.
+        async with self._in_flight:
+            # Exactly once: fencing the previous owners first means what is restored
+            # next is all they will ever have committed.
+            await self._guarantee.assigned(assigned)
+            if self._dedup is not None:
+                await self._dedup.assigned(assigned)
+        log.info("partitions.assigned", partitions=partition_names(assigned))
