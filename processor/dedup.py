@@ -9,7 +9,9 @@ unrouted; a DLQ record's id cannot be trusted, so it is never screened):
   acknowledged: never suppress a delivery whose first copy is not in Kafka;
 - the same id with the same bytes is a retry: not produced anywhere, counted;
 - the same id with other bytes is not a retry: it is produced, counted and logged as
-  a conflict, and remembered with its new bytes.
+  a conflict, and remembered with its new bytes;
+- a record `processor replay` wrote is produced whatever was remembered: an operator
+  asked for it.
 
 What is remembered also goes to the changelog topic (`topics.dedup`, compacted), one
 record per id on the raw partition's number: key = the id, value = its 64-bit hash
@@ -159,7 +161,8 @@ class Dedup:
                 screened.outputs.append(record)
                 continue
             print_ = fingerprint(record.value or b"")
-            seen = pending.get(key, known[key])
+            # A replay is an operator's decision to route the delivery again.
+            seen = None if record.replayed else pending.get(key, known[key])
             if seen == print_:
                 screened.duplicates += 1
                 continue

@@ -20,6 +20,8 @@ __all__ = [
     "EVENT",
     "RAW_HEADERS",
     "RECEIVED_AT",
+    "REPLAY_COUNT",
+    "REPLAY_OF",
     "SOURCE_OFFSET",
     "SOURCE_PARTITION",
     "SOURCE_TOPIC",
@@ -35,6 +37,8 @@ UID: Final = "uid"
 STATUS: Final = "status"
 RECEIVED_AT: Final = "received-at"
 CONTENT_TYPE: Final = "content-type"
+REPLAY_OF: Final = "replay-of"
+REPLAY_COUNT: Final = "replay-count"
 ERROR_CLASS: Final = "error.class"
 ERROR_MESSAGE: Final = "error.message"
 SOURCE_TOPIC: Final = "source.topic"
@@ -57,6 +61,12 @@ RAW_HEADERS: Final = (
     Header(EVENT, "the delivery's `event`, e.g. `integration.updated`", True),
     Header(RECEIVED_AT, "when the ingress received it, ISO 8601 UTC with milliseconds", True),
     Header(CONTENT_TYPE, "the request's `Content-Type`", True),
+    Header(
+        REPLAY_OF,
+        "on records `processor replay` wrote: the record replayed, `<topic>/<partition>/<offset>`",
+        False,
+    ),
+    Header(REPLAY_COUNT, "on records `processor replay` wrote: how often it was replayed", False),
 )
 
 # On every record of a derived topic and of `webhooks.unrouted`.
@@ -74,10 +84,18 @@ DERIVED_HEADERS: Final = (
         "rewritten to this form, else the record's timestamp",
         False,
     ),
+    Header(
+        CONTENT_TYPE,
+        "the `Content-Type` the delivery came with, when the raw record has one",
+        False,
+    ),
+    Header(REPLAY_OF, "for a replayed delivery, the record it was replayed from", False),
+    Header(REPLAY_COUNT, "for a replayed delivery, how often it was replayed", False),
 )
 
-# On every record of the DLQ; `delivery-id`, `event`, `uid` and `received-at` are
-# there too when they could be read.
+# On every record of the DLQ; `delivery-id`, `event`, `uid`, and what derived records
+# carry on from the raw record (`received-at`, `content-type`, `replay-of`,
+# `replay-count`) are there too when they could be read.
 DLQ_HEADERS: Final = (
     Header(
         ERROR_CLASS,

@@ -24,6 +24,7 @@ raw topic gained.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,11 +36,14 @@ import msgspec
 from processor.config import RoutingConfig, TopicsConfig
 from processor.events import MAX_IDENTIFIER_LENGTH, InvalidDelivery, decode_delivery
 from processor.headers import (
+    CONTENT_TYPE,
     DELIVERY_ID,
     ERROR_CLASS,
     ERROR_MESSAGE,
     EVENT,
     RECEIVED_AT,
+    REPLAY_COUNT,
+    REPLAY_OF,
     SOURCE_OFFSET,
     SOURCE_PARTITION,
     SOURCE_TOPIC,
@@ -54,6 +58,9 @@ __all__ = ["OUTCOMES", "Outcome", "Routed", "Router", "SourceRecord"]
 
 # A DLQ message is for a human reading logs; msgspec's are short, a bug's may not be.
 MAX_ERROR_MESSAGE_CHARS: Final = 1000
+# A raw header carried on that is longer than this is not ours: it is dropped, so that
+# another client's header cannot push a derived record past the size budget.
+MAX_CARRIED_BYTES: Final = 512
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _SALVAGE: Final = msgspec.json.Decoder()
 _RECEIVED_AT: Final = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -100,6 +107,7 @@ class Routed(msgspec.Struct, frozen=True, gc=False):
     delivery_id: str | None
     error: str | None  # for dlq: the error message, for logs
     partition: None = None  # by key (processor.batching)
+    replayed: bool = False  # the raw record came from `processor replay`
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,8 +185,8 @@ class Router:
         ]
         if delivery.status is not None:
             headers.append((STATUS, delivery.status.encode()))
-        if (received_at := _received_at(record)) is not None:
-            headers.append((RECEIVED_AT, received_at))
+        carried, replayed = _carried(record)
+        headers += carried
         return Routed(
             topic=topic,
             key=uid,
@@ -187,6 +195,7 @@ class Router:
             outcome=outcome,
             delivery_id=delivery.id,
             error=None,
+            replayed=replayed,
         )
 
     def _to_dlq(self, record: SourceRecord, error_class: str, message: str) -> Routed:
@@ -198,8 +207,8 @@ class Router:
             for name, text in ((DELIVERY_ID, delivery_id), (EVENT, event), (UID, uid))
             if text is not None
         ]
-        if (received_at := _received_at(record)) is not None:
-            headers.append((RECEIVED_AT, received_at))
+        carried, replayed = _carried(record)
+        headers += carried
         headers += [
             (ERROR_CLASS, error_class.encode()),
             # backslashreplace: an exception's text may hold lone surrogates.
@@ -216,6 +225,7 @@ class Router:
             outcome="dlq",
             delivery_id=delivery_id,
             error=message,
+            replayed=replayed,
         )
 
 
@@ -233,24 +243,39 @@ def _status_topic(route: _StatusRoute, status: str | None, category: str) -> str
     return route.by_status.get(normal, route.other)
 
 
-def _received_at(record: SourceRecord) -> bytes | None:
-    """The ingress's `received-at` header, else the record's timestamp, in one form.
+def _carried(record: SourceRecord) -> tuple[list[tuple[str, bytes]], bool]:
+    """The raw headers derived and DLQ records carry on, in one pass: `received-at`,
+    `content-type` (what a replay restores) and a replay's `replay-of` and
+    `replay-count`; and whether the record is a replay.
 
-    The header is documented as ISO 8601 UTC with milliseconds: another client's
-    `received-at` that names a moment in another form is rewritten to it, and one
-    that names no moment (or a naive one) is replaced by the record's timestamp.
-    None when there is neither (a record without a timestamp carries -1).
+    `received-at` is documented as ISO 8601 UTC with milliseconds: another client's
+    that names a moment in another form is rewritten to it, and one that names no
+    moment (or a naive one) is replaced by the record's timestamp; none at all when
+    there is no timestamp either (a record without one carries -1).
     """
+    received_at: bytes | None = None
+    carried: list[tuple[str, bytes]] = []
+    replayed = False
     for name, value in record.headers:
-        if name == RECEIVED_AT and value and (normal := _moment(value)) is not None:
-            return normal
-    if record.timestamp < 0:
-        return None
-    try:
-        moment = _EPOCH + timedelta(milliseconds=record.timestamp)
-    except OverflowError:
-        return None
-    return format_received_at(moment).encode()
+        if not value or len(value) > MAX_CARRIED_BYTES:
+            continue
+        if name == RECEIVED_AT:
+            received_at = _moment(value)
+        elif name == CONTENT_TYPE:
+            carried.append((name, value))
+        elif name == REPLAY_OF:
+            carried.append((name, value))
+            replayed = True
+        elif name == REPLAY_COUNT and value.isdigit():
+            carried.append((name, value))
+    if received_at is None and record.timestamp >= 0:
+        with contextlib.suppress(OverflowError):
+            received_at = format_received_at(
+                _EPOCH + timedelta(milliseconds=record.timestamp)
+            ).encode()
+    if received_at is not None:
+        carried.insert(0, (RECEIVED_AT, received_at))
+    return carried, replayed
 
 
 def _moment(value: bytes) -> bytes | None:

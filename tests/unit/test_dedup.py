@@ -180,3 +180,14 @@ async def test_a_revoked_partitions_ids_are_forgotten(dedup: Dedup) -> None:
 
     assert not dedup.owns(P0)
     assert dedup.remembered == 0
+
+
+async def test_a_replayed_delivery_is_not_swallowed(dedup: Dedup) -> None:
+    dedup.remember(P0, dedup.screen(P0, [routed(1)]))
+    value = integration_event(index=1, uid="user_1", status="active")
+    replayed = ROUTER.route(Record(0, 9, value, headers=[("replay-of", b"webhooks.dlq/0/3")]))
+
+    screened = dedup.screen(P0, [replayed])
+
+    assert screened.outputs == [replayed]
+    assert (screened.duplicates, screened.conflicts) == (0, [])

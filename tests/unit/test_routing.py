@@ -183,7 +183,8 @@ def test_received_at_is_copied_from_the_raw_header() -> None:
     routed = route(delivery(), headers=headers)
 
     assert header_map(routed)["received-at"] == "2025-01-01T00:00:00.250Z"
-    assert "content-type" not in header_map(routed)
+    # Kept for `processor replay`, which restores the raw record's headers.
+    assert header_map(routed)["content-type"] == "application/json"
 
 
 @pytest.mark.parametrize(
@@ -469,3 +470,35 @@ def test_integration_without_a_route_is_unrouted_but_still_checked() -> None:
 )
 def test_normalise_status(status: str, normal: str) -> None:
     assert normalise_status(status) == normal
+
+
+def test_a_replayed_record_carries_its_replay_headers_to_derived_and_dlq_records() -> None:
+    headers = [
+        ("content-type", b"application/json"),
+        ("replay-of", b"webhooks.dlq/2/41"),
+        ("replay-count", b"2"),
+        ("received-at", b"2025-01-01T00:00:00.250Z"),
+    ]
+
+    routed = route(delivery(), headers=headers)
+    dead = route(b"{}", headers=headers)
+
+    for result in (routed, dead):
+        assert result.replayed
+        carried = header_map(result)
+        assert carried["replay-of"] == "webhooks.dlq/2/41"
+        assert carried["replay-count"] == "2"
+        assert carried["content-type"] == "application/json"
+        assert carried["received-at"] == "2025-01-01T00:00:00.250Z"
+    assert not route(delivery()).replayed
+
+
+@pytest.mark.parametrize(
+    "header",
+    [("replay-count", b"two"), ("content-type", b"x" * 513), ("replay-of", b"")],
+)
+def test_a_carried_header_that_is_not_ours_is_dropped(header: tuple[str, bytes]) -> None:
+    routed = route(delivery(), headers=[header])
+
+    assert header[0] not in header_map(routed)
+    assert not routed.replayed
