@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -116,6 +117,38 @@ def topics_create(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def replay(args: argparse.Namespace, config: Config) -> int:
+    from processor.replay import ReplayFilters, run_replay
+
+    filters = ReplayFilters(
+        source=args.source,
+        target=args.target or config.topics.raw,
+        delivery_ids=tuple(sorted(args.delivery_id or ())),
+        error_class=args.error_class,
+        since=args.since,
+        until=args.until,
+    )
+    configure_logging(config.logging)
+    return run_replay(config, filters, limit=args.limit, dry_run=args.dry_run)
+
+
+def _moment(text: str) -> datetime:
+    """An ISO 8601 time for --since/--until; a naive one is taken as UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time, e.g. 2026-11-30T12:00:00Z"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
 def dev(args: argparse.Namespace, config: Config) -> int:
     with _development_command():
         from processor.devtools.dev import DevOptions, run_dev
@@ -156,6 +189,33 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="create every topic as configured; report those that differ",
     ).set_defaults(handler=topics_create)
+
+    replay_parser = commands.add_parser(
+        "replay",
+        parents=[common],
+        help="move DLQ or unrouted records back to the raw topic, each once (resumable)",
+    )
+    replay_parser.add_argument(
+        "--from", dest="source", required=True, help="webhooks.dlq or webhooks.unrouted"
+    )
+    replay_parser.add_argument(
+        "--to", dest="target", help="where to write (default: topics.raw, webhooks.raw)"
+    )
+    replay_parser.add_argument(
+        "--delivery-id", action="append", help="only this delivery (repeatable)"
+    )
+    replay_parser.add_argument("--error-class", help="only DLQ records of this error.class")
+    replay_parser.add_argument(
+        "--since", type=_moment, help="only deliveries received at or after (ISO 8601)"
+    )
+    replay_parser.add_argument(
+        "--until", type=_moment, help="only deliveries received before (ISO 8601)"
+    )
+    replay_parser.add_argument("--limit", type=_positive, help="at most this many records")
+    replay_parser.add_argument(
+        "--dry-run", action="store_true", help="say what would be replayed; write nothing"
+    )
+    replay_parser.set_defaults(handler=replay)
 
     dev_parser = commands.add_parser(
         "dev",

@@ -29,6 +29,7 @@ __all__ = [
     "connect",
     "group_instance_id",
     "ingress_producer_options",
+    "partitions_of",
     "read_to_end",
     "require_topics",
     "wait_until_reachable",
@@ -202,6 +203,13 @@ def require_topics(known: Collection[str], wanted: Iterable[str], *, bootstrap: 
             f"topics missing on {bootstrap}: {', '.join(missing)}; "
             "create them with `processor topics create`"
         )
+
+
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """The partitions `topic` has now, asked of the cluster (a consumer that subscribed
+    to nothing has no metadata for it); none when it does not exist."""
+    cluster = await consumer._client.fetch_all_metadata()
+    return [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
 
 
 async def read_to_end(

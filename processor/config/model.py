@@ -20,6 +20,7 @@ __all__ = [
     "IngressConfig",
     "KafkaConfig",
     "LoggingConfig",
+    "ReplayConfig",
     "Route",
     "RoutingConfig",
     "TopicsConfig",
@@ -142,6 +143,14 @@ class DedupConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     window_s: PositiveInt = 345_600
 
 
+class ReplayConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`processor replay`: DLQ or unrouted records back to the raw topic."""
+
+    # A delivery replayed this often that failed again is skipped (and said so): a
+    # record that can never be routed must not loop between the DLQ and the raw topic.
+    max_attempts: PositiveInt = 3
+
+
 class WorkerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The consumer group that routes `webhooks.raw`."""
 
@@ -237,6 +246,7 @@ class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     topics: TopicsConfig = msgspec.field(default_factory=TopicsConfig)
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     dedup: DedupConfig = msgspec.field(default_factory=DedupConfig)
+    replay: ReplayConfig = msgspec.field(default_factory=ReplayConfig)
     worker: WorkerConfig = msgspec.field(default_factory=WorkerConfig)
     ingress: IngressConfig = msgspec.field(default_factory=IngressConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
@@ -247,6 +257,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "topics": TopicsConfig,
     "routing": RoutingConfig,
     "dedup": DedupConfig,
+    "replay": ReplayConfig,
     "worker": WorkerConfig,
     "ingress": IngressConfig,
     "logging": LoggingConfig,

@@ -1,0 +1,231 @@
+"""`processor replay` on a real broker: unrouted deliveries moved once into a new route,
+DLQ records that keep failing skipped after `replay.max_attempts`, a dry run that writes
+nothing, and a replay cut short that goes on where it stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from processor.config import Config
+from processor.kafka_clients import read_to_end
+from processor.replay import ReplayFilters, replay
+from processor.topics import create_topics
+from processor.worker import Worker
+from tests.deliveries import Delivery, integration_event
+from tests.harness import REPO, Output, produce_raw, read_all_outputs, read_outputs, worker_env
+
+pytestmark = pytest.mark.integration
+
+
+def wallet_event(index: int) -> bytes:
+    return msgspec.json.encode(
+        {
+            "id": f"whd_wallet{index:05d}",
+            "event": "wallet.updated",
+            "timestamp": "2025-02-19T12:00:00Z",
+            "data": {"uid": f"user_{index % 5}", "balance": index},
+        }
+    )
+
+
+def with_wallet_route(config: Config, topic: str) -> Config:
+    routes = {**config.routing.routes, "wallet": topic}
+    return msgspec.structs.replace(
+        config, routing=msgspec.structs.replace(config.routing, routes=routes)
+    )
+
+
+@contextlib.asynccontextmanager
+async def worker_running(config: Config) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(Worker(config=config).run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def raw_count(config: Config) -> int:
+    """Records in the raw topic, read back (transaction markers take offsets too)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=config.kafka.bootstrap_servers, isolation_level="read_committed"
+    )
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(config.topics.raw, p) for p in range(3)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        count = 0
+        async with asyncio.timeout(30):
+            async for _, records in read_to_end(consumer, partitions):
+                count += len(records)
+        return count
+    finally:
+        await consumer.stop()
+
+
+async def records_of(config: Config, topic: str) -> list[Output]:
+    return [o for o in await read_all_outputs(config) if o.topic == topic]
+
+
+async def until_in(config: Config, topic: str, count: int) -> list[Output]:
+    async with asyncio.timeout(60):
+        while len(await records_of(config, topic)) < count:
+            await asyncio.sleep(0.3)
+    await asyncio.sleep(1)
+    return await records_of(config, topic)
+
+
+async def test_unrouted_deliveries_move_once_into_a_new_route_and_a_second_run_replays_nothing(
+    config: Config, unique_name: object
+) -> None:
+    await create_topics(config)
+    wallets = [Delivery(b"user_0", wallet_event(i), "unrouted") for i in range(200)]
+    others = [
+        Delivery(b"user_1", integration_event(index=i, uid="user_1", status="active"), "routed")
+        for i in range(100)
+    ]
+    await produce_raw(config, wallets + others)
+    async with worker_running(config):
+        await read_outputs(config, 300)
+    assert len(await records_of(config, config.topics.unrouted)) == 200
+
+    routed = with_wallet_route(config, unique_name("wallet"))  # type: ignore[operator]
+    await create_topics(routed)
+    filters = ReplayFilters(source=config.topics.unrouted, target=config.topics.raw)
+    first = await replay(routed, filters)
+    async with worker_running(routed):
+        moved = await until_in(routed, routed.routing.routes["wallet"], 200)  # type: ignore[arg-type]
+        second = await replay(routed, filters)
+        await asyncio.sleep(2)
+        after = await records_of(routed, routed.routing.routes["wallet"])  # type: ignore[arg-type]
+
+    assert (first.replayed, first.skipped_max_attempts) == (200, 0)
+    assert first.by_event == {"wallet.updated": 200}
+    assert Counter(o.value for o in moved) == Counter(d.value for d in wallets)
+    assert {o.headers["replay-count"] for o in moved} == {b"1"}
+    assert all(o.headers["replay-of"].startswith(config.topics.unrouted.encode()) for o in moved)
+    assert (second.scanned, second.replayed) == (0, 0), "a second run replays nothing"
+    assert len(after) == 200
+    assert len(await records_of(routed, config.topics.unrouted)) == 200, "nothing new unrouted"
+
+
+async def test_a_delivery_that_keeps_failing_returns_with_its_count_then_is_skipped(
+    config: Config,
+) -> None:
+    config = msgspec.structs.replace(
+        config, replay=msgspec.structs.replace(config.replay, max_attempts=2)
+    )
+    await create_topics(config)
+    broken = b'{"id": "whd_broken1", "event": "integration.updated"}'
+    await produce_raw(config, [Delivery(b"user_9", broken, "dlq")])
+    filters = ReplayFilters(source=config.topics.dlq, target=config.topics.raw)
+    summaries = []
+    async with worker_running(config):
+        for attempt in range(1, 4):
+            await until_in(config, config.topics.dlq, attempt)
+            summaries.append(await replay(config, filters))
+        dead = await records_of(config, config.topics.dlq)
+
+    assert [s.replayed for s in summaries] == [1, 1, 0]
+    assert summaries[2].skipped_max_attempts == 1
+    assert summaries[2].skipped_ids == ["whd_broken1"]
+    assert summaries[0].by_error_class == {"ValidationError": 1}
+    assert [o.headers.get("replay-count") for o in dead] == [None, b"1", b"2"]
+    assert {o.value for o in dead} == {broken}
+
+
+async def test_a_dry_run_reports_what_it_would_replay_and_writes_nothing(
+    config: Config,
+) -> None:
+    await create_topics(config)
+    broken = [
+        Delivery(b"u", f'{{"id": "whd_b{i}", "event": "integration.updated"}}'.encode(), "dlq")
+        for i in range(12)
+    ]
+    await produce_raw(config, broken)
+    async with worker_running(config):
+        await until_in(config, config.topics.dlq, 12)
+    raw_before = await raw_count(config)
+    filters = ReplayFilters(source=config.topics.dlq, target=config.topics.raw)
+
+    dry = await replay(config, filters, dry_run=True)
+    real = await replay(config, filters)
+
+    assert dry.dry_run
+    assert (dry.scanned, dry.replayed) == (12, 12)
+    assert dry.by_error_class == {"ValidationError": 12}
+    assert dry.by_event == {"integration.updated": 12}
+    assert len(dry.first_ids) == 10
+    assert '"would_replay":12' in dry.json()
+    assert real.replayed == 12, "the dry run committed nothing"
+    assert await raw_count(config) == raw_before + 12
+
+
+async def test_a_replay_cut_short_goes_on_where_it_stopped_replaying_nothing_twice(
+    config: Config,
+) -> None:
+    await create_topics(config)
+    broken = [
+        Delivery(f"u{i % 3}".encode(), f'{{"id": "whd_c{i}", "event": "a.b"}}'.encode(), "dlq")
+        for i in range(90)
+    ]
+    await produce_raw(config, broken)
+    async with worker_running(config):
+        await until_in(config, config.topics.dlq, 90)
+    filters = ReplayFilters(source=config.topics.dlq, target=config.topics.raw)
+
+    cut = await replay(config, filters, limit=25)  # as if interrupted after 25
+    rest = await replay(config, filters)
+
+    assert (cut.replayed, rest.replayed) == (25, 65)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=config.kafka.bootstrap_servers, isolation_level="read_committed"
+    )
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(config.topics.raw, p) for p in range(3)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        replays: Counter[bytes] = Counter()
+        async for _, records in read_to_end(consumer, partitions):
+            replays.update(
+                dict(r.headers)["replay-of"] for r in records if "replay-of" in dict(r.headers)
+            )
+    finally:
+        await consumer.stop()
+    assert len(replays) == 90
+    assert set(replays.values()) == {1}, "a record was replayed twice"
+
+
+@pytest.mark.usefixtures("topics")
+async def test_the_command_prints_one_json_summary_line(config: Config) -> None:
+    env = worker_env(config) | {"PROCESSOR_LOGGING__FORMAT": "json"}
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            *("-m", "processor.cli", "--config", str(REPO / "config.yaml")),
+            *("replay", "--from", config.topics.dlq, "--dry-run"),
+        ],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr.decode()
+    summary = json.loads(result.stdout.decode().strip().splitlines()[-1])
+    assert summary["event"] == "replay.summary"
+    assert (summary["dry_run"], summary["would_replay"], summary["scanned"]) == (True, 0, 0)
