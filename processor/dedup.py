@@ -30,6 +30,7 @@ from typing import Final, NamedTuple, Protocol
 
 import structlog
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from processor.idwindow import IdWindow, fingerprint, id_hash
 from processor.routing import Routed
@@ -115,10 +116,24 @@ class Dedup:
         return sum(window.nbytes for window in self._windows.values())
 
     async def assigned(self, partitions: Collection[TopicPartition]) -> None:
-        """Restore each partition's ids from the changelog; call before routing its records."""
+        """Restore each partition's ids from the changelog; call before routing its records.
+
+        A partition whose restore fails is not owned (`owns`): the worker retries it
+        before routing any of its records.
+        """
         for partition in sorted(partitions):
             started = time.perf_counter()
-            restored = await self._reader.read(partition.partition)
+            try:
+                restored = await self._reader.read(partition.partition)
+            except (KafkaError, TimeoutError, OSError) as exc:
+                log.warning(
+                    "dedup.restore_failed",
+                    topic=partition.topic,
+                    partition=partition.partition,
+                    error=repr(exc),
+                    detail="retried before any record of this partition is routed",
+                )
+                continue
             window = IdWindow(window_s=self._window_s)
             window.restore(*restored)
             now = self._clock()

@@ -69,6 +69,8 @@ class ExactlyOnce:
         self._producer_for = producer_for
         self._produce_timeout_s = produce_timeout_s
         self._producers: dict[TopicPartition, TransactionalProducer] = {}
+        # Partitions another worker fenced us out of, until the group says otherwise.
+        self._fenced: set[TopicPartition] = set()
 
     async def start(self) -> None:
         """Producers start with their partitions (`assigned`)."""
@@ -80,24 +82,49 @@ class ExactlyOnce:
         return _Transactions(self)
 
     async def assigned(self, partitions: Collection[TopicPartition]) -> None:
-        """Start each partition's producer: this fences whoever owned it before."""
+        """Start each partition's producer at once: this fences whoever owned it before,
+        before its dedup state is restored. One that cannot start now is started by the
+        partition's first transaction."""
         for partition in partitions:
-            await self._replace(partition)
+            self._fenced.discard(partition)
+            try:
+                async with asyncio.timeout(self._produce_timeout_s):
+                    await self._producer(partition)
+            except (KafkaError, TimeoutError) as exc:
+                log.warning(
+                    "partition.producer_start_failed",
+                    topic=partition.topic,
+                    partition=partition.partition,
+                    error=repr(exc),
+                    detail="its first transaction starts it again",
+                )
 
     async def revoked(self, partitions: Collection[TopicPartition]) -> None:
         for partition in partitions:
-            producer = self._producers.pop(partition, None)
-            if producer is not None:
-                await producer.stop()
+            self._fenced.discard(partition)
+            await self._drop(partition)
 
-    async def _replace(self, partition: TopicPartition) -> None:
-        """A fresh producer for `partition`: its start aborts what an old one left open."""
-        old = self._producers.pop(partition, None)
-        if old is not None:
-            await old.stop()
-        producer = self._producer_for(transactional_id(self._group_id, partition))
-        await producer.start()
-        self._producers[partition] = producer
+    async def _producer(self, partition: TopicPartition) -> TransactionalProducer:
+        """The partition's started producer; a new one's start aborts what an old one of
+        the same transactional id left open."""
+        producer = self._producers.get(partition)
+        if producer is None:
+            producer = self._producer_for(transactional_id(self._group_id, partition))
+            try:
+                await producer.start()
+            except BaseException:
+                with contextlib.suppress(KafkaError, TimeoutError):
+                    await producer.stop()
+                raise
+            self._producers[partition] = producer
+        return producer
+
+    async def _drop(self, partition: TopicPartition) -> None:
+        producer = self._producers.pop(partition, None)
+        if producer is not None:
+            with contextlib.suppress(KafkaError, TimeoutError):
+                async with asyncio.timeout(self._produce_timeout_s):
+                    await producer.stop()
 
     async def _commit(
         self,
@@ -105,11 +132,11 @@ class ExactlyOnce:
         records: Sequence[OutgoingRecord],
         offset: int,
     ) -> None:
-        producer = self._producers.get(partition)
-        if producer is None:
-            raise ProducerFenced()  # fenced before: another worker owns it now
+        if partition in self._fenced:
+            raise ProducerFenced()  # another worker owns it now
         try:
             async with asyncio.timeout(self._produce_timeout_s):
+                producer = await self._producer(partition)
                 await producer.begin_transaction()
                 acks = await produce_batch(producer, records)
                 await asyncio.gather(*acks)
@@ -118,7 +145,7 @@ class ExactlyOnce:
         except ProducerFenced:
             # Another worker started this partition's producer: it owns the partition.
             # Kafka aborted this transaction; no retry may write it.
-            self._producers.pop(partition, None)
+            self._fenced.add(partition)
             log.warning(
                 "partition.fenced",
                 topic=partition.topic,
@@ -127,15 +154,12 @@ class ExactlyOnce:
                 "off past its session); its batch was aborted by Kafka and is routed by the "
                 "new owner. This worker rejoins the group.",
             )
-            with contextlib.suppress(KafkaError, TimeoutError):
-                async with asyncio.timeout(self._produce_timeout_s):
-                    await producer.stop()
+            await self._drop(partition)
             raise
         except Exception:
-            # The transaction may be open or half-ended: a new producer's start aborts it.
-            with contextlib.suppress(KafkaError, TimeoutError):
-                async with asyncio.timeout(self._produce_timeout_s):
-                    await self._replace(partition)
+            # The transaction may be open or half-ended: the next attempt's new producer
+            # aborts it when it starts.
+            await self._drop(partition)
             raise
 
 

@@ -234,6 +234,7 @@ class Worker:
         routed: dict[TopicPartition, list[Routed]] = {}
         screened: dict[TopicPartition, Screened] = {}
         kept_records: dict[TopicPartition, Sequence[Any]] = {}
+        unrestored: dict[TopicPartition, Sequence[Any]] = {}
         for partition, records in batch.items():
             results = [route(record) for record in records]
             if breakers.enabled:
@@ -243,6 +244,11 @@ class Worker:
                     records, results = records[: trip.at], results[: trip.at]
                     if not records:
                         continue
+            if dedup is not None and not dedup.owns(partition):
+                await dedup.assigned([partition])  # its restore failed at assignment
+                if not dedup.owns(partition):
+                    unrestored[partition] = records
+                    continue
             kept_records[partition] = records
             routed[partition] = results
             if dedup is None:
@@ -251,9 +257,10 @@ class Worker:
             screened[partition] = kept = dedup.screen(partition, results)
             checkpoint.produce(partition, kept.outputs)
             checkpoint.add_state(partition, kept.changelog)
-        batch = kept_records  # less what a DLQ breaker held back
+        batch = kept_records  # less what a DLQ breaker held back or dedup cannot screen yet
+        self._rewind(unrestored)
         if not batch:
-            return True
+            return not unrestored
         offsets = {partition: records[-1].offset + 1 for partition, records in batch.items()}
         try:
             await checkpoint.commit(offsets)
@@ -266,7 +273,7 @@ class Worker:
                 self._produce_failed(failure, records=sum(len(batch[tp]) for tp in retried))
             self._rewind({tp: batch[tp] for tp in retried})
             self._done({tp: batch[tp] for tp in batch if tp not in failed}, routed, screened)
-            return not retried
+            return not retried and not unrestored
         except CommitFailed as failure:
             # The outputs are written; the next owner re-routes the batch (duplicates).
             self._metrics.commit_failures.inc()
@@ -277,7 +284,7 @@ class Worker:
                 self._failed_attempts = 0
             self._backoff = self._config.worker.retry_backoff_s
         self._done(batch, routed, screened, fetched_at=fetched_at)
-        return True
+        return not unrestored
 
     def _done(
         self,

@@ -178,6 +178,11 @@ def generated_batches() -> list[tuple[int, int, list[Any]]]:
 async def test_fuzzed_records_are_each_routed_or_parked_and_the_worker_goes_on(
     config: Config,
 ) -> None:
+    # Fuzzed values repeat: with dedup on, a repeated delivery would be counted, not
+    # written, and records in would no longer equal records out.
+    config = msgspec.structs.replace(
+        config, dedup=msgspec.structs.replace(config.dedup, enabled=False)
+    )
     raw, bootstrap = config.topics.raw, config.kafka.bootstrap_servers
     written = 0
     for partition, codec_id, records in generated_batches():

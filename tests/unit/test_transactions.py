@@ -152,12 +152,53 @@ async def test_a_failed_transaction_spoils_only_its_partition_and_gets_a_fresh_p
     assert failed.value.failed_partitions([P0, P1]) == {P1}
     assert not failed.value.fenced(P1)
     assert "processor-workers.webhooks.raw.0: commit" in factory.journal
-    # The old producer is stopped and a new one started: its start aborts what was open.
-    assert factory.journal[-2:] == [
-        "processor-workers.webhooks.raw.1: stop",
-        "processor-workers.webhooks.raw.1: start",
-    ]
+    assert factory.journal[-1] == "processor-workers.webhooks.raw.1: stop"
+
+    # The retry starts a new producer, whose start aborts what the old one left open.
+    retry = guarantee.begin()
+    retry.produce(P1, [out(b"b")])
+    await asyncio.wait_for(retry.commit({P1: 9}), 1)
     assert len(factory.made) == 3
+    assert factory.journal[-5:] == [
+        "processor-workers.webhooks.raw.1: start",
+        "processor-workers.webhooks.raw.1: begin",
+        "processor-workers.webhooks.raw.1: produce out/0 [b'b']",
+        f"processor-workers.webhooks.raw.1: offsets {{{P1!r}: 9}} {GROUP}",
+        "processor-workers.webhooks.raw.1: commit",
+    ]
+
+
+async def test_a_producer_that_cannot_start_is_retried_never_taken_for_fenced(
+    factory: Factory,
+) -> None:
+    starts = 0
+
+    def failing_first(transactional_id: str) -> TxnProducer:
+        producer = factory(transactional_id)
+
+        async def start() -> None:
+            nonlocal starts
+            starts += 1
+            if starts <= 2:
+                raise KafkaTimeoutError()
+            producer.note("start")
+
+        producer.start = start  # type: ignore[method-assign]
+        return producer
+
+    guarantee = ExactlyOnce(group_id=GROUP, producer_for=failing_first, produce_timeout_s=1)
+    await guarantee.assigned([P0])  # cannot start: logged, left for the first transaction
+
+    checkpoint = guarantee.begin()
+    checkpoint.produce(P0, [out(b"a")])
+    with pytest.raises(ProduceFailed, match="KafkaTimeoutError") as failed:
+        await asyncio.wait_for(checkpoint.commit({P0: 1}), 1)
+    assert not failed.value.fenced(P0), "a producer that cannot start is not a fence"
+
+    again = guarantee.begin()
+    again.produce(P0, [out(b"a")])
+    await asyncio.wait_for(again.commit({P0: 1}), 1)
+    assert factory.journal[-1] == "processor-workers.webhooks.raw.0: commit"
 
 
 async def test_a_fenced_partition_is_given_up_and_not_retried(
