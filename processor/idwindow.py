@@ -2,10 +2,10 @@
 
 The worker drops a provider's retry when its delivery id is remembered here. A dict
 costs over 100 bytes an id, so ids live as a small log-structured merge tree: a dict
-for the newest ids, frozen into sorted numpy segments of 16 bytes an id (the id hash,
-and its fingerprint and second packed in one uint64), merged while neighbours are of
-a like size so that O(log n) segments are searched per batch with `np.searchsorted`.
-Segments are searched newest first: the latest write of an id wins.
+for the newest ids, frozen into sorted numpy segments of 17 bytes an id (the id hash;
+its fingerprint and second packed in a uint64; a directory by the hash's top bits),
+merged while neighbours are of a like size, so that O(log n) segments are searched,
+newest first (the latest write of an id wins), for a whole batch at once.
 
 Expiry cuts only the oldest end (whole segments once their newest id has expired, or
 a rewrite of the oldest one), so an expired write never uncovers an older one. Merges
@@ -33,6 +33,10 @@ _U64 = npt.NDArray[np.uint64]
 
 # A packed value is fingerprint << 32 | seen_at, both uint32.
 _LOW32: Final = 0xFFFF_FFFF
+_LOW_HALF: Final = 0 if sys.byteorder == "little" else 1  # seen_at's uint32 in a uint64
+# Keys per bucket of a segment's directory (4 to 8): under a byte an id, and a
+# bucket's keys share a cache line or two.
+_KEYS_PER_BUCKET: Final = 8
 # Neighbours merge while the older is at most this many times the newer, so sizes at
 # least halve from oldest to newest: about log2(ids / memtable_ids) segments.
 _MERGE_RATIO: Final = 2
@@ -56,56 +60,84 @@ def fingerprint(value: bytes) -> int:
 
 @dataclass(frozen=True, slots=True, eq=False)  # eq=False: told apart by identity
 class _Segment:
-    """Frozen writes: unique sorted keys, their packed values, the range of their times."""
+    """Frozen writes: unique sorted keys, their packed values, the range of their times,
+    and a directory: `starts[b]` is the first key whose top `64 - shift` bits are b."""
 
     keys: _U64
     values: _U64
     oldest: int
     newest: int
+    starts: npt.NDArray[np.uint32]
+    shift: int
+    steps: int  # 2**steps is more than the most keys sharing their top bits
 
     @property
     def size(self) -> int:
         return len(self.keys)
 
+    def search(self, queries: _U64) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
+        """Where each query is or would be among the keys, and whether it is there.
 
-def _frozen(keys: _U64, values: _U64) -> _Segment | None:
-    """A segment of sorted unique keys and their values; None when there are none."""
-    if not len(keys):
-        return None
-    seconds = values & _LOW32
-    return _Segment(keys, values, int(seconds.min()), int(seconds.max()))
+        A binary search within each query's bucket, in step for the whole batch: a few
+        gathers of independent loads, 3-4 times faster in a big segment than the ~24
+        dependent cache misses of `np.searchsorted` per query."""
+        bucket = (queries >> self.shift).view(np.intp)
+        at = self.starts[bucket].astype(np.intp)
+        end = self.starts[bucket + 1]
+        last = self.size - 1
+        for power in reversed(range(self.steps)):
+            step = 1 << power
+            probe = at + (step - 1)
+            ahead = probe < end
+            np.minimum(probe, last, out=probe)
+            ahead &= self.keys[probe] < queries
+            np.add(at, step, out=at, where=ahead)
+        np.minimum(at, last, out=at)
+        return at, self.keys[at] == queries
 
 
-def _segment(keys: _U64, values: _U64, cutoff: int | None) -> tuple[_Segment | None, int]:
-    """Writes in write order as a segment, the last write of a key winning, without the
-    ids seen before `cutoff`; and how many ids that left out as expired."""
+def _sorted(keys: Sequence[_U64], values: Sequence[_U64]) -> tuple[_U64, _U64]:
+    """Runs of writes in write order, sorted by key, each key's writes still in order.
+
+    Each temporary goes as soon as it is used: the peak of a merge bounds the memory."""
+    joined = np.concatenate(keys)
+    order = np.argsort(joined, kind="stable")  # timsort: sorted runs merge in linear time
+    joined = joined[order]
+    return joined, np.concatenate(values)[order]
+
+
+def _kept(keys: _U64, values: _U64, cutoff: int | None) -> tuple[_Segment | None, int]:
+    """Writes sorted by key as a segment: the last write of each key, unless it was seen
+    before `cutoff`; and how many ids that left out as expired."""
     if not len(keys):
         return None, 0
-    order = np.argsort(keys, kind="stable")  # timsort: runs already sorted merge in linear time
-    keys, values = keys[order], values[order]
     keep = np.empty(len(keys), dtype=np.bool_)
     np.not_equal(keys[1:], keys[:-1], out=keep[:-1])
     keep[-1] = True
-    expired = 0
+    latest = int(np.count_nonzero(keep))
     if cutoff is not None:
-        live = (values & _LOW32) >= cutoff
-        expired = int(np.count_nonzero(keep & ~live))
-        keep &= live
-    return _frozen(keys[keep], values[keep]), expired
+        keep &= values.view(np.uint32)[_LOW_HALF::2] >= cutoff
+    if not keep.all():
+        keys, values = keys[keep], values[keep]
+    expired = latest - len(keys)
+    if not len(keys):
+        return None, expired
+    seconds = values.view(np.uint32)[_LOW_HALF::2]  # a view: no copy of millions
+    bits = max(1, (len(keys) // _KEYS_PER_BUCKET).bit_length())
+    shift = 64 - bits
+    starts = np.empty((1 << bits) + 1, dtype=np.uint32)
+    starts[:-1] = np.searchsorted(keys, np.arange(1 << bits, dtype=np.uint64) << shift)
+    starts[-1] = len(keys)
+    steps = int(np.diff(starts).max()).bit_length()
+    segment = _Segment(keys, values, int(seconds.min()), int(seconds.max()), starts, shift, steps)
+    return segment, expired
 
 
 def _rewritten(run: tuple[_Segment, ...], cutoff: int | None) -> tuple[_Segment | None, int]:
     """A run of neighbouring segments as one, oldest first; the ids it expired."""
-    if len(run) == 1:
-        (segment,) = run
-        if cutoff is None:
-            return segment, 0
-        live = (segment.values & _LOW32) >= cutoff  # sorted keys stay sorted: no sort
-        kept = _frozen(segment.keys[live], segment.values[live])
-        return kept, segment.size - (kept.size if kept else 0)
-    keys = np.concatenate([segment.keys for segment in run])
-    values = np.concatenate([segment.values for segment in run])
-    return _segment(keys, values, cutoff)
+    if len(run) == 1:  # already sorted and unique: no sort
+        return _kept(run[0].keys, run[0].values, cutoff)
+    return _kept(*_sorted([s.keys for s in run], [s.values for s in run]), cutoff)
 
 
 def _next_job(segments: tuple[_Segment, ...], cutoff: int | None, limit: float) -> slice | None:
@@ -134,8 +166,8 @@ class IdWindow:
         self,
         *,
         window_s: float,
-        memtable_ids: int = 65_536,  # a freeze sorts this many ids: a few milliseconds
-        inline_merge_ids: int = 1_048_576,  # merges up to here run inline: about 20 ms
+        memtable_ids: int = 65_536,  # a freeze of this many ids: about 10 ms
+        inline_merge_ids: int = 524_288,  # merges up to here run inline: about 12 ms
     ) -> None:
         if window_s <= 0 or memtable_ids < 1 or inline_merge_ids < 1:
             raise ValueError("window_s, memtable_ids and inline_merge_ids must be positive")
@@ -157,17 +189,16 @@ class IdWindow:
         segments = self._segments
         if segments and found:
             queries = np.array(id_hashes, dtype=np.uint64)
-            order = np.argsort(queries)  # sorted queries search about twice as fast
-            queries = queries[order]
             hit = np.zeros(len(queries), dtype=np.bool_)
             values = np.zeros(len(queries), dtype=np.uint64)
             for segment in reversed(segments):  # newest first: the latest write wins
-                at = np.searchsorted(segment.keys, queries)
-                np.minimum(at, segment.size - 1, out=at)
-                new = (segment.keys[at] == queries) & ~hit
+                at, there = segment.search(queries)
+                new = there & ~hit
                 values[new] = segment.values[at[new]]
                 hit |= new
-            for index, value in zip(order[hit].tolist(), values[hit].tolist(), strict=True):
+            for index, value in zip(
+                np.flatnonzero(hit).tolist(), values[hit].tolist(), strict=True
+            ):
                 if found[index] is None:  # the memtable holds newer writes
                     found[index] = value
         return [None if v is None or v & _LOW32 < cutoff else v >> 32 for v in found]
@@ -178,17 +209,17 @@ class IdWindow:
         """Remember these ids as seen at `seen_at` (Unix seconds); a remembered id takes
         the new fingerprint and time."""
         second = int(seen_at)
-        if len(id_hashes) != len(fingerprints) or not 0 <= second <= _LOW32:
-            raise ValueError("one fingerprint per id, and seen_at within uint32 seconds")
-        if fingerprints and (min(fingerprints) < 0 or max(fingerprints) > _LOW32):
-            raise ValueError("fingerprints are 32-bit unsigned")
+        if not (len(id_hashes) == len(fingerprints) and 0 <= second <= _LOW32) or (
+            fingerprints and (min(fingerprints) < 0 or max(fingerprints) > _LOW32)
+        ):
+            raise ValueError("remember takes a uint32 fingerprint per id and uint32 seconds")
         self._memtable.update(
             zip(id_hashes, [fp << 32 | second for fp in fingerprints], strict=True)
         )
         self._memtable_oldest = min(self._memtable_oldest, second)
         if len(self._memtable) >= self._memtable_ids:
             self._freeze()
-            self._settle(None, self._inline_merge_ids)
+        self._settle(None, self._inline_merge_ids, jobs=1)
 
     def restore(self, id_hashes: bytes, fingerprints: bytes, seen_at: bytes) -> None:
         """Bulk load from a changelog: little-endian packed uint64 id hashes, uint32
@@ -206,11 +237,8 @@ class IdWindow:
             )
         if self._memtable:
             self._freeze()
-        segment, _ = _segment(keys, fps.astype(np.uint64) << 32 | seconds, None)
-        if segment is not None:
-            with self._swap:
-                self._segments = (*self._segments, segment)
-        self._settle(None, self._inline_merge_ids)
+        self._append(keys, fps.astype(np.uint64) << 32 | seconds)
+        self._settle(None, self._inline_merge_ids, jobs=1)
 
     def evict(self, now: float) -> int:
         """Forget ids seen before now - window_s, cheaply; returns how many were dropped.
@@ -222,16 +250,17 @@ class IdWindow:
             self._freeze()  # a quiet partition's memtable would never fill
         with self._swap:
             segments = self._segments
-            expired = 0
-            while expired < len(segments) and segments[expired].newest < cutoff:
-                expired += 1
-            self._segments = segments[expired:]
-        dropped = sum(segment.size for segment in segments[:expired])
-        return dropped + self._settle(cutoff, self._inline_merge_ids)
+            gone = next((i for i, s in enumerate(segments) if s.newest >= cutoff), len(segments))
+            self._segments = segments[gone:]
+        dropped = sum(segment.size for segment in segments[:gone])
+        return dropped + self._settle(cutoff, self._inline_merge_ids, jobs=1)
 
     def needs_compaction(self, now: float) -> bool:
-        """Whether `compact` has work: a merge or rewrite too big to run inline."""
-        return _next_job(self._segments, self._cutoff(now), math.inf) is not None
+        """Whether `compact` has work: a merge or rewrite too big to run inline, and
+        none that the next calls of remember and evict will run."""
+        segments, cutoff = self._segments, self._cutoff(now)
+        inline = _next_job(segments, cutoff, self._inline_merge_ids)
+        return inline is None and _next_job(segments, cutoff, math.inf) is not None
 
     def compact(self, now: float) -> int:
         """Every merge and rewrite due, however big; returns how many expired ids it dropped.
@@ -241,7 +270,7 @@ class IdWindow:
         if not self._compacting.acquire(blocking=False):
             return 0
         try:
-            return self._settle(self._cutoff(now), math.inf)
+            return self._settle(self._cutoff(now), math.inf, jobs=math.inf)
         finally:
             self._compacting.release()
 
@@ -252,7 +281,7 @@ class IdWindow:
     @property
     def nbytes(self) -> int:
         """About the memory this store holds: its arrays, its dict and the dict's ints."""
-        arrays = sum(s.keys.nbytes + s.values.nbytes for s in self._segments)
+        arrays = sum(s.keys.nbytes + s.values.nbytes + s.starts.nbytes for s in self._segments)
         return arrays + sys.getsizeof(self._memtable) + 2 * _INT_BYTES * len(self._memtable)
 
     def _cutoff(self, now: float) -> int:
@@ -261,29 +290,36 @@ class IdWindow:
 
     def _freeze(self) -> None:
         memtable, self._memtable, self._memtable_oldest = self._memtable, {}, _LOW32
-        keys = np.fromiter(memtable.keys(), dtype=np.uint64, count=len(memtable))
-        values = np.fromiter(memtable.values(), dtype=np.uint64, count=len(memtable))
-        order = np.argsort(keys)  # a dict's keys are unique: any sort will do
-        segment = _frozen(keys[order], values[order])
+        self._append(
+            np.fromiter(memtable.keys(), dtype=np.uint64, count=len(memtable)),
+            np.fromiter(memtable.values(), dtype=np.uint64, count=len(memtable)),
+        )
+
+    def _append(self, keys: _U64, values: _U64) -> None:
+        """Writes in write order as the newest segment."""
+        segment, _ = _kept(*_sorted([keys], [values]), None)
         if segment is not None:
             with self._swap:
                 self._segments = (*self._segments, segment)
 
-    def _settle(self, cutoff: int | None, limit: float) -> int:
-        """Run the jobs due up to `limit` ids each; returns how many expired ids they dropped."""
+    def _settle(self, cutoff: int | None, limit: float, *, jobs: float) -> int:
+        """Run up to `jobs` of the jobs due of up to `limit` ids each; returns how many
+        expired ids they dropped. Inline, one job a call: no call pays for a cascade."""
         dropped = 0
-        while (job := _next_job(segments := self._segments, cutoff, limit)) is not None:
+        while jobs > 0:
+            segments = self._segments
+            job = _next_job(segments, cutoff, limit)
+            if job is None:
+                break
+            jobs -= 1
             run = segments[job]
             # Only a run from the oldest segment on may drop expired writes (see above).
             merged, expired = _rewritten(run, cutoff if job.start == 0 else None)
             with self._swap:
                 current = self._segments
-                if run[0] not in current:
-                    continue  # evict or another thread replaced it meanwhile: plan again
-                start = current.index(run[0])
-                if current[start : start + len(run)] != run:
-                    continue
-                kept = () if merged is None else (merged,)
-                self._segments = (*current[:start], *kept, *current[start + len(run) :])
-            dropped += expired
+                start = current.index(run[0]) if run[0] in current else 0
+                if current[start : start + len(run)] == run:  # else evict or a thread was first
+                    kept = () if merged is None else (merged,)
+                    self._segments = (*current[:start], *kept, *current[start + len(run) :])
+                    dropped += expired
         return dropped

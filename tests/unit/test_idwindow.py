@@ -162,14 +162,17 @@ def test_restore_refuses_columns_of_different_lengths() -> None:
         IdWindow(window_s=WINDOW).restore(keys, fps[:4], times)
 
 
-def test_remember_refuses_what_does_not_fit_32_bits() -> None:
+@pytest.mark.parametrize(
+    ("fingerprints", "seen_at"),
+    [([2**32], T0), ([-1], T0), ([1], -1), ([1], 2**32), ([1, 2], T0)],
+    ids=["fingerprint-too-big", "fingerprint-negative", "before-1970", "after-2106", "count"],
+)
+def test_remember_refuses_what_does_not_fit_32_bits(fingerprints: list[int], seen_at: int) -> None:
     window = IdWindow(window_s=WINDOW)
-    with pytest.raises(ValueError, match="32-bit"):
-        window.remember([1], [2**32], T0)
-    with pytest.raises(ValueError, match="uint32 seconds"):
-        window.remember([1], [1], -1)
-    with pytest.raises(ValueError, match="one fingerprint per id"):
-        window.remember([1, 2], [1], T0)
+
+    with pytest.raises(ValueError, match="a uint32 fingerprint per id and uint32 seconds"):
+        window.remember([1], fingerprints, seen_at)
+
     assert len(window) == 0
 
 
@@ -177,11 +180,12 @@ def test_evict_drops_whole_expired_segments_and_len_and_nbytes_shrink() -> None:
     window = IdWindow(window_s=WINDOW, memtable_ids=4, inline_merge_ids=4)
     window.remember([1, 2, 3, 4], [10, 20, 30, 40], T0)
     window.remember([5, 6, 7, 8], [50, 60, 70, 80], T0 + 10)
-    assert (len(window), window.nbytes) == (8, 8 * 16 + EMPTY_DICT)
+    directory = 3 * 4  # the starts of 2 buckets and the end, as uint32
+    assert (len(window), window.nbytes) == (8, 2 * (4 * 16 + directory) + EMPTY_DICT)
 
     assert window.evict(T0 + WINDOW + 5) == 4
 
-    assert (len(window), window.nbytes) == (4, 4 * 16 + EMPTY_DICT)
+    assert (len(window), window.nbytes) == (4, 4 * 16 + directory + EMPTY_DICT)
     assert window.lookup_many([1, 4, 5, 8], T0 + WINDOW + 5) == [None, None, 50, 80]
     assert window.evict(T0 + WINDOW + 5) == 0
 
@@ -229,6 +233,18 @@ def test_an_expired_later_write_never_uncovers_an_earlier_one() -> None:
     assert (len(window), window.lookup_many([1], T0 + WINDOW + 10)) == (0, [None])
 
 
+def test_a_merge_off_the_oldest_segment_keeps_an_expired_write_hiding_an_older_one() -> None:
+    window = IdWindow(window_s=WINDOW, inline_merge_ids=1)
+    window.restore(*packed([(1, 10, T0 + 50)] + [(100 + i, 0, T0 + 50) for i in range(9)]))
+    window.restore(*packed([(2, 20, T0 + 50), (3, 30, T0 + 50)]))
+    window.restore(*packed([(1, 11, T0), (4, 40, T0 + 50)]))  # id 1 again, an older time
+
+    assert window.compact(T0 + 120) == 0  # merged the two newer segments only
+
+    assert segment_sizes(window) == [10, 4]
+    assert window.lookup_many([1, 2, 4], T0 + 120) == [None, 20, 40]
+
+
 def test_lookups_find_every_id_across_many_segments() -> None:
     window = IdWindow(window_s=WINDOW, memtable_ids=8, inline_merge_ids=8)
     for batch in range(50):
@@ -245,9 +261,13 @@ def test_merges_keep_segments_few_and_shrinking_from_oldest_to_newest() -> None:
     window = IdWindow(window_s=WINDOW, memtable_ids=4)
     for batch in range(100):
         window.remember([batch * 4 + i for i in range(4)], [batch] * 4, T0)
+    assert segment_sizes(window) == [324, 36, 36, 4]  # a freeze each call, a merge each call
+    assert not window.needs_compaction(T0)  # the next call merges inline
+
+    window.remember([], [], T0)
 
     sizes = segment_sizes(window)
-    assert sizes == [356, 32, 12]
+    assert sizes == [324, 72, 4]
     assert all(older > 2 * newer for older, newer in itertools.pairwise(sizes))
     assert window.lookup_many([0, 399, 400], T0) == [0, 99, None]
 
