@@ -96,12 +96,16 @@ class _Segment:
         return at, self.keys[at] == queries
 
 
-def _sorted(keys: Sequence[_U64], values: Sequence[_U64]) -> tuple[_U64, _U64]:
+def _sorted(
+    keys: Sequence[_U64], values: Sequence[_U64], *, unique: bool = False
+) -> tuple[_U64, _U64]:
     """Runs of writes in write order, sorted by key, each key's writes still in order.
 
     Each temporary goes as soon as it is used: the peak of a merge bounds the memory."""
     joined = np.concatenate(keys)
-    order = np.argsort(joined, kind="stable")  # timsort: sorted runs merge in linear time
+    # Timsort merges sorted runs in linear time and keeps writes in order; unique keys
+    # need no order kept, and quicksort sorts random ones 2.5 times faster.
+    order = np.argsort(joined, kind="quicksort" if unique else "stable")
     joined = joined[order]
     return joined, np.concatenate(values)[order]
 
@@ -293,11 +297,12 @@ class IdWindow:
         self._append(
             np.fromiter(memtable.keys(), dtype=np.uint64, count=len(memtable)),
             np.fromiter(memtable.values(), dtype=np.uint64, count=len(memtable)),
+            unique=True,
         )
 
-    def _append(self, keys: _U64, values: _U64) -> None:
+    def _append(self, keys: _U64, values: _U64, *, unique: bool = False) -> None:
         """Writes in write order as the newest segment."""
-        segment, _ = _kept(*_sorted([keys], [values]), None)
+        segment, _ = _kept(*_sorted([keys], [values], unique=unique), None)
         if segment is not None:
             with self._swap:
                 self._segments = (*self._segments, segment)
