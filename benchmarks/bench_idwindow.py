@@ -2,8 +2,8 @@
 
 Variants, each run in a process of its own so that the RSS it grows is its alone:
 
-- `idwindow`: `processor.idwindow.IdWindow` with its production defaults; whenever
-  `needs_compaction` says so, `compact` runs in a thread, as the worker would run it;
+- `idwindow`: `processor.idwindow.IdWindow` with its production defaults (its merges
+  run a slice at a time within remember and evict);
 - `idwindow+mmap`: the same under `MALLOC_MMAP_THRESHOLD_=1048576`. glibc's threshold
   otherwise rises to 32 MB as big arrays are freed, and then keeps the freed arrays
   of merges in its heap: RSS grows past what the window holds;
@@ -24,9 +24,8 @@ evict after each batch (about N ids live, the expired ones going). Last, restore
 
 Costs per id are CPU time of the calling thread, steadier than wall time on a shared
 machine. A pause is the longest single call on the calling thread, as wall time and
-as that thread's CPU time (the gap between the two is time the thread waited: for
-the CPU, for the GIL, or for the kernel). idwindow's compactions run in their thread
-meanwhile; their longest run and their CPU per id are shown apart.
+as that thread's CPU time (the gap between the two is time the thread waited for
+the CPU or the kernel: on a shared machine, mostly other processes).
 
 Rerun (from the repository root; rocksdict is not a dependency of the project, so
 `.venv/bin/pip install rocksdict==0.3.29` first, or leave it out with --variants):
@@ -38,7 +37,6 @@ Rerun (from the repository root; rocksdict is not a dependency of the project, s
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
 import math
 import os
@@ -220,39 +218,12 @@ class Calls:
         return sum(self.cpus)
 
 
-class Compactor:
-    """Runs `IdWindow.compact` in a thread whenever it has work, one at a time."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-        self.pending: concurrent.futures.Future[int] | None = None
-        self.runs = Calls()
-        self.dropped = 0
-
-    def poke(self, now: float) -> None:
-        store = self.store
-        if not isinstance(store, IdWindow) or (self.pending and not self.pending.done()):
-            return
-        if self.pending:
-            self.dropped += self.pending.result()
-            self.pending = None
-        if store.needs_compaction(now):
-            self.pending = self.pool.submit(self.runs, store.compact, now)
-
-    def wait(self) -> None:
-        if self.pending:
-            self.dropped += self.pending.result()
-            self.pending = None
-
-
 def measure(name: str, ids: int, folder: Path) -> dict[str, Any]:
     store = new_store(name, folder / "fill")
     batches = ids // BATCH
     step = WINDOW_S / batches  # the N ids span exactly one window
     remember, evict = Calls(), Calls()
     lookups = {"miss": Calls(), "hit": Calls()}
-    compactor = Compactor(store)
     result: dict[str, Any] = {"variant": name, "ids": ids}
 
     base = rss()
@@ -261,10 +232,8 @@ def measure(name: str, ids: int, folder: Path) -> dict[str, Any]:
         keys, fps = batch_of(1, index)
         now = T0 + index * step
         remember(store.remember, keys, fps, now)
-        compactor.poke(now)
         if index + 1 in checkpoints:
             result[checkpoints[index + 1]] = (rss() - base) / ((index + 1) * BATCH)
-    compactor.wait()  # lookups meet the segments of a settled window
     now = T0 + WINDOW_S
     result["rss_full"] = (rss() - base) / ids
     result["remember_us"] = remember.cpu / ids * 1e6
@@ -286,13 +255,9 @@ def measure(name: str, ids: int, folder: Path) -> dict[str, Any]:
         now = T0 + index * step
         remember(store.remember, keys, fps, now)
         evicted += evict(store.evict, now)
-        compactor.poke(now)
-    compactor.wait()
     result["steady_rss"] = (rss() - base) / max(1, len(store))
     result["peak_rss"] = (peak_rss() - base) / ids
-    result["evicted"] = evicted + compactor.dropped
-    result["compaction_us"] = compactor.runs.cpu / (ids + ids // 4) * 1e6
-    result["longest_compaction_s"] = max(compactor.runs.walls, default=0.0)
+    result["evicted"] = evicted
     if isinstance(store, RocksWindow):
         result["disk"] = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file()) / ids
     kinds = {"remember": [remember], "evict": [evict], "lookup": list(lookups.values())}
@@ -331,7 +296,6 @@ ROWS: Final = (
     ("lookup_miss_us", "lookup of unknown ids, CPU µs/id", "{:.3f}"),
     ("lookup_hit_us", "lookup of remembered ids, CPU µs/id", "{:.3f}"),
     ("remember_us", "remember, CPU µs/id", "{:.3f}"),
-    ("compaction_us", "compaction in its thread, CPU µs/id", "{:.3f}"),
     ("worst_remember_ms", "longest remember, wall ms", "{:.1f}"),
     ("p999_remember_ms", "  99.9th percentile, wall ms", "{:.1f}"),
     ("worst_remember_cpu_ms", "  longest, CPU ms", "{:.1f}"),
@@ -341,7 +305,6 @@ ROWS: Final = (
     ("worst_lookup_ms", "longest lookup, wall ms", "{:.1f}"),
     ("p999_lookup_ms", "  99.9th percentile, wall ms", "{:.1f}"),
     ("worst_lookup_cpu_ms", "  longest, CPU ms", "{:.1f}"),
-    ("longest_compaction_s", "longest compact (its thread), wall s", "{:.2f}"),
     ("evicted", "ids evicted in the steady state", "{:,}"),
 )
 

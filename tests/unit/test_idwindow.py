@@ -1,7 +1,7 @@
 """The ids a partition has seen: found while within the window, the latest write winning.
 
-Small `memtable_ids` and `inline_merge_ids` make a handful of ids span segments and
-merges, so every path runs in milliseconds.
+Small `memtable_ids` and `merge_step_ids` make a handful of ids span segments and
+merges, so every path runs in milliseconds; `no_merges` holds segments apart.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import struct
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -33,6 +34,13 @@ def packed(entries: list[tuple[int, int, int]]) -> tuple[bytes, bytes, bytes]:
 
 def segment_sizes(window: IdWindow) -> list[int]:
     return [segment.size for segment in window._segments]
+
+
+@pytest.fixture
+def no_merges(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Neighbours never alike enough to merge, until the function returned is called."""
+    monkeypatch.setattr(idwindow, "_MERGE_RATIO", 0)
+    return lambda: monkeypatch.setattr(idwindow, "_MERGE_RATIO", 2)
 
 
 def test_id_hash_is_pinned_blake2b_and_never_zero(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,14 +108,14 @@ def test_a_later_remember_overrides_an_earlier_one_within_the_memtable() -> None
 
 
 def test_a_later_remember_overrides_one_already_in_a_segment() -> None:
-    window = IdWindow(window_s=WINDOW, memtable_ids=2, inline_merge_ids=2)
-    window.remember([1, 2], [10, 20], T0)  # segment 1
-    window.remember([1, 3], [11, 30], T0 + 1)  # segment 2
-    window.remember([1], [12], T0 + 2)  # memtable
+    window = IdWindow(window_s=WINDOW, memtable_ids=2)
+    window.remember([1, 2], [10, 20], T0)  # a segment
+    window.remember([1, 3], [11, 30], T0 + 1)  # another, merged with it
+    window.remember([1], [12], T0 + 2)  # the memtable
 
-    assert segment_sizes(window) == [2, 2]
+    assert segment_sizes(window) == [3]
     assert window.lookup_many([1, 2, 3], T0 + 3) == [12, 20, 30]
-    window.remember([4], [40], T0 + 3)  # frozen: segment 3 holds 1 -> 12
+    window.remember([4], [40], T0 + 3)  # frozen: 1 -> 12 in a segment too
     assert window.lookup_many([1], T0 + 3) == [12]
 
 
@@ -117,6 +125,15 @@ def test_the_latest_write_wins_even_when_its_time_is_older() -> None:
     window.remember([1], [11], T0)
 
     assert window.lookup_many([1], T0 + 120) == [None]
+
+
+def test_a_newer_segment_wins_over_an_older_one(no_merges: Callable[[], None]) -> None:
+    window = IdWindow(window_s=WINDOW, memtable_ids=2)
+    window.remember([1, 2], [10, 20], T0)
+    window.remember([2, 3], [21, 30], T0 + 1)
+
+    assert segment_sizes(window) == [2, 2]
+    assert window.lookup_many([1, 2, 3], T0 + 2) == [10, 21, 30]
 
 
 def test_merges_keep_the_latest_write_of_each_id() -> None:
@@ -147,11 +164,11 @@ def test_a_remember_after_restore_overrides_it_and_a_restore_after_remember_wins
 
 
 def test_restore_in_chunks_lets_the_later_chunk_win() -> None:
-    window = IdWindow(window_s=WINDOW, inline_merge_ids=1)
+    window = IdWindow(window_s=WINDOW)
     window.restore(*packed([(1, 10, T0), (2, 20, T0)]))
-    window.restore(*packed([(1, 11, T0)]))
+    window.restore(*packed([(1, 11, T0)]))  # a segment, merged with the first
 
-    assert segment_sizes(window) == [2, 1]
+    assert segment_sizes(window) == [2]
     assert window.lookup_many([1, 2], T0) == [11, 20]
 
 
@@ -176,8 +193,10 @@ def test_remember_refuses_what_does_not_fit_32_bits(fingerprints: list[int], see
     assert len(window) == 0
 
 
-def test_evict_drops_whole_expired_segments_and_len_and_nbytes_shrink() -> None:
-    window = IdWindow(window_s=WINDOW, memtable_ids=4, inline_merge_ids=4)
+def test_evict_drops_whole_expired_segments_and_len_and_nbytes_shrink(
+    no_merges: Callable[[], None],
+) -> None:
+    window = IdWindow(window_s=WINDOW, memtable_ids=4)
     window.remember([1, 2, 3, 4], [10, 20, 30, 40], T0)
     window.remember([5, 6, 7, 8], [50, 60, 70, 80], T0 + 10)
     directory = 3 * 4  # the starts of 2 buckets and the end, as uint32
@@ -221,32 +240,39 @@ def test_evict_freezes_a_quiet_memtable_once_it_holds_an_expired_id() -> None:
     assert (len(window), window.lookup_many([1], T0)) == (0, [None])
 
 
-def test_an_expired_later_write_never_uncovers_an_earlier_one() -> None:
-    window = IdWindow(window_s=WINDOW, memtable_ids=1, inline_merge_ids=1)
+def test_an_expired_later_write_never_uncovers_an_earlier_one(
+    no_merges: Callable[[], None],
+) -> None:
+    window = IdWindow(window_s=WINDOW, memtable_ids=1)
     window.remember([1], [10], T0 + 50)  # the oldest segment
     window.remember([1], [11], T0)  # newer write, older time
+    now = T0 + WINDOW + 10
 
-    assert window.evict(T0 + WINDOW + 10) == 0  # the newer segment is not the oldest
-    assert window.lookup_many([1], T0 + WINDOW + 10) == [None]
-    assert window.compact(T0 + WINDOW + 10) == 1  # merged: only the latest write, expired
+    assert window.evict(now) == 0  # the newer segment is not the oldest
+    assert window.lookup_many([1], now) == [None]
+    no_merges()
+    assert window.evict(now) == 1  # merged: only the latest write, expired, dropped
 
-    assert (len(window), window.lookup_many([1], T0 + WINDOW + 10)) == (0, [None])
+    assert (len(window), window.lookup_many([1], now)) == (0, [None])
 
 
-def test_a_merge_off_the_oldest_segment_keeps_an_expired_write_hiding_an_older_one() -> None:
-    window = IdWindow(window_s=WINDOW, inline_merge_ids=1)
+def test_a_merge_off_the_oldest_segment_keeps_an_expired_write_hiding_an_older_one(
+    no_merges: Callable[[], None],
+) -> None:
+    window = IdWindow(window_s=WINDOW)
     window.restore(*packed([(1, 10, T0 + 50)] + [(100 + i, 0, T0 + 50) for i in range(9)]))
     window.restore(*packed([(2, 20, T0 + 50), (3, 30, T0 + 50)]))
     window.restore(*packed([(1, 11, T0), (4, 40, T0 + 50)]))  # id 1 again, an older time
+    no_merges()
 
-    assert window.compact(T0 + 120) == 0  # merged the two newer segments only
+    assert window.evict(T0 + 120) == 0  # merges the two newer segments only
 
     assert segment_sizes(window) == [10, 4]
     assert window.lookup_many([1, 2, 4], T0 + 120) == [None, 20, 40]
 
 
-def test_lookups_find_every_id_across_many_segments() -> None:
-    window = IdWindow(window_s=WINDOW, memtable_ids=8, inline_merge_ids=8)
+def test_lookups_find_every_id_across_many_segments(no_merges: Callable[[], None]) -> None:
+    window = IdWindow(window_s=WINDOW, memtable_ids=8)
     for batch in range(50):
         keys = [batch * 1000 + i for i in range(8)]
         window.remember(keys, [batch * 8 + i for i in range(8)], T0 + batch)
@@ -257,66 +283,88 @@ def test_lookups_find_every_id_across_many_segments() -> None:
     assert window.lookup_many(queries, T0 + 60) == expected
 
 
+@pytest.mark.parametrize("top", [0, 2**63, 2**64 - 2**20])
+def test_lookups_find_ids_whose_hashes_share_their_top_bits(top: int) -> None:
+    window = IdWindow(window_s=WINDOW, memtable_ids=40)
+    keys = [top + 2 * i for i in range(32)] + [2**64 - 1 - i for i in range(8)]
+    window.remember(keys, list(range(40)), T0)
+
+    assert segment_sizes(window) == [40]
+    assert window._segments[0].steps == 6  # 32 keys in one bucket of the directory
+    queries = keys + [top + 2 * i + 1 for i in range(32)] + [2**64 - 9]
+    assert window.lookup_many(queries, T0) == list(range(40)) + [None] * 33
+
+
 def test_merges_keep_segments_few_and_shrinking_from_oldest_to_newest() -> None:
     window = IdWindow(window_s=WINDOW, memtable_ids=4)
     for batch in range(100):
         window.remember([batch * 4 + i for i in range(4)], [batch] * 4, T0)
-    assert segment_sizes(window) == [324, 36, 36, 4]  # a freeze each call, a merge each call
-    assert not window.needs_compaction(T0)  # the next call merges inline
-
-    window.remember([], [], T0)
 
     sizes = segment_sizes(window)
-    assert sizes == [324, 72, 4]
+    assert sizes == [356, 32, 12]
     assert all(older > 2 * newer for older, newer in itertools.pairwise(sizes))
     assert window.lookup_many([0, 399, 400], T0) == [0, 99, None]
 
 
-def test_compact_does_the_merges_too_big_to_run_inline() -> None:
-    window = IdWindow(window_s=WINDOW, memtable_ids=4, inline_merge_ids=8)
-    for batch in range(10):
-        window.remember([batch * 4 + i for i in range(4)], [batch] * 4, T0)
-    assert segment_sizes(window) == [8, 8, 8, 8, 8]
-    assert window.needs_compaction(T0)
-
-    assert window.compact(T0) == 0
-
-    assert segment_sizes(window) == [40]
-    assert not window.needs_compaction(T0)
-    assert window.lookup_many([0, 17, 39, 40], T0) == [0, 4, 9, None]
-
-
-def test_compact_rewrites_an_oldest_segment_too_big_for_evict() -> None:
-    window = IdWindow(window_s=WINDOW, memtable_ids=4, inline_merge_ids=2)
-    for second, key in enumerate([1, 2, 3, 4]):
-        window.remember([key], [key * 10], T0 + second)
-    now = T0 + WINDOW + 2
-
-    assert window.evict(now) == 0
-    assert window.needs_compaction(now)
-    assert window.compact(now) == 2
-    assert window.lookup_many([1, 2, 3, 4], now) == [None, None, 30, 40]
-
-
-def test_a_compaction_whose_segments_went_meanwhile_plans_again(
-    monkeypatch: pytest.MonkeyPatch,
+def test_a_merge_goes_a_slice_of_keys_a_call_while_lookups_find_everything(
+    no_merges: Callable[[], None],
 ) -> None:
-    window = IdWindow(window_s=WINDOW, memtable_ids=4, inline_merge_ids=4)
+    window = IdWindow(window_s=WINDOW, memtable_ids=8, merge_step_ids=2)
+    older = {2 * i: i for i in range(8)}  # 0, 2, ..., 14
+    newer = {9 + i: 10 + i for i in range(8)}  # 9 to 16: 10, 12 and 14 written again
+    window.remember(list(older), list(older.values()), T0)
+    window.remember(list(newer), list(newer.values()), T0)
+    no_merges()
+    latest = older | newer
+
+    sizes, merged = [], []
+    for _ in range(6):
+        window.remember([], [], T0)  # adds nothing: a step's worth of merging
+        sizes.append(segment_sizes(window))
+        merged.append(window._merge.done if window._merge else None)
+        assert window.lookup_many(list(range(18)), T0) == [latest.get(k) for k in range(18)]
+
+    # Slices end at a key of the older segment: 4, 8, 12, then all that is left.
+    assert merged == [[2, 0], [4, 0], [6, 3], None, None, None]
+    assert sizes == [[8, 8]] * 3 + [[13]] * 3
+
+
+def test_evict_rewrites_a_mostly_expired_oldest_segment_a_slice_a_call() -> None:
+    window = IdWindow(window_s=WINDOW, memtable_ids=8, merge_step_ids=2)
+    for second in range(8):
+        window.remember([second + 1], [second], T0 + second)
+    now = T0 + WINDOW + 4  # ids 1 to 4 expired
+
+    assert [window.evict(now) for _ in range(5)] == [0, 0, 0, 4, 0]  # 8 ids, 2 a call
+
+    assert segment_sizes(window) == [4]
+    assert window.lookup_many([1, 4, 5, 8], now) == [None, None, 4, 7]
+
+
+def test_evict_drops_a_merge_under_way_of_a_segment_that_expired_whole(
+    no_merges: Callable[[], None],
+) -> None:
+    window = IdWindow(window_s=WINDOW, memtable_ids=4, merge_step_ids=1)
     window.remember([1, 2, 3, 4], [10, 20, 30, 40], T0)
     window.remember([5, 6, 7, 8], [50, 60, 70, 80], T0 + 50)
-    rewritten = idwindow._rewritten
-    runs: list[list[int]] = []
+    no_merges()
+    window.remember([], [], T0 + 50)
+    assert window._merge is not None
 
-    def evict_meanwhile(run: Any, cutoff: int | None) -> Any:
-        runs.append([segment.size for segment in run])
-        if len(runs) == 1:
-            assert window.evict(T0 + WINDOW + 1) == 4  # the event loop drops the oldest
-        return rewritten(run, cutoff)
+    assert window.evict(T0 + WINDOW + 1) == 4
 
-    monkeypatch.setattr(idwindow, "_rewritten", evict_meanwhile)
+    assert (window._merge, segment_sizes(window)) == (None, [4])
+    assert window.lookup_many([1, 5, 8], T0 + WINDOW + 1) == [None, 50, 80]
 
-    assert window.compact(T0 + 90) == 0
 
-    assert runs == [[4, 4]]
-    assert segment_sizes(window) == [4]
-    assert window.lookup_many([1, 5], T0 + WINDOW + 1) == [None, 50]
+def test_nbytes_counts_a_merge_under_way(no_merges: Callable[[], None]) -> None:
+    window = IdWindow(window_s=WINDOW, memtable_ids=4, merge_step_ids=1)
+    window.remember([1, 2, 3, 4], [1] * 4, T0)
+    window.remember([5, 6, 7, 8], [1] * 4, T0)
+    no_merges()
+    before = window.nbytes
+
+    window.remember([], [], T0)
+
+    directory = 3 * 4  # 8 ids: the starts of 2 buckets and the end, as uint32
+    assert window.nbytes == before + 8 * 16 + directory
