@@ -71,8 +71,8 @@ class IdWindow:
         self,
         *,
         window_s: float,
-        memtable_ids: int = 32_768,  # a freeze of this many ids: about 3 ms
-        merge_step_ids: int = 32_768,  # a merge step: at most ~64K keys, ~5 ms
+        memtable_ids: int = 32_768,  # a freeze of this many ids: about 4 ms
+        merge_step_ids: int = 32_768,  # keys of the biggest segment a merge step takes: ~2 ms
     ) -> None:
         if window_s <= 0 or memtable_ids < 1 or merge_step_ids < 1:
             raise ValueError("window_s, memtable_ids and merge_step_ids must be positive")
