@@ -35,10 +35,12 @@ a producer per partition and dedup restores its changelog: both count in the run
 `rec/s incl. join` over the whole run. `CPU us/rec` is this process's CPU time (the
 Python clients, not the broker) per record: steadier than rec/s when other processes
 share the machine. `ms/batch` is the worker's mean time from a batch's fetch to its
-commit (its `processor_worker_batch_seconds`). Rounds alternate the order of the
-variants; the summary takes medians over rounds, each variant's ratio to `bare` and
-to `worker-alo`, and the exactly-once / at-least-once throughput ratio (dedup on
-both) by which the default guarantee is chosen: exactly once when it is >= 0.8.
+commit (its `processor_worker_batch_seconds`), `rec/batch` the raw records per batch
+(exactly once commits a transaction per raw partition of a batch). Rounds alternate
+the order of the variants; the summary takes medians over rounds, each variant's
+rec/s as a ratio to `bare`'s and `worker-alo`'s, and the exactly-once / at-least-once
+throughput ratio (dedup on both) by which the default guarantee is chosen: exactly
+once when it is >= 0.8.
 
 The deliveries look like the provider's (about 500 bytes, keyed by one of 1000
 user ids): 88 % valid integration events across the documented statuses as the
@@ -427,6 +429,10 @@ class Result:
     def ms_per_batch(self) -> float | None:
         return self.batch_s / self.batches * 1e3 if self.batches else None
 
+    @property
+    def records_per_batch(self) -> float | None:
+        return self.records / self.batches if self.batches else None
+
 
 class Bench:
     """Topics, warm-up, group polling, end offsets and read-back around the variants' runs."""
@@ -674,7 +680,7 @@ def print_results(results: list[Result], deliveries: Deliveries) -> None:
     header = (
         f"{'variant':<20}{'round':>6}{'records':>10}{'join s':>8}{'total s':>9}"
         f"{'rec/s':>10}{'rec/s incl. join':>18}{'CPU us/rec':>12}{'written':>10}"
-        f"{'suppressed':>12}{'ms/batch':>10}"
+        f"{'suppressed':>12}{'ms/batch':>10}{'rec/batch':>11}"
     )
     print(header)
     print("-" * len(header))
@@ -683,7 +689,7 @@ def print_results(results: list[Result], deliveries: Deliveries) -> None:
             f"{r.variant:<20}{r.round:>6}{r.records:>10,}{r.join_s:>8.2f}{r.total_s:>9.2f}"
             f"{r.rate:>10,.0f}{r.rate_with_join:>18,.0f}{r.cpu_us_per_record:>12.1f}"
             f"{r.written.kinds.total():>10,}{_maybe(r.suppressed, ',d'):>12}"
-            f"{_maybe(r.ms_per_batch, '.1f'):>10}"
+            f"{_maybe(r.ms_per_batch, '.1f'):>10}{_maybe(r.records_per_batch, ',.0f'):>11}"
         )
 
     names = list(dict.fromkeys(r.variant for r in results))
