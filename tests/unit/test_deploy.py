@@ -401,7 +401,8 @@ def test_kafka_topics_are_strimzi_resources_with_valid_names(
     manifests: list[dict[str, Any]],
 ) -> None:
     for topic in of_kind(manifests, "KafkaTopic"):
-        assert topic["apiVersion"] == "kafka.strimzi.io/v1beta2"
+        # Strimzi 1.0 serves v1 only: v1beta2 fails `kubectl apply` on a current operator.
+        assert topic["apiVersion"] == "kafka.strimzi.io/v1"
         assert "strimzi.io/cluster" in topic["metadata"]["labels"]
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", topic["metadata"]["name"])
 
@@ -424,6 +425,23 @@ def test_keda_scales_the_worker_group_up_to_the_partition_count(
     assert meta["offsetResetPolicy"] == "earliest"
     bootstrap = plain_env(container(manifests, "worker"))["KAFKA_BOOTSTRAP_SERVERS"]
     assert meta["bootstrapServers"] == bootstrap
+
+
+def test_kafka_bootstrap_is_fully_qualified_so_kedas_scaler_resolves_it(
+    manifests: list[dict[str, Any]],
+) -> None:
+    # KEDA's scaler runs in the keda-operator pod, in another namespace.
+    (scaled,) = of_kind(manifests, "ScaledObject")
+    (trigger,) = scaled["spec"]["triggers"]
+    addresses = [trigger["metadata"]["bootstrapServers"]] + [
+        plain_env(container(manifests, component))["KAFKA_BOOTSTRAP_SERVERS"]
+        for component in ("ingress", "worker")
+    ]
+    for address in addresses:
+        for server in address.split(","):
+            host, _, port = server.rpartition(":")
+            assert re.fullmatch(r"[a-z0-9-]+\.[a-z0-9-]+\.svc\.cluster\.local", host), server
+            assert port.isdigit(), server
 
 
 def test_worker_joins_the_group_statically_as_its_pod_name(
