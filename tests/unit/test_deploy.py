@@ -89,10 +89,20 @@ def test_every_deploy_yaml_file_parses() -> None:
         assert list(yaml.safe_load_all(path.read_text())), path
 
 
-def test_kustomization_applies_every_manifest_in_the_folder() -> None:
+def test_kustomization_applies_every_manifest_in_the_folder_but_the_examples() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    examples = {p.name for p in K8S.glob("*.example.yaml")}
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"} - examples
+    assert examples == {"secret.example.yaml"}
     assert sorted(kustomization["resources"]) == sorted(on_disk)
+
+
+def test_kustomization_makes_no_secret(manifests: list[dict[str, Any]]) -> None:
+    # A Secret in the build would ship a published placeholder to a default apply and
+    # overwrite, at every apply, the Secret that a secret manager made.
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert of_kind(manifests, "Secret") == []
+    assert "secretGenerator" not in kustomization
 
 
 def test_compose_kafka_is_the_local_broker_version(compose: dict[str, Any]) -> None:
@@ -497,23 +507,30 @@ def test_worker_liveness_probe_and_scrape_hit_the_port_its_config_serves(
     assert "/metrics" in routes
 
 
-def test_ingress_reads_its_signing_secret_from_the_secret(
-    manifests: list[dict[str, Any]],
+@pytest.fixture(scope="module")
+def example_secret() -> dict[str, Any]:
+    secret: dict[str, Any] = yaml.safe_load((K8S / "secret.example.yaml").read_text())
+    assert secret["kind"] == "Secret"
+    return secret
+
+
+def test_ingress_reads_its_signing_secret_from_the_example_secrets_name_and_key(
+    manifests: list[dict[str, Any]], example_secret: dict[str, Any]
 ) -> None:
     (secret_env,) = [e for e in container(manifests, "ingress")["env"] if "valueFrom" in e]
     assert secret_env["name"] == "WEBHOOK_SECRET"
     ref = secret_env["valueFrom"]["secretKeyRef"]
-    secrets = {s["metadata"]["name"]: s for s in of_kind(manifests, "Secret")}
-    assert ref["key"] in secrets[ref["name"]]["stringData"]
+    assert ref["name"] == example_secret["metadata"]["name"]
+    assert ref["key"] in example_secret["stringData"]
+    assert "optional" not in ref, "no Secret must stop the pod, not run it unverified"
 
 
-def test_the_secret_manifests_placeholder_cannot_run_an_ingress(
-    manifests: list[dict[str, Any]],
+def test_the_example_secrets_placeholder_cannot_run_an_ingress(
+    example_secret: dict[str, Any],
 ) -> None:
     # Applied as shipped, the ingress must refuse to start rather than accept deliveries
     # signed with a key published in this repository.
-    (secret,) = of_kind(manifests, "Secret")
-    placeholder = secret["stringData"]["WEBHOOK_SECRET"]
+    placeholder = example_secret["stringData"]["WEBHOOK_SECRET"]
     with pytest.raises(ConfigError, match="placeholder"):
         build_verifier(load_config(None, env={"WEBHOOK_SECRET": placeholder}).ingress)
 
