@@ -182,6 +182,12 @@ def test_compose_ingress_env_gives_a_config_listening_on_all_interfaces(
     assert f"127.0.0.1:{port}/healthz" in " ".join(ingress["healthcheck"]["test"])
 
 
+def test_compose_runs_every_processor_service_under_an_init(compose: dict[str, Any]) -> None:
+    # PID 1 gets no default signal handlers: an init forwards SIGTERM to the process.
+    for name in APP_SERVICES:
+        assert compose[name]["init"] is True, name
+
+
 def test_compose_worker_can_scale_out(compose: dict[str, Any]) -> None:
     assert "container_name" not in compose["worker"]
     assert "ports" not in compose["worker"]
@@ -484,6 +490,25 @@ def test_ingress_probes_hit_the_ingress_routes(
     assert ingress["readinessProbe"]["httpGet"]["port"] == port["name"]
     (service,) = [s for s in of_kind(manifests, "Service") if s["spec"].get("ports")]
     assert service["spec"]["ports"][0]["targetPort"] == port["name"]
+
+
+def test_ingress_startup_probe_outlasts_the_kafka_connect_timeout(
+    manifests: list[dict[str, Any]], config: Config
+) -> None:
+    # The ingress listens only once Kafka answers: until then liveness must not run.
+    probe = container(manifests, "ingress")["startupProbe"]
+    assert probe["httpGet"] == {"path": "/healthz", "port": "http"}
+    budget = probe["periodSeconds"] * probe["failureThreshold"]
+    assert budget > config.kafka.connect_timeout_s + probe["timeoutSeconds"]
+
+
+def test_ingress_pods_carry_the_scrape_annotations_of_their_port(
+    manifests: list[dict[str, Any]], config: Config
+) -> None:
+    annotations = workload(manifests, "ingress")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == config.ingress.port
+    assert annotations["prometheus.io/path"] == "/metrics"
 
 
 def test_worker_liveness_probe_and_scrape_hit_the_port_its_config_serves(
