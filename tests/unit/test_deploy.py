@@ -231,7 +231,9 @@ def test_dockerfile_is_multi_stage_slim_non_root_and_enters_processor(config: Co
     text = (DEPLOY / "Dockerfile").read_text()
     lines = [line.strip() for line in text.splitlines() if line.strip() and line[0] != "#"]
     stages = [line.split()[1] for line in lines if line.startswith("FROM ")]
-    assert stages == ["python:3.11-slim", "python:3.11-slim"]
+    assert len(stages) == 2
+    assert stages[0] == stages[1], "builder and runtime share one base"
+    assert re.fullmatch(r"python:3\.11-slim@sha256:[0-9a-f]{64}", stages[0]), stages[0]
     final = text[text.rindex("\nFROM ") :].splitlines()
     (user,) = [line.split()[1] for line in final if line.startswith("USER ")]
     assert user.split(":")[0] not in ("0", "root")
@@ -240,9 +242,38 @@ def test_dockerfile_is_multi_stage_slim_non_root_and_enters_processor(config: Co
     assert "COPY config.yaml /app/config.yaml" in final
     assert "WORKDIR /app" in final
     assert f"EXPOSE {config.ingress.port}" in final
-    assert "pip install -c constraints.txt ." in text
+    assert "pip install --no-deps --no-build-isolation ." in text
     assert "PROCESSOR_INGRESS__HOST=0.0.0.0" in text
     assert "PYTHONUNBUFFERED=1" in text
+
+
+def dockerfile_stages() -> tuple[list[str], list[str]]:
+    """The builder's lines and the runtime's, split at the second FROM."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    second = text.rindex("\nFROM ")
+    return text[:second].splitlines(), text[second:].splitlines()
+
+
+def test_dockerfile_installs_the_pinned_dependencies_before_copying_the_code() -> None:
+    builder, _ = dockerfile_stages()
+
+    def first(needle: str) -> int:
+        return next(n for n, line in enumerate(builder) if needle in line)
+
+    assert (
+        first("COPY pyproject.toml constraints.txt ./")
+        < first("pip install -c constraints.txt -r requirements.txt")
+        < first("COPY processor ./processor")
+        < first("pip install --no-deps --no-build-isolation .")
+    )
+
+
+def test_runtime_image_keeps_no_pip_setuptools_or_wheel() -> None:
+    builder, runtime = dockerfile_stages()
+    assert any("pip uninstall --yes pip setuptools" in line for line in builder)  # the venv's
+    assert any("pip uninstall --yes --disable-pip-version-check pip setuptools wheel" in line
+               for line in runtime)  # fmt: skip
+    assert not any("pip install" in line for line in runtime)
 
 
 def test_dockerignore_keeps_secrets_and_local_state_out_of_the_build_context() -> None:
