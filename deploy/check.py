@@ -175,22 +175,34 @@ def definitions(version: str) -> Any:
 def custom_resource_problems(obj: dict[str, Any]) -> list[str]:
     group, _, served_version = obj["apiVersion"].rpartition("/")
     product, crd_file = CRDS[(group, obj["kind"])]
-    crd = yaml.safe_load((SCHEMAS / crd_file).read_text())
-    versions = {v["name"]: v for v in crd["spec"]["versions"] if v.get("served")}
+    versions = served_versions(crd_file)
     if served_version not in versions:
+        storage = next(name for name, spec in versions.items() if spec.get("storage"))
         return [
             f"{obj['apiVersion']} is not served by {product} (its {obj['kind']} CRD serves "
-            f"{', '.join(sorted(versions))}): set apiVersion to {group}/"
-            f"{next(v for v, spec in versions.items() if spec.get('storage'))}"
+            f"{', '.join(sorted(versions))}): set apiVersion to {group}/{storage}"
         ]
-    schema = strict(versions[served_version]["schema"]["openAPIV3Schema"])
-    validator = jsonschema.Draft4Validator(schema)
+    validator = crd_validator(crd_file, served_version)
     return [f"{describe(error)} ({product} CRD)" for error in validator.iter_errors(obj)]
 
 
+@cache
+def served_versions(crd_file: str) -> dict[str, Any]:
+    """A CRD's served API versions by name, from deploy/schemas."""
+    crd = yaml.safe_load((SCHEMAS / crd_file).read_text())
+    return {v["name"]: v for v in crd["spec"]["versions"] if v.get("served")}
+
+
+@cache
+def crd_validator(crd_file: str, version: str) -> Any:
+    # CRD schemas are OpenAPI 3.0's subset of JSON Schema draft 4.
+    schema = strict(served_versions(crd_file)[version]["schema"]["openAPIV3Schema"])
+    return jsonschema.Draft4Validator(schema)
+
+
 def strict(node: Any) -> Any:
-    """A CRD's OpenAPI v3 schema as JSON Schema that, as the API server does since
-    Kubernetes 1.27 (`kubectl apply` field validation Strict), rejects unknown fields."""
+    """A CRD's OpenAPI v3 schema as JSON Schema that rejects unknown fields, as
+    `kubectl apply` does by default (server-side field validation, GA in Kubernetes 1.27)."""
     if not isinstance(node, dict):
         return node
     out = {key: value for key, value in node.items() if not key.startswith("x-kubernetes-")}
