@@ -54,10 +54,7 @@ TOOL_TIMEOUT_S = 120.0
 
 # Custom resources deploy/ uses: (group, kind) -> CRD file in deploy/schemas.
 CRDS = {
-    ("kafka.strimzi.io", "KafkaTopic"): (
-        f"Strimzi {STRIMZI_VERSION}",
-        f"strimzi-{STRIMZI_VERSION}-kafkatopic-crd.yaml",
-    ),
+    ("kafka.strimzi.io", "KafkaTopic"): (f"Strimzi {STRIMZI_VERSION}", "kafkatopic-v1.yaml"),
     ("keda.sh", "ScaledObject"): (
         f"KEDA {KEDA_VERSION}",
         f"keda-{KEDA_VERSION}-scaledobject-crd.yaml",
