@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup lint test test-fast run clean
+.PHONY: setup lint deploy-check test test-fast run clean
 
 setup: $(STAMP)
 
@@ -17,11 +17,17 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 lint: setup
-	$(BIN)/ruff check processor tests benchmarks
-	$(BIN)/ruff format --check processor tests benchmarks
-	$(BIN)/mypy --strict processor
+	$(BIN)/ruff check processor tests benchmarks deploy
+	$(BIN)/ruff format --check processor tests benchmarks deploy
+	$(BIN)/mypy --strict processor deploy/check.py
 
-test: lint
+# deploy/ rendered and checked against the Kubernetes, Strimzi, KEDA and Compose schemas,
+# and the Dockerfile linted, all offline. The first run builds kustomize (pinned in
+# deploy/check.py) with `go install` into ~/.cache/processor/tools; later runs reuse it.
+deploy-check: setup
+	$(BIN)/python deploy/check.py
+
+test: lint deploy-check
 	$(BIN)/pytest
 
 # The fast loop: pure unit tests only, no broker.

@@ -46,7 +46,7 @@ _WHSEC_PREFIX: Final = "whsec_"
 # 128 bits: a shorter HMAC key can be searched for from a few signed deliveries. The
 # provider's secrets and Standard Webhooks' (which decode to 24 or 32 bytes) are longer.
 MIN_SECRET_BYTES: Final = 16
-# Secrets published in manifests and examples (deploy/k8s/secret.yaml ships the first;
+# Secrets published in manifests and examples (deploy/k8s/secret.example.yaml shows the first;
 # the last is the Standard Webhooks examples' key): anyone could sign with them.
 _PLACEHOLDERS: Final = frozenset(
     {

@@ -89,10 +89,20 @@ def test_every_deploy_yaml_file_parses() -> None:
         assert list(yaml.safe_load_all(path.read_text())), path
 
 
-def test_kustomization_applies_every_manifest_in_the_folder() -> None:
+def test_kustomization_applies_every_manifest_in_the_folder_but_the_examples() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    examples = {p.name for p in K8S.glob("*.example.yaml")}
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"} - examples
+    assert examples == {"secret.example.yaml"}
     assert sorted(kustomization["resources"]) == sorted(on_disk)
+
+
+def test_kustomization_makes_no_secret(manifests: list[dict[str, Any]]) -> None:
+    # A Secret in the build would ship a published placeholder to a default apply and
+    # overwrite, at every apply, the Secret that a secret manager made.
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert of_kind(manifests, "Secret") == []
+    assert "secretGenerator" not in kustomization
 
 
 def test_compose_kafka_is_the_local_broker_version(compose: dict[str, Any]) -> None:
@@ -172,6 +182,12 @@ def test_compose_ingress_env_gives_a_config_listening_on_all_interfaces(
     assert f"127.0.0.1:{port}/healthz" in " ".join(ingress["healthcheck"]["test"])
 
 
+def test_compose_runs_every_processor_service_under_an_init(compose: dict[str, Any]) -> None:
+    # PID 1 gets no default signal handlers: an init forwards SIGTERM to the process.
+    for name in APP_SERVICES:
+        assert compose[name]["init"] is True, name
+
+
 def test_compose_worker_can_scale_out(compose: dict[str, Any]) -> None:
     assert "container_name" not in compose["worker"]
     assert "ports" not in compose["worker"]
@@ -215,7 +231,9 @@ def test_dockerfile_is_multi_stage_slim_non_root_and_enters_processor(config: Co
     text = (DEPLOY / "Dockerfile").read_text()
     lines = [line.strip() for line in text.splitlines() if line.strip() and line[0] != "#"]
     stages = [line.split()[1] for line in lines if line.startswith("FROM ")]
-    assert stages == ["python:3.11-slim", "python:3.11-slim"]
+    assert len(stages) == 2
+    assert stages[0] == stages[1], "builder and runtime share one base"
+    assert re.fullmatch(r"python:3\.11-slim@sha256:[0-9a-f]{64}", stages[0]), stages[0]
     final = text[text.rindex("\nFROM ") :].splitlines()
     (user,) = [line.split()[1] for line in final if line.startswith("USER ")]
     assert user.split(":")[0] not in ("0", "root")
@@ -224,9 +242,38 @@ def test_dockerfile_is_multi_stage_slim_non_root_and_enters_processor(config: Co
     assert "COPY config.yaml /app/config.yaml" in final
     assert "WORKDIR /app" in final
     assert f"EXPOSE {config.ingress.port}" in final
-    assert "pip install -c constraints.txt ." in text
+    assert "pip install --no-deps --no-build-isolation ." in text
     assert "PROCESSOR_INGRESS__HOST=0.0.0.0" in text
     assert "PYTHONUNBUFFERED=1" in text
+
+
+def dockerfile_stages() -> tuple[list[str], list[str]]:
+    """The builder's lines and the runtime's, split at the second FROM."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    second = text.rindex("\nFROM ")
+    return text[:second].splitlines(), text[second:].splitlines()
+
+
+def test_dockerfile_installs_the_pinned_dependencies_before_copying_the_code() -> None:
+    builder, _ = dockerfile_stages()
+
+    def first(needle: str) -> int:
+        return next(n for n, line in enumerate(builder) if needle in line)
+
+    assert (
+        first("COPY pyproject.toml constraints.txt ./")
+        < first("pip install -c constraints.txt -r requirements.txt")
+        < first("COPY processor ./processor")
+        < first("pip install --no-deps --no-build-isolation .")
+    )
+
+
+def test_runtime_image_keeps_no_pip_setuptools_or_wheel() -> None:
+    builder, runtime = dockerfile_stages()
+    assert any("pip uninstall --yes pip setuptools" in line for line in builder)  # the venv's
+    assert any("pip uninstall --yes --disable-pip-version-check pip setuptools wheel" in line
+               for line in runtime)  # fmt: skip
+    assert not any("pip install" in line for line in runtime)
 
 
 def test_dockerignore_keeps_secrets_and_local_state_out_of_the_build_context() -> None:
@@ -401,7 +448,8 @@ def test_kafka_topics_are_strimzi_resources_with_valid_names(
     manifests: list[dict[str, Any]],
 ) -> None:
     for topic in of_kind(manifests, "KafkaTopic"):
-        assert topic["apiVersion"] == "kafka.strimzi.io/v1beta2"
+        # Strimzi 1.0 serves v1 only: v1beta2 fails `kubectl apply` on a current operator.
+        assert topic["apiVersion"] == "kafka.strimzi.io/v1"
         assert "strimzi.io/cluster" in topic["metadata"]["labels"]
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", topic["metadata"]["name"])
 
@@ -424,6 +472,23 @@ def test_keda_scales_the_worker_group_up_to_the_partition_count(
     assert meta["offsetResetPolicy"] == "earliest"
     bootstrap = plain_env(container(manifests, "worker"))["KAFKA_BOOTSTRAP_SERVERS"]
     assert meta["bootstrapServers"] == bootstrap
+
+
+def test_kafka_bootstrap_is_fully_qualified_so_kedas_scaler_resolves_it(
+    manifests: list[dict[str, Any]],
+) -> None:
+    # KEDA's scaler runs in the keda-operator pod, in another namespace.
+    (scaled,) = of_kind(manifests, "ScaledObject")
+    (trigger,) = scaled["spec"]["triggers"]
+    addresses = [trigger["metadata"]["bootstrapServers"]] + [
+        plain_env(container(manifests, component))["KAFKA_BOOTSTRAP_SERVERS"]
+        for component in ("ingress", "worker")
+    ]
+    for address in addresses:
+        for server in address.split(","):
+            host, _, port = server.rpartition(":")
+            assert re.fullmatch(r"[a-z0-9-]+\.[a-z0-9-]+\.svc\.cluster\.local", host), server
+            assert port.isdigit(), server
 
 
 def test_worker_joins_the_group_statically_as_its_pod_name(
@@ -458,6 +523,25 @@ def test_ingress_probes_hit_the_ingress_routes(
     assert service["spec"]["ports"][0]["targetPort"] == port["name"]
 
 
+def test_ingress_startup_probe_outlasts_the_kafka_connect_timeout(
+    manifests: list[dict[str, Any]], config: Config
+) -> None:
+    # The ingress listens only once Kafka answers: until then liveness must not run.
+    probe = container(manifests, "ingress")["startupProbe"]
+    assert probe["httpGet"] == {"path": "/healthz", "port": "http"}
+    budget = probe["periodSeconds"] * probe["failureThreshold"]
+    assert budget > config.kafka.connect_timeout_s + probe["timeoutSeconds"]
+
+
+def test_ingress_pods_carry_the_scrape_annotations_of_their_port(
+    manifests: list[dict[str, Any]], config: Config
+) -> None:
+    annotations = workload(manifests, "ingress")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == config.ingress.port
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
 def test_worker_liveness_probe_and_scrape_hit_the_port_its_config_serves(
     manifests: list[dict[str, Any]],
 ) -> None:
@@ -479,23 +563,30 @@ def test_worker_liveness_probe_and_scrape_hit_the_port_its_config_serves(
     assert "/metrics" in routes
 
 
-def test_ingress_reads_its_signing_secret_from_the_secret(
-    manifests: list[dict[str, Any]],
+@pytest.fixture(scope="module")
+def example_secret() -> dict[str, Any]:
+    secret: dict[str, Any] = yaml.safe_load((K8S / "secret.example.yaml").read_text())
+    assert secret["kind"] == "Secret"
+    return secret
+
+
+def test_ingress_reads_its_signing_secret_from_the_example_secrets_name_and_key(
+    manifests: list[dict[str, Any]], example_secret: dict[str, Any]
 ) -> None:
     (secret_env,) = [e for e in container(manifests, "ingress")["env"] if "valueFrom" in e]
     assert secret_env["name"] == "WEBHOOK_SECRET"
     ref = secret_env["valueFrom"]["secretKeyRef"]
-    secrets = {s["metadata"]["name"]: s for s in of_kind(manifests, "Secret")}
-    assert ref["key"] in secrets[ref["name"]]["stringData"]
+    assert ref["name"] == example_secret["metadata"]["name"]
+    assert ref["key"] in example_secret["stringData"]
+    assert "optional" not in ref, "no Secret must stop the pod, not run it unverified"
 
 
-def test_the_secret_manifests_placeholder_cannot_run_an_ingress(
-    manifests: list[dict[str, Any]],
+def test_the_example_secrets_placeholder_cannot_run_an_ingress(
+    example_secret: dict[str, Any],
 ) -> None:
     # Applied as shipped, the ingress must refuse to start rather than accept deliveries
     # signed with a key published in this repository.
-    (secret,) = of_kind(manifests, "Secret")
-    placeholder = secret["stringData"]["WEBHOOK_SECRET"]
+    placeholder = example_secret["stringData"]["WEBHOOK_SECRET"]
     with pytest.raises(ConfigError, match="placeholder"):
         build_verifier(load_config(None, env={"WEBHOOK_SECRET": placeholder}).ingress)
 
