@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from processor.config import Config, load_config
-from processor.errors import DevToolsMissing, ProcessorError
+from processor.errors import ContractError, DevToolsMissing, ProcessorError
 from processor.ingress import run_ingress
 from processor.logging import configure_logging
 from processor.topics import create_topics
@@ -132,6 +133,40 @@ def replay(args: argparse.Namespace, config: Config) -> int:
     return run_replay(config, filters, limit=args.limit, dry_run=args.dry_run)
 
 
+def schema(args: argparse.Namespace, config: Config) -> int:
+    if args.asyncapi:
+        from processor.asyncapi import asyncapi_yaml
+
+        sys.stdout.write(asyncapi_yaml(config))
+        return 0
+    from processor.contract import contract_document, contract_json
+
+    if args.check is None:
+        sys.stdout.write(contract_json(config))
+        return 0
+    from processor.compat import contract_breaks
+
+    try:
+        promised = json.loads(args.check.read_text(encoding="utf-8"))
+        breaks = contract_breaks(promised, contract_document(config))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ContractError(
+            f"cannot compare with {args.check} ({type(exc).__name__}: {exc}); "
+            "pass a file `processor schema` wrote"
+        ) from None
+    for line in breaks:
+        print(line)
+    if breaks:
+        print(
+            f"processor: {len(breaks)} change(s) above break subscribers of {args.check}; "
+            "keep the field, or publish the change on a new topic",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"compatible with {args.check}: nothing a subscriber relies on changed")
+    return 0
+
+
 def _moment(text: str) -> datetime:
     """An ISO 8601 time for --since/--until; a naive one is taken as UTC."""
     try:
@@ -216,6 +251,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="say what would be replayed; write nothing"
     )
     replay_parser.set_defaults(handler=replay)
+
+    schema_parser = commands.add_parser(
+        "schema",
+        parents=[common],
+        help="every topic's value, key and headers as JSON Schema (or AsyncAPI)",
+    )
+    schema_form = schema_parser.add_mutually_exclusive_group()
+    schema_form.add_argument(
+        "--asyncapi", action="store_true", help="an AsyncAPI 3.0 document (YAML) instead"
+    )
+    schema_form.add_argument(
+        "--check",
+        type=Path,
+        metavar="FILE",
+        help="exit 1 if the contract breaks subscribers of FILE (an earlier `processor schema`)",
+    )
+    schema_parser.set_defaults(handler=schema)
 
     dev_parser = commands.add_parser(
         "dev",
