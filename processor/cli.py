@@ -167,6 +167,21 @@ def schema(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def tail(args: argparse.Namespace, config: Config) -> int:
+    from processor.tail import TailOptions, run_tail
+
+    options = TailOptions(
+        topic=args.topic,
+        from_beginning=args.from_beginning,
+        last=args.last,
+        uid=args.uid,
+        event=args.event,
+        follow=args.follow,
+    )
+    configure_logging(config.logging)
+    return run_tail(config, options, as_json=args.json)
+
+
 def _moment(text: str) -> datetime:
     """An ISO 8601 time for --since/--until; a naive one is taken as UTC."""
     try:
@@ -268,6 +283,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 1 if the contract breaks subscribers of FILE (an earlier `processor schema`)",
     )
     schema_parser.set_defaults(handler=schema)
+
+    tail_parser = commands.add_parser(
+        "tail",
+        parents=[common],
+        help="show a topic's records decoded: the last 10, or more (no consumer group)",
+    )
+    tail_parser.add_argument("topic", metavar="TOPIC")
+    start = tail_parser.add_mutually_exclusive_group()
+    start.add_argument("--from-beginning", action="store_true", help="every record the topic holds")
+    start.add_argument(
+        "--last", type=_positive, metavar="N", help="the last N records that match (default: 10)"
+    )
+    tail_parser.add_argument("--uid", help="only this user's records (data.uid, else the key)")
+    tail_parser.add_argument(
+        "--event", help="only these events; a pattern: integration.updated, 'integration.*'"
+    )
+    tail_parser.add_argument(
+        "--follow", "-f", action="store_true", help="then show new records until Ctrl-C"
+    )
+    tail_parser.add_argument(
+        "--json", action="store_true", help="one JSON object per record, value included"
+    )
+    tail_parser.set_defaults(handler=tail)
 
     dev_parser = commands.add_parser(
         "dev",

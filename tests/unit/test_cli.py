@@ -28,6 +28,7 @@ CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
         (["dev", "--config", "e.yaml", "--workers", "3"], "e.yaml"),
         (["broker", "status", "--config", "f.yaml"], "f.yaml"),
         (["schema", "--config", "g.yaml"], "g.yaml"),
+        (["tail", "webhooks.dlq", "--config", "h.yaml"], "h.yaml"),
     ],
 )
 def test_every_command_takes_config_before_or_after_it(argv: list[str], expected: str) -> None:
@@ -117,6 +118,18 @@ def test_schema_check_of_a_file_that_is_no_contract_says_so_and_exits_2(
     assert "pass a file `processor schema` wrote" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["tail", "t", "--last", "0"], ["tail", "t", "--last", "3", "--from-beginning"], ["tail"]],
+)
+def test_tail_refuses_options_that_do_not_fit(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(argv)
+    assert exited.value.code == 2
+
+
 def test_the_worker_and_ingress_do_not_import_the_subscriber_tools() -> None:
     loaded = subprocess.run(
         [sys.executable, "-c",
@@ -126,5 +139,5 @@ def test_the_worker_and_ingress_do_not_import_the_subscriber_tools() -> None:
     ).stdout.split()  # fmt: skip
 
     assert "processor.worker" in loaded
-    for lazy in ("processor.asyncapi", "processor.contract", "processor.compat"):
+    for lazy in ("processor.tail", "processor.asyncapi", "processor.contract", "processor.compat"):
         assert lazy not in loaded
