@@ -72,7 +72,8 @@ class TailOptions(msgspec.Struct, frozen=True, kw_only=True):
     follow: bool = False
 
     def keep(self, shown: Shown) -> bool:
-        if self.uid is not None and self.uid not in (shown.uid, shown.key):
+        user = shown.key if shown.uid is None else shown.uid
+        if self.uid is not None and self.uid != user:
             return False
         return self.event is None or fnmatchcase(shown.event or "", self.event)
 
@@ -277,26 +278,33 @@ async def _last_of(
 ) -> list[Record]:
     """The last `count` records of a partition before `end` that the filters keep,
     read backwards a window at a time."""
+
+    def keep(record: Record) -> bool:
+        return options.keep(reader.show(record))
+
     kept: list[Record] = []
     high, window = end, max(count, FIRST_WINDOW)
     while high > begin and len(kept) < count:
         low = max(begin, high - window)
-        chunk = [r for r in await _read_range(consumer, tp, low, high)
-                 if options.keep(reader.show(r))]  # fmt: skip
-        kept = chunk + kept
+        kept = await _read_range(consumer, tp, low, high, keep) + kept
         high, window = low, window * 2
     return kept[-count:]
 
 
 async def _read_range(
-    consumer: AIOKafkaConsumer, tp: TopicPartition, low: int, high: int
+    consumer: AIOKafkaConsumer,
+    tp: TopicPartition,
+    low: int,
+    high: int,
+    keep: Callable[[Record], bool],
 ) -> list[Record]:
-    """The records of `tp` from offset `low` up to `high` (an offset it has reached)."""
+    """The records of `tp` from offset `low` up to `high` (an offset it has reached)
+    that `keep` keeps."""
     consumer.seek(tp, low)
     records: list[Record] = []
     while await consumer.position(tp) < high:
         fetched = await consumer.getmany(tp, timeout_ms=FETCH_TIMEOUT_MS)
-        records += [r for r in fetched.get(tp, ()) if r.offset < high]
+        records += [r for r in fetched.get(tp, ()) if r.offset < high and keep(r)]
     return records
 
 
