@@ -51,7 +51,7 @@ def _development_command() -> Iterator[None]:
             "`processor broker` and `processor dev` are development commands: run them "
             "from a source checkout of the repository (`make setup`, then "
             "`.venv/bin/processor ...`). This installation has only the runtime "
-            "commands: worker, ingress, topics create."
+            "commands: worker, ingress, topics create, replay, schema, tail."
         ) from None
 
 
