@@ -4,10 +4,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The official AsyncAPI JSON Schemas (npm @asyncapi/specs), which the tests validate
+# docs/asyncapi.yaml against; npm keeps its download cache in ~/.npm.
+SPECS  := tools/asyncapi
+NODE_STAMP := $(SPECS)/node_modules/.package-lock.json
 
-.PHONY: setup lint deploy-check test test-fast run clean
+.PHONY: setup lint deploy-check test test-fast run contract clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(NODE_STAMP)
 
 # Reinstall only when the dependency pins or the project metadata change.
 $(STAMP): pyproject.toml constraints.txt
@@ -15,6 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
+
+$(NODE_STAMP): $(SPECS)/package.json $(SPECS)/package-lock.json
+	npm ci --prefix $(SPECS) --ignore-scripts --no-audit --no-fund --loglevel=error
 
 lint: setup
 	$(BIN)/ruff check processor tests benchmarks deploy
@@ -38,5 +45,16 @@ test-fast: setup
 run: setup
 	$(BIN)/processor dev
 
+# The subscriber's contract for the default config.yaml, regenerated from the code; it
+# refuses to overwrite docs/contract.json with a change that breaks subscribers.
+CONTRACT_ENV := env -i PATH="$$PATH"
+contract: setup
+	test ! -f docs/contract.json || $(CONTRACT_ENV) $(BIN)/processor schema --check docs/contract.json
+	$(CONTRACT_ENV) $(BIN)/processor schema > docs/contract.json.new
+	mv docs/contract.json.new docs/contract.json
+	$(CONTRACT_ENV) $(BIN)/processor schema --asyncapi > docs/asyncapi.yaml.new
+	mv docs/asyncapi.yaml.new docs/asyncapi.yaml
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info \
+	       $(SPECS)/node_modules

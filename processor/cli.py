@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from processor.config import Config, load_config
-from processor.errors import DevToolsMissing, ProcessorError
+from processor.errors import ContractError, DevToolsMissing, ProcessorError
 from processor.ingress import run_ingress
 from processor.logging import configure_logging
 from processor.topics import create_topics
@@ -50,7 +51,7 @@ def _development_command() -> Iterator[None]:
             "`processor broker` and `processor dev` are development commands: run them "
             "from a source checkout of the repository (`make setup`, then "
             "`.venv/bin/processor ...`). This installation has only the runtime "
-            "commands: worker, ingress, topics create."
+            "commands: worker, ingress, topics create, replay, schema, tail."
         ) from None
 
 
@@ -130,6 +131,55 @@ def replay(args: argparse.Namespace, config: Config) -> int:
     )
     configure_logging(config.logging)
     return run_replay(config, filters, limit=args.limit, dry_run=args.dry_run)
+
+
+def schema(args: argparse.Namespace, config: Config) -> int:
+    if args.asyncapi:
+        from processor.asyncapi import asyncapi_yaml
+
+        sys.stdout.write(asyncapi_yaml(config))
+        return 0
+    from processor.contract import contract_document, contract_json
+
+    if args.check is None:
+        sys.stdout.write(contract_json(config))
+        return 0
+    from processor.compat import contract_breaks
+
+    try:
+        promised = json.loads(args.check.read_text(encoding="utf-8"))
+        breaks = contract_breaks(promised, contract_document(config))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ContractError(
+            f"cannot compare with {args.check} ({type(exc).__name__}: {exc}); "
+            "pass a file `processor schema` wrote"
+        ) from None
+    for line in breaks:
+        print(line)
+    if breaks:
+        print(
+            f"processor: {len(breaks)} change(s) above break subscribers of {args.check}; "
+            "keep the field, or publish the change on a new topic",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"compatible with {args.check}: nothing a subscriber relies on changed")
+    return 0
+
+
+def tail(args: argparse.Namespace, config: Config) -> int:
+    from processor.tail import TailOptions, run_tail
+
+    options = TailOptions(
+        topic=args.topic,
+        from_beginning=args.from_beginning,
+        last=args.last,
+        uid=args.uid,
+        event=args.event,
+        follow=args.follow,
+    )
+    configure_logging(config.logging)
+    return run_tail(config, options, as_json=args.json)
 
 
 def _moment(text: str) -> datetime:
@@ -216,6 +266,46 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="say what would be replayed; write nothing"
     )
     replay_parser.set_defaults(handler=replay)
+
+    schema_parser = commands.add_parser(
+        "schema",
+        parents=[common],
+        help="every topic's value, key and headers as JSON Schema (or AsyncAPI)",
+    )
+    schema_form = schema_parser.add_mutually_exclusive_group()
+    schema_form.add_argument(
+        "--asyncapi", action="store_true", help="an AsyncAPI 3.0 document (YAML) instead"
+    )
+    schema_form.add_argument(
+        "--check",
+        type=Path,
+        metavar="FILE",
+        help="exit 1 if the contract breaks subscribers of FILE (an earlier `processor schema`)",
+    )
+    schema_parser.set_defaults(handler=schema)
+
+    tail_parser = commands.add_parser(
+        "tail",
+        parents=[common],
+        help="show a topic's records decoded: the last 10, or more (no consumer group)",
+    )
+    tail_parser.add_argument("topic", metavar="TOPIC")
+    start = tail_parser.add_mutually_exclusive_group()
+    start.add_argument("--from-beginning", action="store_true", help="every record the topic holds")
+    start.add_argument(
+        "--last", type=_positive, metavar="N", help="the last N records that match (default: 10)"
+    )
+    tail_parser.add_argument("--uid", help="only this user's records (data.uid, else the key)")
+    tail_parser.add_argument(
+        "--event", help="only these events; a pattern: integration.updated, 'integration.*'"
+    )
+    tail_parser.add_argument(
+        "--follow", "-f", action="store_true", help="then show new records until Ctrl-C"
+    )
+    tail_parser.add_argument(
+        "--json", action="store_true", help="one JSON object per record, value included"
+    )
+    tail_parser.set_defaults(handler=tail)
 
     dev_parser = commands.add_parser(
         "dev",

@@ -11,6 +11,7 @@ __all__ = [
     "BrokerError",
     "BrokerUnavailable",
     "ConfigError",
+    "ContractError",
     "DevToolsMissing",
     "ProcessorError",
     "TopicsMissing",
@@ -25,6 +26,10 @@ class ProcessorError(Exception):
 
 class ConfigError(ProcessorError):
     """The configuration cannot be used; the message names the key and the fix."""
+
+
+class ContractError(ProcessorError):
+    """A contract file (`processor schema --check`) cannot be read or compared."""
 
 
 class BrokerUnavailable(ProcessorError):

@@ -13,6 +13,13 @@ decodes its value directly::
     else:
         handle(event.data.uid, event.data.status, event.data.wallet_id)
 
+Every topic's records decode the same way, typed by the model of their category's
+`data`: `decode_event(record.value, IntegrationData)` is what `decode_integration_event`
+does; `decode_event(record.value, BaseData)` reads any delivery (`webhooks.unrouted`).
+A new category with a model of its own is one struct (a `BaseData` or `StatusData`
+subclass) and one line in `DATA_TYPES`; the worker, `processor schema` and
+`processor tail` then all use it.
+
 The structs accept unknown fields (the provider keeps adding them; the bytes that
 travel keep them) but reject known fields of the wrong type. Rules:
 
@@ -34,7 +41,7 @@ import re
 from collections.abc import Container, Mapping
 from datetime import datetime
 from functools import lru_cache
-from typing import Annotated, Final, Generic, TypeAlias, TypeVar
+from typing import Annotated, Any, Final, Generic, TypeAlias, TypeVar
 
 import msgspec
 
@@ -44,13 +51,16 @@ __all__ = [
     "BaseData",
     "DecodedDelivery",
     "Delivery",
+    "Envelope",
     "Identifier",
     "IntegrationData",
     "IntegrationEvent",
     "InvalidDelivery",
     "StatusData",
     "category_of",
+    "data_model",
     "decode_delivery",
+    "decode_event",
     "decode_integration_event",
     "decode_json",
 ]
@@ -58,9 +68,12 @@ __all__ = [
 MAX_IDENTIFIER_LENGTH: Final = 256
 
 # Checked in Delivery.__post_init__ rather than as msgspec `pattern`s: a pattern costs
-# a regex call per record, while event types repeat and their check is cached.
-_DELIVERY_ID: Final = re.compile(r"whd_\S+")
-_EVENT_TYPE: Final = re.compile(r"[a-z0-9_]+\.[a-z0-9_]+")
+# a regex call per record, while event types repeat and their check is cached. The JSON
+# Schema still states them, for subscribers (`processor schema`).
+_DELIVERY_ID_PATTERN: Final = r"whd_\S+"
+_EVENT_TYPE_PATTERN: Final = r"[a-z0-9_]+\.[a-z0-9_]+"
+_DELIVERY_ID: Final = re.compile(_DELIVERY_ID_PATTERN)
+_EVENT_TYPE: Final = re.compile(_EVENT_TYPE_PATTERN)
 _AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 # An identifier (`id`, `event`, `data.uid`, `data.status`): it becomes a record key or a
 # header, and an unbounded one could push a record past the topic's size limit.
@@ -68,6 +81,12 @@ Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_IDENTIFIER
 # The provider's numbers are milliseconds and counts; a value outside int64 would not
 # survive a JVM or Go consumer, so it is a contract break, not a big number.
 _Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+_DeliveryId = Annotated[
+    Identifier, msgspec.Meta(extra_json_schema={"pattern": f"^{_DELIVERY_ID_PATTERN}$"})
+]
+_EventType = Annotated[
+    Identifier, msgspec.Meta(extra_json_schema={"pattern": f"^{_EVENT_TYPE_PATTERN}$"})
+]
 
 
 class InvalidDelivery(Exception):
@@ -126,8 +145,8 @@ DataT = TypeVar("DataT")
 class Delivery(msgspec.Struct, Generic[DataT], frozen=True, kw_only=True):
     """The envelope every delivery shares; `data` depends on the event's category."""
 
-    id: Identifier
-    event: Identifier
+    id: _DeliveryId
+    event: _EventType
     timestamp: _AwareDatetime
     data: DataT
 
@@ -152,9 +171,25 @@ def _is_event_type(event: str) -> bool:
 
 IntegrationEvent: TypeAlias = Delivery[IntegrationData]
 
-# Category -> model of its `data`. A category without one is checked with BaseData
-# (or StatusData when routed by status), so the uid rule holds for every delivery.
+# Category -> model of its `data`: a new category's model is one line here. A category
+# without one is checked with BaseData (or StatusData when routed by status), so the
+# uid rule holds for every delivery.
 DATA_TYPES: Final[Mapping[str, type[BaseData]]] = {"integration": IntegrationData}
+
+
+def data_model(category: str, *, by_status: bool = False) -> type[BaseData]:
+    """The model a category's `data` is checked with: its own, else what routing needs."""
+    return DATA_TYPES.get(category) or (StatusData if by_status else BaseData)
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+    """What the ingress checks before a delivery goes to the raw topic: the id it
+    answers with, the event for the header, `data.uid` for the key. The worker checks
+    the rest (`decode_delivery`)."""
+
+    id: Identifier
+    event: Identifier
+    data: BaseData
 
 
 class DecodedDelivery(msgspec.Struct, frozen=True, kw_only=True):
@@ -170,13 +205,29 @@ class DecodedDelivery(msgspec.Struct, frozen=True, kw_only=True):
     status: str | None
 
 
+_DataT = TypeVar("_DataT", bound=BaseData)
+
+
+def _event_decoder(model: type[BaseData]) -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(Delivery[model])  # type: ignore[valid-type]
+
+
 # Built once: msgspec decoders compile their type on construction.
 _ENVELOPE: Final = msgspec.json.Decoder(Delivery[msgspec.Raw])
-_INTEGRATION_EVENT: Final = msgspec.json.Decoder(IntegrationEvent)
 _BASE_DATA: Final[msgspec.json.Decoder[BaseData]] = msgspec.json.Decoder(BaseData)
 _STATUS_DATA: Final[msgspec.json.Decoder[BaseData]] = msgspec.json.Decoder(StatusData)
 _DATA: Final[Mapping[str, msgspec.json.Decoder[BaseData]]] = {
     category: msgspec.json.Decoder(model) for category, model in DATA_TYPES.items()
+}
+# Whole deliveries by `data` model, for decode_event; a model first seen there is added.
+_MODELS: Final[tuple[type[BaseData], ...]] = (BaseData, StatusData, *DATA_TYPES.values())
+_EVENTS: Final[dict[type[BaseData], msgspec.json.Decoder[Any]]] = {
+    model: _event_decoder(model) for model in _MODELS
+}
+# A category's own model reads only that category's events.
+_CATEGORIES: Final[Mapping[type[BaseData], frozenset[str]]] = {
+    model: frozenset(c for c, m in DATA_TYPES.items() if m is model)
+    for model in DATA_TYPES.values()
 }
 
 
@@ -215,15 +266,30 @@ def decode_delivery(
     )
 
 
-def decode_integration_event(raw: bytes) -> IntegrationEvent:
-    """Decode a record of an `integration.status.*` topic. Raises InvalidDelivery."""
-    event = decode_json(_INTEGRATION_EVENT, raw)
-    if category_of(event.event) != "integration":
+def decode_event(raw: bytes, model: type[_DataT]) -> Delivery[_DataT]:
+    """A record of any topic the worker writes deliveries to, with `data` as `model`.
+
+    `model` is a category's own (`IntegrationData`: the event must then be of that
+    category), `StatusData` (any delivery with a status) or `BaseData` (any delivery:
+    `webhooks.unrouted`). Raises InvalidDelivery, with the messages the worker puts in
+    the DLQ.
+    """
+    decoder = _EVENTS.get(model)
+    if decoder is None:  # a subscriber's own subclass: compiled once
+        decoder = _EVENTS[model] = _event_decoder(model)
+    event: Delivery[_DataT] = decode_json(decoder, raw)
+    categories = _CATEGORIES.get(model)
+    if categories is not None and category_of(event.event) not in categories:
+        expected = " or ".join(f"`{category}.*`" for category in sorted(categories))
         raise InvalidDelivery(
-            "ValidationError",
-            f"Expected an `integration.*` event, got {event.event!r} - at `$.event`",
+            "ValidationError", f"Expected an {expected} event, got {event.event!r} - at `$.event`"
         )
     return event
+
+
+def decode_integration_event(raw: bytes) -> IntegrationEvent:
+    """Decode a record of an `integration.status.*` topic. Raises InvalidDelivery."""
+    return decode_event(raw, IntegrationData)
 
 
 _T = TypeVar("_T")

@@ -8,7 +8,7 @@ the README to these tuples). No I/O.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Final, NamedTuple
+from typing import Final, Literal, NamedTuple
 
 __all__ = [
     "CONTENT_TYPE",
@@ -28,6 +28,7 @@ __all__ = [
     "STATUS",
     "UID",
     "Header",
+    "HeaderFormat",
     "format_received_at",
 ]
 
@@ -46,27 +47,45 @@ SOURCE_PARTITION: Final = "source.partition"
 SOURCE_OFFSET: Final = "source.offset"
 
 
+# What a header's UTF-8 value looks like: any text, an ISO 8601 moment, a decimal
+# whole number, or a record as `<topic>/<partition>/<offset>` (JSON Schema in
+# processor.contract).
+HeaderFormat = Literal["text", "date-time", "integer", "record"]
+
+
 class Header(NamedTuple):
-    """One header as documented: its name, what its value is, and whether every record
-    of the topics it belongs to carries it."""
+    """One header as documented: its name, what its value is, whether every record of
+    the topics it belongs to carries it, and the form of its value."""
 
     name: str
     value: str
     always: bool
+    format: HeaderFormat = "text"
 
 
 # On raw records the ingress writes (other clients' raw records may carry anything).
 RAW_HEADERS: Final = (
     Header(DELIVERY_ID, "the delivery's `id` (`whd_...`)", True),
     Header(EVENT, "the delivery's `event`, e.g. `integration.updated`", True),
-    Header(RECEIVED_AT, "when the ingress received it, ISO 8601 UTC with milliseconds", True),
+    Header(
+        RECEIVED_AT,
+        "when the ingress received it, ISO 8601 UTC with milliseconds",
+        True,
+        "date-time",
+    ),
     Header(CONTENT_TYPE, "the request's `Content-Type`", True),
     Header(
         REPLAY_OF,
         "on records `processor replay` wrote: the record replayed, `<topic>/<partition>/<offset>`",
         False,
+        "record",
     ),
-    Header(REPLAY_COUNT, "on records `processor replay` wrote: how often it was replayed", False),
+    Header(
+        REPLAY_COUNT,
+        "on records `processor replay` wrote: how often it was replayed",
+        False,
+        "integer",
+    ),
 )
 
 # On every record of a derived topic and of `webhooks.unrouted`.
@@ -83,14 +102,15 @@ DERIVED_HEADERS: Final = (
         "(`2026-11-27T10:59:31.270Z`); for records another client wrote, its `received-at` "
         "rewritten to this form, else the record's timestamp",
         False,
+        "date-time",
     ),
     Header(
         CONTENT_TYPE,
         "the `Content-Type` the delivery came with, when the raw record has one",
         False,
     ),
-    Header(REPLAY_OF, "for a replayed delivery, the record it was replayed from", False),
-    Header(REPLAY_COUNT, "for a replayed delivery, how often it was replayed", False),
+    Header(REPLAY_OF, "for a replayed delivery, the record it was replayed from", False, "record"),
+    Header(REPLAY_COUNT, "for a replayed delivery, how often it was replayed", False, "integer"),
 )
 
 # On every record of the DLQ; `delivery-id`, `event`, `uid`, and what derived records
@@ -109,8 +129,8 @@ DLQ_HEADERS: Final = (
         True,
     ),
     Header(SOURCE_TOPIC, "the raw topic the record was read from", True),
-    Header(SOURCE_PARTITION, "its partition", True),
-    Header(SOURCE_OFFSET, "its offset", True),
+    Header(SOURCE_PARTITION, "its partition", True, "integer"),
+    Header(SOURCE_OFFSET, "its offset", True, "integer"),
 )
 
 

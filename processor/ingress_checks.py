@@ -16,7 +16,7 @@ import msgspec
 from aiohttp import hdrs, web
 from multidict import CIMultiDictProxy
 
-from processor.events import Identifier, InvalidDelivery, decode_json
+from processor.events import Envelope, InvalidDelivery, decode_json
 from processor.ingress_errors import Refusal
 
 __all__ = [
@@ -27,18 +27,6 @@ __all__ = [
     "decode",
     "read_body",
 ]
-
-
-class _Data(msgspec.Struct):
-    uid: Identifier
-
-
-class Envelope(msgspec.Struct):
-    """Only what the ingress needs: the id to answer with, the event header, the key."""
-
-    id: Identifier
-    event: Identifier
-    data: _Data
 
 
 _ENVELOPE: Final = msgspec.json.Decoder(Envelope)

@@ -29,7 +29,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal, Protocol, get_args
+from typing import Final, Literal, NamedTuple, Protocol, get_args
 
 import msgspec
 
@@ -54,7 +54,7 @@ from processor.headers import (
 from processor.naming import normalise_status
 from processor.recordbatch import UNREADABLE_HEADER, unreadable_reason
 
-__all__ = ["OUTCOMES", "Outcome", "Routed", "Router", "SourceRecord"]
+__all__ = ["OUTCOMES", "Outcome", "Routed", "Router", "Rule", "SourceRecord"]
 
 # A DLQ message is for a human reading logs; msgspec's are short, a bug's may not be.
 MAX_ERROR_MESSAGE_CHARS: Final = 1000
@@ -110,6 +110,17 @@ class Routed(msgspec.Struct, frozen=True, gc=False):
     replayed: bool = False  # the raw record came from `processor replay`
 
 
+class Rule(NamedTuple):
+    """One way deliveries reach a topic, for the subscriber's contract: every delivery
+    of `category`, or (routed by status) those whose normalised status is `status`, or
+    those whose status is none of `other_than`."""
+
+    topic: str
+    category: str
+    status: str | None = None
+    other_than: tuple[str, ...] | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class _StatusRoute:
     by_status: dict[str, str]  # normalised status -> topic
@@ -140,15 +151,19 @@ class Router:
 
     def destination_topics(self) -> list[str]:
         """Every topic `route` can return, each once, for `processor topics create`."""
-        topics: list[str] = []
-        for route in self._routes.values():
-            if isinstance(route, _StatusRoute):
-                topics.extend(route.by_status.values())
-                topics.append(route.other)
-            else:
-                topics.append(route)
-        topics += [self._unrouted, self._dlq]
+        topics = [rule.topic for rule in self.rules()] + [self._unrouted, self._dlq]
         return list(dict.fromkeys(topics))
+
+    def rules(self) -> list[Rule]:
+        """How each category reaches its derived topics (a topic may have several rules)."""
+        rules: list[Rule] = []
+        for category, route in self._routes.items():
+            if isinstance(route, str):
+                rules.append(Rule(route, category))
+                continue
+            rules += [Rule(topic, category, status=s) for s, topic in route.by_status.items()]
+            rules.append(Rule(route.other, category, other_than=tuple(route.by_status)))
+        return rules
 
     def route(self, record: SourceRecord) -> Routed:
         """The destination of `record`; never raises."""

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from processor.cli import build_parser, main
+from processor.config import load_config
+from processor.contract import contract_json
 
 CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
 
@@ -22,6 +27,8 @@ CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
         (["topics", "create", "--config", "d.yaml"], "d.yaml"),
         (["dev", "--config", "e.yaml", "--workers", "3"], "e.yaml"),
         (["broker", "status", "--config", "f.yaml"], "f.yaml"),
+        (["schema", "--config", "g.yaml"], "g.yaml"),
+        (["tail", "webhooks.dlq", "--config", "h.yaml"], "h.yaml"),
     ],
 )
 def test_every_command_takes_config_before_or_after_it(argv: list[str], expected: str) -> None:
@@ -67,3 +74,70 @@ def test_dev_commands_without_the_dev_tooling_say_to_run_from_a_checkout_and_exi
     assert "source checkout" in err
     assert "Traceback" not in err
     assert not (tmp_path / "kafka").exists(), "nothing was started"
+
+
+def test_schema_prints_the_contract_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema", "--config", str(CONFIG)]) == 0
+
+    out = capsys.readouterr().out
+    assert out == contract_json(load_config(CONFIG))
+    assert "webhooks.dlq" in json.loads(out)["topics"]
+
+
+def test_schema_asyncapi_prints_yaml(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema", "--asyncapi", "--config", str(CONFIG)]) == 0
+
+    assert yaml.safe_load(capsys.readouterr().out)["asyncapi"] == "3.0.0"
+
+
+def test_schema_check_passes_an_unchanged_contract_and_exits_1_on_a_break(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    promised = json.loads(contract_json(load_config(CONFIG)))
+    same = tmp_path / "same.json"
+    same.write_text(json.dumps(promised))
+    promised["topics"]["webhooks.dlq"]["headers"]["properties"]["x-trace"] = {"type": "string"}
+    more = tmp_path / "more.json"
+    more.write_text(json.dumps(promised))
+
+    assert main(["schema", "--check", str(same), "--config", str(CONFIG)]) == 0
+    assert "compatible with" in capsys.readouterr().out
+    assert main(["schema", "--check", str(more), "--config", str(CONFIG)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "webhooks.dlq headers: $.x-trace: removed\n"
+    assert "break subscribers" in captured.err
+
+
+def test_schema_check_of_a_file_that_is_no_contract_says_so_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    junk = tmp_path / "junk.json"
+    junk.write_text("[1, 2]")
+
+    assert main(["schema", "--check", str(junk), "--config", str(CONFIG)]) == 2
+    assert "pass a file `processor schema` wrote" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["tail", "t", "--last", "0"], ["tail", "t", "--last", "3", "--from-beginning"], ["tail"]],
+)
+def test_tail_refuses_options_that_do_not_fit(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(argv)
+    assert exited.value.code == 2
+
+
+def test_the_worker_and_ingress_do_not_import_the_subscriber_tools() -> None:
+    loaded = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, processor.cli; print(' '.join(sorted(m for m in sys.modules "
+         "if m.startswith('processor.'))))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+
+    assert "processor.worker" in loaded
+    for lazy in ("processor.tail", "processor.asyncapi", "processor.contract", "processor.compat"):
+        assert lazy not in loaded

@@ -10,11 +10,14 @@ import pytest
 
 from processor.events import (
     BaseData,
+    Delivery,
     IntegrationData,
     InvalidDelivery,
     StatusData,
     category_of,
+    data_model,
     decode_delivery,
+    decode_event,
     decode_integration_event,
 )
 from tests.deliveries import SPEC_EXAMPLE
@@ -238,3 +241,72 @@ def test_json_that_is_not_an_object_is_a_validation_error() -> None:
 def test_category_is_the_part_before_the_dot() -> None:
     assert category_of("integration.created") == "integration"
     assert category_of("portfolio") == "portfolio"
+
+
+class WalletData(StatusData, frozen=True, kw_only=True):
+    """A category model as a subscriber (or a new route) would write it: one struct."""
+
+    balance: int | None = None
+
+
+def test_decode_event_reads_any_category_with_base_data() -> None:
+    raw = msgspec.json.encode(envelope(event="portfolio.updated", data={"uid": "u1", "n": 3}))
+
+    event = decode_event(raw, BaseData)
+
+    assert isinstance(event, Delivery)
+    assert (event.id, event.event, event.data) == ("whd_1", "portfolio.updated", BaseData(uid="u1"))
+
+
+def test_decode_event_types_data_with_the_model_given() -> None:
+    raw = msgspec.json.encode(envelope(event="wallet.updated", data={"uid": "u", "status": "open",
+                                                                     "balance": 7}))  # fmt: skip
+
+    event = decode_event(raw, WalletData)
+
+    assert event.data == WalletData(uid="u", status="open", balance=7)
+    with pytest.raises(InvalidDelivery, match=r"got `str` - at `\$\.data\.balance`"):
+        decode_event(raw.replace(b"7", b'"7"'), WalletData)
+
+
+def test_decode_event_with_a_category_model_rejects_other_categories() -> None:
+    raw = msgspec.json.encode(envelope(event="wallet.updated"))
+
+    with pytest.raises(InvalidDelivery, match=r"Expected an `integration\.\*` event") as caught:
+        decode_event(raw, IntegrationData)
+    assert caught.value.error_class == "ValidationError"
+    assert decode_event(raw, StatusData).data.status == "COMPLETED"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"{",
+        b"\xff",
+        msgspec.json.encode(envelope(id="nope")),
+        msgspec.json.encode(envelope(timestamp="2025-02-19T12:00:00")),
+        with_data(status=3),
+        with_data(totalTransactions="many"),
+        msgspec.json.encode(envelope(data={"uid": "u"})),
+        msgspec.json.encode(envelope(data=[])),
+    ],
+    ids=["empty", "truncated", "bad-utf8", "id", "naive-time", "status", "count", "no-status",
+         "data-list"],
+)  # fmt: skip
+def test_decode_event_fails_as_the_worker_does(raw: bytes) -> None:
+    """A subscriber sees the error class and message the DLQ header would carry."""
+    with pytest.raises(InvalidDelivery) as by_worker:
+        decode_delivery(raw)
+    with pytest.raises(InvalidDelivery) as by_subscriber:
+        decode_event(raw, IntegrationData)
+
+    assert by_subscriber.value.error_class == by_worker.value.error_class
+    assert by_subscriber.value.message == by_worker.value.message
+
+
+def test_data_model_is_the_categorys_own_else_what_routing_needs() -> None:
+    assert data_model("integration") is IntegrationData
+    assert data_model("integration", by_status=True) is IntegrationData
+    assert data_model("wallet", by_status=True) is StatusData
+    assert data_model("wallet") is BaseData

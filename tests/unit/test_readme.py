@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from processor.headers import DERIVED_HEADERS, DLQ_HEADERS, RAW_HEADERS, Header
+from tests.readme import README, readme_commands
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def table_after(marker: str) -> list[str]:
@@ -48,3 +52,21 @@ def test_readme_layout_names_every_module_of_processor() -> None:
             assert f"`{path.name}`" in named, f"README's layout omits {relative}"
         else:
             assert f"`{relative}`" in named, f"README's layout omits {relative}"
+
+
+def test_readme_schema_commands_work_on_the_default_config(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "config.yaml", tmp_path)
+    (tmp_path / "docs").mkdir()
+    shutil.copy(ROOT / "docs" / "contract.json", tmp_path / "docs")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PROCESSOR_") and k != "KAFKA_BOOTSTRAP_SERVERS"}  # fmt: skip
+
+    for command in readme_commands("schema"):
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", command],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, f"{command}\n{result.stderr}"
+
+    assert (tmp_path / "contract.json").read_text() == (ROOT / "docs/contract.json").read_text()
+    assert (tmp_path / "asyncapi.yaml").read_text() == (ROOT / "docs/asyncapi.yaml").read_text()
