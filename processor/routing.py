@@ -24,11 +24,11 @@ raw topic gained.
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Final, Literal, NamedTuple, Protocol, get_args
 
 import msgspec
@@ -259,9 +259,9 @@ def _status_topic(route: _StatusRoute, status: str | None, category: str) -> str
 
 
 def _carried(record: SourceRecord) -> tuple[list[tuple[str, bytes]], bool]:
-    """The raw headers derived and DLQ records carry on, in one pass: `received-at`,
-    `content-type` (what a replay restores) and a replay's `replay-of` and
-    `replay-count`; and whether the record is a replay.
+    """The raw headers derived and DLQ records carry on: `received-at`, `content-type`
+    (what a replay restores) and a replay's `replay-of` and `replay-count`, in one
+    pass; and whether the record is a replay. A value too long to be ours is dropped.
 
     `received-at` is documented as ISO 8601 UTC with milliseconds: another client's
     that names a moment in another form is rewritten to it, and one that names no
@@ -283,14 +283,23 @@ def _carried(record: SourceRecord) -> tuple[list[tuple[str, bytes]], bool]:
             replayed = True
         elif name == REPLAY_COUNT and value.isdigit():
             carried.append((name, value))
-    if received_at is None and record.timestamp >= 0:
-        with contextlib.suppress(OverflowError):
-            received_at = format_received_at(
-                _EPOCH + timedelta(milliseconds=record.timestamp)
-            ).encode()
+    if received_at is None:
+        received_at = _timestamp_header(record.timestamp)
     if received_at is not None:
         carried.insert(0, (RECEIVED_AT, received_at))
     return carried, replayed
+
+
+@lru_cache(maxsize=4096)
+def _timestamp_header(timestamp_ms: int) -> bytes | None:
+    """A record's timestamp as `received-at`; None without one (-1). Cached: the records
+    of a producer's batch share their timestamp, and formatting costs microseconds."""
+    if timestamp_ms < 0:
+        return None
+    try:
+        return format_received_at(_EPOCH + timedelta(milliseconds=timestamp_ms)).encode()
+    except OverflowError:
+        return None
 
 
 def _moment(value: bytes) -> bytes | None:
