@@ -12,14 +12,13 @@ oldest end, so an expired write never uncovers an older write of the same id.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
-import zlib
 from collections.abc import Sequence
 from typing import Final
 
 import numpy as np
+from xxhash import xxh3_64_intdigest
 
 from processor.idsegments import LOW32, Builder, Merge, Segment, built
 
@@ -39,14 +38,14 @@ _INT_BYTES: Final = sys.getsizeof(1 << 63)
 
 
 def id_hash(delivery_id: str) -> int:
-    """A stable 64-bit hash of a delivery id, never 0: blake2b, little-endian."""
-    digest = hashlib.blake2b(delivery_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") or 1
+    """A stable 64-bit hash of a delivery id, never 0: XXH3-64, a tenth of blake2b's cost
+    on the hot path. The changelog keeps these: changing the hash forgets the window."""
+    return xxh3_64_intdigest(delivery_id.encode()) or 1
 
 
 def fingerprint(value: bytes) -> int:
     """A 32-bit fingerprint of a record's bytes: it only tells apart two payloads of an id."""
-    return zlib.crc32(value)
+    return xxh3_64_intdigest(value) & 0xFFFFFFFF
 
 
 def _next_job(segments: tuple[Segment, ...], cutoff: int | None) -> slice | None:

@@ -10,7 +10,6 @@ import itertools
 import struct
 import sys
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
@@ -43,24 +42,18 @@ def no_merges(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
     return lambda: monkeypatch.setattr(idwindow, "_MERGE_RATIO", 2)
 
 
-def test_id_hash_is_pinned_blake2b_and_never_zero(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert id_hash("whd_abc123def456") == 9_950_564_075_452_189_783
-    assert id_hash("") == 13_020_603_013_274_838_756
+def test_id_hash_is_pinned_xxh3_64_and_never_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pinned: the changelog stores these, so a change of hash would forget every window.
+    assert id_hash("whd_abc123def456") == 7_345_756_199_839_119_223
+    assert id_hash("") == 3_244_421_341_483_603_138
 
-    class ZeroDigest:
-        def __init__(self, *_: Any, **__: Any) -> None:
-            pass
-
-        def digest(self) -> bytes:
-            return bytes(8)
-
-    monkeypatch.setattr(idwindow.hashlib, "blake2b", ZeroDigest)
+    monkeypatch.setattr(idwindow, "xxh3_64_intdigest", lambda _: 0)
     assert id_hash("whatever") == 1
 
 
-def test_fingerprint_is_crc32_of_the_bytes() -> None:
-    assert fingerprint(b"hello") == 907_060_870
-    assert fingerprint(b"") == 0
+def test_fingerprint_is_the_low_32_bits_of_xxh3_64() -> None:
+    assert fingerprint(b"hello") == 1_549_982_973
+    assert fingerprint(b"") == 3_244_421_341_483_603_138 & 0xFFFFFFFF
 
 
 def test_unknown_ids_are_none_with_or_without_segments() -> None:
