@@ -399,17 +399,18 @@ class Worker:
     def _log_batch(
         self, batch: Batch, routed: Mapping[TopicPartition, list[Routed]], outcomes: Counter[str]
     ) -> None:
-        for partition, records in batch.items():
-            for record, result in zip(records, routed[partition], strict=True):
-                if result.outcome == "dlq":
-                    log.warning(
-                        "delivery.dead_lettered",
-                        delivery_id=result.delivery_id,
-                        reason=result.error,
-                        topic=record.topic,
-                        partition=record.partition,
-                        offset=record.offset,
-                    )
+        if outcomes["dlq"]:  # nearly every batch has none: no walk over its records then
+            for partition, records in batch.items():
+                for record, result in zip(records, routed[partition], strict=True):
+                    if result.outcome == "dlq":
+                        log.warning(
+                            "delivery.dead_lettered",
+                            delivery_id=result.delivery_id,
+                            reason=result.error,
+                            topic=record.topic,
+                            partition=record.partition,
+                            offset=record.offset,
+                        )
         log.info(
             "batch.committed",
             records=sum(outcomes.values()),
