@@ -24,7 +24,6 @@ it the last commit's wait.
 from __future__ import annotations
 
 import argparse
-import tempfile
 from typing import Any, NamedTuple
 
 from job import Job, Routed, Router, parse_job, wait_for_start
@@ -62,7 +61,7 @@ def build(job: Job, commit_every: int, commit_interval: float) -> Application:
         commit_interval=commit_interval,
         producer_extra_config={"acks": "all", "enable.idempotence": True},
         auto_create_topics=False,  # the benchmark made them, as `processor topics create`
-        state_dir=tempfile.mkdtemp(prefix="quix-state-"),
+        state_dir="state",  # in the run's own working directory; the job keeps no state
         loglevel="WARNING",
     )
     router = Router(job, loads=loads)
