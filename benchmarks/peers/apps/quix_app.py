@@ -2,7 +2,7 @@
 
 Shaped as Quix's docs show it: topics declared up front with `app.topic`, one
 dataframe, `to_topic` with a callable that picks the destination `Topic` per message
-and a `key` callable, `set_headers` for the routing headers. Two choices keep the
+and a `key` callable, `set_headers` for the routing headers. Three choices keep the
 job's contract that the value is the bytes as received, which Quix's default JSON
 serializers would not (they decode, then re-encode): the raw topic is read with the
 `bytes` deserializer, the step after `apply` carries the original bytes beside the
