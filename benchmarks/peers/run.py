@@ -8,7 +8,7 @@ makes them from `requirements/*.txt`, under `.venvs/`; the worker runs from the
 project's .venv):
 
 - `aiokafka`:   bare aiokafka, `getmany` -> route -> one `send_batch` per destination
-                partition -> acks -> commit; the baseline of the `x aiokafka` column;
+                partition -> acks -> commit; the baseline of the `x aiokafka` columns;
 - `confluent`:  bare confluent-kafka, `consume` -> route -> `produce` -> `flush` -> commit;
 - `quix`, `quix-eos`: a Quix Streams Application (StreamingDataFrame, `to_topic` with
                 a callable topic), at least once and exactly once;
@@ -530,25 +530,30 @@ def print_results(results: list[Result]) -> None:
         return float(statistics.median(getattr(r, metric) for r in results if r.program == name))
 
     rates = {name: median(name, "rate") for name in names}
-    base = rates.get(BASELINE)
+    cpus = {name: median(name, "cpu_us_per_record") for name in names}
     header = (
         f"{'median over rounds':<18}{'client':>12}{'rec/s':>10}{'rec/s incl. join':>18}"
-        f"{'CPU us/rec':>12}{'x ' + BASELINE:>12}  verified"
+        f"{'CPU us/rec':>12}{'rec/s x ' + BASELINE:>18}{'CPU x ' + BASELINE:>16}  verified"
     )
     print(f"\n{header}\n{'-' * (len(header) + 10)}")
     for name in names:
         failed = sorted({c for r in results if r.program == name for c in _failed_checks(r)})
-        ratio = f"{rates[name] / base:.2f}" if base else "-"
         print(
             f"{name:<18}{PROGRAMS[name].client:>12}{rates[name]:>10,.0f}"
-            f"{median(name, 'rate_with_join'):>18,.0f}{median(name, 'cpu_us_per_record'):>12.1f}"
-            f"{ratio:>12}  {'ok' if not failed else 'FAILED ' + ', '.join(failed)}"
+            f"{median(name, 'rate_with_join'):>18,.0f}{cpus[name]:>12.1f}"
+            f"{_ratio(rates, name):>18}{_ratio(cpus, name):>16}"
+            f"  {'ok' if not failed else 'FAILED ' + ', '.join(failed)}"
         )
     for r in results:
         for problem in r.failed:
             print(f"! {r.program} round {r.round}: {problem}")
         if r.exit != "0":
             print(f"! {r.program} round {r.round}: exited {r.exit} after SIGTERM")
+
+
+def _ratio(values: dict[str, float], name: str) -> str:
+    base = values.get(BASELINE)
+    return f"{values[name] / base:.2f}" if base else "-"
 
 
 def _failed_checks(result: Result) -> list[str]:
