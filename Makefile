@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 SPECS  := tools/asyncapi
 NODE_STAMP := $(SPECS)/node_modules/.package-lock.json
 
-.PHONY: setup lint deploy-check test test-fast run contract clean
+.PHONY: setup lint deploy-check test test-fast run contract bench-peers clean
 
 setup: $(STAMP) $(NODE_STAMP)
 
@@ -55,6 +55,24 @@ contract: setup
 	$(CONTRACT_ENV) $(BIN)/processor schema --asyncapi > docs/asyncapi.yaml.new
 	mv docs/asyncapi.yaml.new docs/asyncapi.yaml
 
+# The routing job on Quix Streams, FastStream, bare aiokafka and bare confluent-kafka beside
+# the worker, on one broker, outputs checked (benchmarks/peers/run.py prints the table).
+# Each peer gets a virtualenv of its own from its pinned file in benchmarks/peers/requirements/,
+# remade when that file changes; none of it is a project dependency.
+# Arguments: make bench-peers PEERS_ARGS='--records 20000 --rounds 1'
+PEERS      := aiokafka confluent quix faststream
+PEER_VENVS := benchmarks/peers/.venvs
+PEERS_ARGS ?=
+
+$(PEER_VENVS)/%/.installed: benchmarks/peers/requirements/%.txt
+	rm -rf $(PEER_VENVS)/$*
+	$(PYTHON) -m venv $(PEER_VENVS)/$*
+	$(PEER_VENVS)/$*/bin/python -m pip install --quiet --no-deps -r $<
+	touch $@
+
+bench-peers: setup $(PEERS:%=$(PEER_VENVS)/%/.installed)
+	$(BIN)/python benchmarks/peers/run.py $(PEERS_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info \
+	rm -rf $(VENV) $(PEER_VENVS) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info \
 	       $(SPECS)/node_modules
