@@ -24,7 +24,6 @@ raw topic gained.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -63,7 +62,6 @@ MAX_ERROR_MESSAGE_CHARS: Final = 1000
 MAX_CARRIED_BYTES: Final = 512
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _SALVAGE: Final = msgspec.json.Decoder()
-_RECEIVED_AT: Final = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 class SourceRecord(Protocol):
@@ -308,8 +306,11 @@ def _moment(value: bytes) -> bytes | None:
         moment = datetime.fromisoformat(value.decode("ascii"))
     except (ValueError, UnicodeDecodeError):  # 2025-02-30 has the shape, not the date
         return None
-    if _RECEIVED_AT.fullmatch(value) is not None:
-        return value  # the ingress's own form, as every ingress record has it
+    # The ingress's own form, as every ingress record has it: YYYY-MM-DDTHH:MM:SS.mmmZ.
+    # Its digits are checked by the parse, so the separators are what is left to check
+    # (cheaper than a regular expression, on every record).
+    if len(value) == 24 and value[4:20:3] == b"--T::." and value[23:] == b"Z":
+        return value
     if moment.tzinfo is None:
         return None
     return format_received_at(moment.astimezone(UTC)).encode()

@@ -193,6 +193,8 @@ def test_received_at_is_copied_from_the_raw_header() -> None:
         ("2025-01-01T00:00:00Z", "2025-01-01T00:00:00.000Z"),
         ("2025-01-01T02:00:00.5+02:00", "2025-01-01T00:00:00.500Z"),
         ("2025-01-01 00:00:00.123456+00:00", "2025-01-01T00:00:00.123Z"),
+        # 24 bytes ending in Z, as the ingress's form, but not it: an ISO week date.
+        ("2025-W01-3T00:00:00.000Z", "2025-01-01T00:00:00.000Z"),
     ],
 )
 def test_received_at_of_another_form_is_rewritten_to_iso_8601_utc_millis(
@@ -208,6 +210,7 @@ def test_received_at_of_another_form_is_rewritten_to_iso_8601_utc_millis(
     [
         b"yesterday",
         b"2025-02-30T12:00:00.000Z",  # the right shape, no such day
+        b"2025-01-01T00:00:00+00:0Z",  # 24 bytes ending in Z, not a moment
         b"2025-01-01T00:00:00.000",  # naive: no place on the timeline
         b"2025-01-01",
         b"\xff\xfe2025-01-01T00:00:00.000Z",
