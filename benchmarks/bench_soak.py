@@ -51,6 +51,15 @@ Rerun (from the repository root; starts and stops its own broker unless given on
 
 Logs of the processes, and the benchmark's own warnings, go to `--log-dir` (a new
 temporary folder unless given). Topics the benchmark made are deleted after each soak.
+
+Chasing a leak: `--tracemalloc` runs the worker under tracemalloc (about 10x slower:
+for a short run), has it dump a snapshot at every sample (SIGUSR2) and prints what grew
+most from the first to the last, by line; `--worker-env NAME=VALUE` adds to the worker's
+environment, e.g. `MALLOC_MMAP_THRESHOLD_=1048576` to tell glibc's keeping of freed
+arrays (see benchmarks/bench_idwindow.py) from memory the process still holds:
+
+    .venv/bin/python benchmarks/bench_soak.py --soaks worker-dedup-distinct \\
+        --records 600000 --tracemalloc
 """
 
 from __future__ import annotations
@@ -66,6 +75,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -520,11 +530,65 @@ class Admin:
             await consumer.stop()
 
 
+# `--tracemalloc`: the worker under tracemalloc, dumping a snapshot on each SIGUSR2.
+TRACED_WORKER: Final = """
+import os, signal, sys, tracemalloc
+from processor.cli import main
+
+folder, taken = sys.argv[1], 0
+
+def dump(signum, frame):
+    global taken
+    taken += 1
+    path = os.path.join(folder, f"{taken}.snapshot")
+    tracemalloc.take_snapshot().dump(path + ".part")
+    os.replace(path + ".part", path)
+
+signal.signal(signal.SIGUSR2, dump)
+sys.exit(main(sys.argv[2:]))
+"""
+TRACE_FRAMES: Final = 8
+
+
+async def snapshot(pid: int, path: Path) -> tracemalloc.Snapshot:
+    """Have the traced worker dump its next snapshot, to `path`, and load it."""
+    os.kill(pid, signal.SIGUSR2)
+    async with asyncio.timeout(300):
+        while not path.exists():  # noqa: ASYNC110, ASYNC240 - the worker writes it
+            await asyncio.sleep(0.1)
+    return tracemalloc.Snapshot.load(str(path))
+
+
+def traced_growth(first: tracemalloc.Snapshot, last: tracemalloc.Snapshot) -> list[str]:
+    """What grew most between two snapshots, by line, and where the top three came from."""
+    traced = [sum(trace.size for trace in s.traces) / MIB for s in (first, last)]
+    lines = [
+        f"tracemalloc: {traced[1]:.1f} MiB traced at the last sample, {traced[0]:.1f} at the "
+        "first; what grew most, by line:"
+    ]
+    lines += [
+        f"  {stat.size_diff / MIB:+9.2f} MiB {stat.count_diff:+11,} blocks  {stat.traceback[0]}"
+        for stat in last.compare_to(first, "lineno")[:15]
+    ]
+    for stat in last.compare_to(first, "traceback")[:3]:
+        lines.append(f"  {stat.size_diff / MIB:+.2f} MiB from:")
+        lines += [f"      {frame.strip()}" for frame in stat.traceback.format()[::2]]
+    return lines
+
+
 async def worker_soak(name: str, args: argparse.Namespace, bootstrap: str) -> Soak:
     stream = WORKER_STREAMS[name]
     port = free_port()
     env = worker_env(bootstrap, name, dedup=stream.dedup, metrics_port=port)
     config = load_config(CONFIG, env=env)
+    env.update(args.worker_env)
+    command = [str(PROCESSOR), "--config", str(CONFIG), "worker"]
+    snapshots: list[tracemalloc.Snapshot] = []
+    traces = args.log_dir / f"{name}.tracemalloc"
+    if args.tracemalloc:
+        traces.mkdir(exist_ok=True)
+        command = [sys.executable, "-X", f"tracemalloc={TRACE_FRAMES}", "-c", TRACED_WORKER,
+                   str(traces), *command[1:]]  # fmt: skip
     total = args.records
     loader = Loader(config=config, total=total, ids=args.bounded_ids if stream.bounded else None)
     soak = Soak(
@@ -540,7 +604,8 @@ async def worker_soak(name: str, args: argparse.Namespace, bootstrap: str) -> So
             )
         ),
         unit="records",
-        judged=stream.judged,
+        # tracemalloc's own tables and snapshots grow RSS: then the traced lines tell
+        judged=stream.judged and not args.tracemalloc,
     )
     log = args.log_dir / f"{name}.log"
     metrics_url = f"http://127.0.0.1:{port}/metrics"
@@ -548,6 +613,9 @@ async def worker_soak(name: str, args: argparse.Namespace, bootstrap: str) -> So
     async def sample(done: int, seconds: float) -> Sample:
         memory = Memory.of(worker.pid)  # before the scrape, which allocates a little
         metrics = await scrape(session, metrics_url)
+        if args.tracemalloc and done:  # the first and the latest
+            taken = await snapshot(worker.pid, traces / f"{len(soak.samples) + 1}.snapshot")
+            snapshots[1 if snapshots else 0 :] = [taken]
         ids = metrics.get(("processor_worker_dedup_ids", "")) if stream.dedup else None
         nbytes = metrics.get(("processor_worker_dedup_bytes", "")) if stream.dedup else None
         return Sample(done, seconds, memory, None if ids is None else int(ids), int(nbytes or 0))
@@ -565,7 +633,6 @@ async def worker_soak(name: str, args: argparse.Namespace, bootstrap: str) -> So
             loader.committed = await committed()
             return loader.committed
 
-        command = [str(PROCESSOR), "--config", str(CONFIG), "worker"]
         with running(command, env, log) as worker:
             await wait_for_200(session, f"http://127.0.0.1:{port}/healthz", worker, log)
             feeding = asyncio.create_task(loader.run())
@@ -586,6 +653,13 @@ async def worker_soak(name: str, args: argparse.Namespace, bootstrap: str) -> So
         f"the worker counted {counted}; exit code {code} after SIGTERM; "
         f"log {log}: {log_counts(log)}"
     )
+    if args.worker_env:
+        soak.notes.append(f"the worker's environment also had {args.worker_env}")
+    if len(snapshots) == 2:
+        soak.notes.append(
+            "RSS under tracemalloc includes its own tables and snapshot copies: not judged"
+        )
+        soak.notes += traced_growth(*snapshots)
     return soak
 
 
@@ -776,6 +850,19 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--bootstrap", help="HOST:PORT of a Kafka to use instead of starting one")
     parser.add_argument("--log-dir", type=Path, help="for the logs (default: a new temporary one)")
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="also set this in the worker's environment (e.g. MALLOC_MMAP_THRESHOLD_=1048576)",
+    )
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="run the worker under tracemalloc (slower: for a short run) and print what "
+        "grew from the first sample to the last",
+    )
     parser.add_argument("--load-client", help=argparse.SUPPRESS)  # the python load: its URL
     parser.add_argument("--secret", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -788,6 +875,9 @@ def parse_args() -> argparse.Namespace:
     args.soaks = list(dict.fromkeys(s.strip() for s in args.soaks.split(",") if s.strip()))
     if not args.soaks or any(s not in SOAKS for s in args.soaks):
         parser.error(f"--soaks takes names from: {', '.join(SOAKS)}")
+    if any("=" not in setting for setting in args.worker_env):
+        parser.error("--worker-env takes NAME=VALUE")
+    args.worker_env = dict(setting.split("=", 1) for setting in args.worker_env)
     if args.client == "auto":
         args.client = "wrk" if shutil.which("wrk") else "python"
     return args
