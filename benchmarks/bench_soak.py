@@ -71,6 +71,7 @@ import os
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -365,7 +366,7 @@ def print_soak(soak: Soak) -> None:
     if window:
         header += f"{'window ids':>12}{'window MiB':>12}{'RSS-window':>12}{'x first':>9}"
     print(f"\n{soak.name}: {soak.what}\n{header}\n{'-' * len(header)}")
-    before = soak.start or first
+    before = soak.start or Sample(0, 0.0, Memory(0, 0, 0, 0.0))
     for s in soak.samples:
         seconds = s.seconds - before.seconds
         rate = (s.done - before.done) / seconds
@@ -390,15 +391,21 @@ def print_soak(soak: Soak) -> None:
             f"{'PASS' if soak.passed else 'FAIL'}: RSS after {last.done:,} {soak.unit} is "
             f"{soak.ratio:.3f}x its RSS after {first.done:,} (bar: <= {BAR:.2f}x); "
             f"highest sample {highest:.3f}x"
+            + ("; the fall is memory given back, not growth" if soak.ratio < 2 - BAR else "")
         )
     if window and (ids := (last.window_ids or 0) - (first.window_ids or 0)) > 0:
         grown = last.memory.rss - first.memory.rss
         estimated = (last.window_bytes or 0) - (first.window_bytes or 0)
+        # RSS steps with the window's merges: a fit over every sample is steadier.
+        fitted = statistics.linear_regression(
+            [s.window_ids or 0 for s in soak.samples], [s.memory.rss for s in soak.samples]
+        ).slope
         print(
             f"memory per remembered id, from {first.window_ids:,} to {last.window_ids:,} ids: "
-            f"RSS {grown / ids:.1f} B/id = {grown / ids / MIB * 1e6:.1f} MiB per million ids "
-            f"(RssAnon {(last.memory.anon - first.memory.anon) / ids:.1f} B/id); the window's "
-            f"own estimate {estimated / ids:.1f} B/id"
+            f"RSS {grown / ids:.1f} B/id ({grown / ids * 1e6 / MIB:.1f} MiB per million ids), "
+            f"{fitted:.1f} B/id fitted over the samples; RssAnon "
+            f"{(last.memory.anon - first.memory.anon) / ids:.1f} B/id; the window's own "
+            f"estimate {estimated / ids:.1f} B/id"
         )
     for note in soak.notes:
         print(note)
