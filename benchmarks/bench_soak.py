@@ -13,7 +13,7 @@ Worker soaks: topics made with `processor.topics.create_topics` (6 raw partition
 every topic keeps 128 MiB a partition, so a 10M run does not fill the disk), and a
 loader in this process keeping the raw topic fed with `produce_batch`, 10,000 records
 a chunk, at most 200,000 ahead of the worker. Progress is the worker's committed
-offsets. The deliveries look like the provider's (~570 bytes, 1,000 users): 96 %
+offsets. The deliveries look like the provider's (~490 bytes, 1,000 users): 96 %
 integration events over the documented statuses and one unknown, 3 % of a category
 without a route, 1 % truncated JSON (dead-lettered, one warning each in the log).
 
@@ -40,7 +40,7 @@ wrk (one thread; its Lua script takes each request's body and signature from a p
 100,000 distinct deliveries signed here, and stops after the last answer) when it is
 installed, else an aiohttp client (`--client python`) that signs each delivery itself,
 every id distinct. Progress is the ingress's own count of answers (its /metrics,
-read every 0.5 s).
+read every 0.25 s).
 
 Rerun (from the repository root; starts and stops its own broker unless given one):
 
