@@ -418,6 +418,7 @@ async def generate(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_s": cpu_s,
         "cpu_total_s": time.process_time(),  # imports and start-up included
         "max_in_flight": max_in_flight,
+        "connections": client.opened if isinstance(client, RawClient) else None,
         "mean_bytes": statistics.mean(len(deliveries.body(i, start_wall)) for i in range(100)),
     }
 
@@ -720,6 +721,7 @@ class PhaseResult:
     dead_lettered: int
     stray: int  # arrived although not answered 202 (a timeout the ingress still wrote)
     cpu_s: dict[str, float]  # per process group, over the phase
+    window_s: float  # the phase from the load's start to the last arrival or the drain timeout
     stages_ms: dict[str, dict[str, float]]  # budget: p50/p99 per stage
     batches: Histogram
     publishes: Histogram
@@ -741,7 +743,7 @@ async def run_phase(
     publish_before = await scrape(ingress_metrics, "processor_ingress_publish_seconds")
     batch_before = await _workers_histogram(workers)
     cpu_before = {name: sum(cpu_seconds(p) for p in group) for name, group in pids.items()}
-    busy_before = machine_busy_seconds()
+    busy_before, started = machine_busy_seconds(), time.monotonic()
     argv = [
         __file__, "--generate", "--url", f"{pipeline.url}/webhooks", "--rate", str(rate),
         "--duration", str(duration), "--phase", phase, "--run", args.run,
@@ -771,6 +773,7 @@ async def run_phase(
     # Everything else on the machine: on a shared one, the noise in these numbers.
     ours = sum(cpu.values()) - cpu["load"] + load["cpu_total_s"]
     cpu["others"] = max(0.0, machine_busy_seconds() - busy_before - ours)
+    window_s = time.monotonic() - started
     publishes = await scrape(ingress_metrics, "processor_ingress_publish_seconds") - publish_before
     batches = await _workers_histogram(workers) - batch_before
 
@@ -786,6 +789,7 @@ async def run_phase(
         dead_lettered=reader.dead_lettered[phase],
         stray=sum(1 for i in failed if i in seen),
         cpu_s=cpu,
+        window_s=window_s,
         stages_ms=_stages(arrived),
         batches=batches,
         publishes=publishes,
@@ -808,7 +812,9 @@ def _stages(arrived: Sequence[Arrival]) -> dict[str, dict[str, float]]:
         to_reader.append((a.arrived_ns - created_ns) / 1e6)
         if a.received_at is None:
             continue
-        received_ns = int(datetime.fromisoformat(a.received_at.decode()).timestamp() * 1e3) * 10**6
+        received_ns = (
+            round(datetime.fromisoformat(a.received_at.decode()).timestamp() * 1e3) * 10**6
+        )
         to_ingress.append((received_ns - a.sent_ns) / 1e6)
         to_worker.append((created_ns - received_ns) / 1e6)
     return {
@@ -841,15 +847,15 @@ def print_results(results: Sequence[PhaseResult], duration: float) -> None:
         f"{name + ' %':>11}" + (f"{'us/dlv':>8}" if name in per_delivery else "") for name in names
     )
     print(
-        "\nCPU while a rate runs and drains, per second of its duration (% of one core), "
-        f"and per delivery sent\n{header}"
+        "\nCPU from the load's start to the last arrival (% of one core), and per delivery "
+        f"sent\n{header}"
     )
     print("-" * len(header))
     for r in results:
         cells = ""
         for name in names:
             seconds = r.cpu_s.get(name)
-            cells += "{:>11}".format("-" if seconds is None else f"{seconds / duration:.0%}")
+            cells += "{:>11}".format("-" if seconds is None else f"{seconds / r.window_s:.0%}")
             if name in per_delivery and seconds is not None:
                 cells += f"{seconds / r.load['sent'] * 1e6:>8.0f}"
         print(f"{r.rate:>7,}{cells}")
@@ -863,14 +869,14 @@ def print_results(results: Sequence[PhaseResult], duration: float) -> None:
     ]
     rows += [(name, [_pair(r.stages_ms[name]) for r in results]) for name in results[0].stages_ms]
     rows.append(("end to end", [_pair(r.latency_ms) for r in results]))
-    print(f"{'':32}" + "".join(f"{f'{r.rate:,}/s':>16}" for r in results))
+    print(f"{'':32}" + "".join(f"{f'{r.rate:,}/s':>20}" for r in results))
     for label, cells in rows:
-        print(f"{label:32}" + "".join(f"{cell:>16}" for cell in cells))
+        print(f"{label:32}" + "".join(f"{cell:>20}" for cell in cells))
     per_batch = [
         f"{r.batches.count / duration:.0f}, {r.load['ok'] / max(r.batches.count, 1):.1f}"
         for r in results
     ]
-    print(f"{'worker: batches/s, records/batch':32}" + "".join(f"{c:>16}" for c in per_batch))
+    print(f"{'worker: batches/s, records/batch':32}" + "".join(f"{c:>20}" for c in per_batch))
     print("* from the processes' /metrics histograms, interpolated within buckets")
 
     for r in results:
@@ -983,7 +989,9 @@ async def bench(args: argparse.Namespace, bootstrap: str, broker_pid: int | None
             q = result.latency_ms
             print(
                 f"  {rate:,}/s: {result.load['ok']:,} answered 202, p50 {q['p50']:.1f} ms, "
-                f"p99 {q['p99']:.1f} ms, max {q['max']:.1f} ms",
+                f"p99 {q['p99']:.1f} ms, max {q['max']:.1f} ms; up to "
+                f"{result.load['max_in_flight']:,} in flight, {result.load['connections']} "
+                "connections opened",
                 flush=True,
             )
             results.append(result)
@@ -1013,7 +1021,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=60, help="seconds per rate")
     parser.add_argument("--quick", action="store_true", help="10 s per rate, 5 s warm-up")
     parser.add_argument("--warmup", type=float, default=10, help="seconds at 1,000/s first")
-    parser.add_argument("--connections", type=int, default=256, help="the load's pool size")
+    parser.add_argument(
+        "--connections", type=int, default=1024, help="most connections the load opens"
+    )
     parser.add_argument(
         "--client",
         choices=["raw", "aiohttp"],
