@@ -10,16 +10,15 @@ The pipeline is the one production runs, each part a process of its own: a local
 (`LocalBroker.temporary()`, unless --bootstrap), `processor topics create`, `processor
 ingress` and two `processor worker`s, all with config.yaml's defaults. The environment
 sets only what a run needs: the bootstrap address, a signing secret, free ports (the
-workers' metrics ports on, which serve `/metrics` and change nothing else), and
-`logging.level`: WARNING by default, since at INFO the ingress writes a line per
-accepted request (`--log-level INFO` measures the default). `--env` adds any other
-setting, to try one; the header prints what differs from config.yaml. Children's output
-goes to files in --log-dir. With --bootstrap, topics and group get names of their own
-(names only), deleted at the end.
+workers' metrics ports on, which serve `/metrics` and change nothing else), and JSON
+logs (`--log-level` changes their level). `--env` adds any other setting, to try one;
+the header prints what differs from config.yaml. Children's output goes to files in
+--log-dir. With --bootstrap, topics and group get names of their own (names only),
+deleted at the end.
 
 The load is open loop, in a process of its own: request i is fired at t0 + i/rate
-whether or not earlier ones have answered (an aiohttp client with a pool of
---connections), and carries its scheduled time (`data.sentAt`, Unix ns) and a unique id.
+whether or not earlier ones have answered (a lean keep-alive HTTP/1.1 client opening
+up to --connections; `--client aiohttp` for aiohttp's), and carries its scheduled time (`data.sentAt`, Unix ns) and a unique id.
 Latency is measured from that scheduled time, so a stall delays every request
 scheduled during it instead of pausing the load (no coordinated omission); if the
 generator itself falls behind schedule, its lag is printed, and it counts in the latency.
@@ -1032,7 +1031,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--log-level",
-        default="WARNING",
+        default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="the children's logging.level (config.yaml: INFO)",
     )

@@ -73,6 +73,7 @@ class _Ingress:
         self._verifier = verifier
         self._metrics = metrics
         self._retry_after = {"Retry-After": str(config.ingress.retry_after_s)}
+        self._log_accepted = config.ingress.log_accepted
         # The last /readyz answer's reason: a probe every few seconds during an outage
         # logs the change, not every probe.
         self._not_ready: str | None = None
@@ -95,13 +96,14 @@ class _Ingress:
             )
             return response
         self._metrics.count_response(202)
-        log.info(
-            "ingress.accepted",
-            delivery_id=envelope.id,
-            webhook_event=envelope.event,
-            status=202,
-            latency_ms=_ms_since(started),
-        )
+        if self._log_accepted:
+            log.info(
+                "ingress.accepted",
+                delivery_id=envelope.id,
+                webhook_event=envelope.event,
+                status=202,
+                latency_ms=_ms_since(started),
+            )
         return web.Response(
             status=202, body=_encode_json({"id": envelope.id}), content_type="application/json"
         )

@@ -252,6 +252,23 @@ async def test_a_publish_not_acknowledged_in_time_is_503_kafka_timeout(serve: Se
     assert "0.2 s" in payload["detail"]
 
 
+@pytest.mark.parametrize("log_accepted", [False, True])
+async def test_an_accepted_delivery_is_logged_only_when_asked_a_refusal_always(
+    serve: Serve, log_accepted: bool
+) -> None:
+    buffer = io.StringIO()
+    with captured_logs(buffer):
+        client = await serve(log_accepted=log_accepted)
+        accepted = await client.post("/webhooks", data=delivery(1), headers=signed(delivery(1)))
+        refused = await client.post("/webhooks", data=delivery(2), headers=signed(b"other"))
+
+    assert (accepted.status, refused.status) == (202, 401)
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    events = [(line["event"], line.get("status")) for line in lines if "status" in line]
+    expected = [("ingress.accepted", 202)] if log_accepted else []
+    assert events == [*expected, ("ingress.rejected", 401)]
+
+
 # --- bodies msgspec cannot take ----------------------------------------------------------
 
 
