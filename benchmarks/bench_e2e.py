@@ -18,10 +18,11 @@ deleted at the end.
 
 The load is open loop, in a process of its own: request i is fired at t0 + i/rate
 whether or not earlier ones have answered (a lean keep-alive HTTP/1.1 client opening
-up to --connections; `--client aiohttp` for aiohttp's), and carries its scheduled time (`data.sentAt`, Unix ns) and a unique id.
-Latency is measured from that scheduled time, so a stall delays every request
-scheduled during it instead of pausing the load (no coordinated omission); if the
-generator itself falls behind schedule, its lag is printed, and it counts in the latency.
+up to --connections; `--client aiohttp` for aiohttp's), and carries its scheduled time
+(`data.sentAt`, Unix ns) and a unique id. Latency is measured from that scheduled time,
+so a stall delays every request scheduled during it instead of pausing the load (no
+coordinated omission); if the generator itself falls behind schedule, its lag is
+printed, and it counts in the latency.
 
 A reader in this process consumes every output topic (the derived topics, unrouted and
 the DLQ) with read_committed from before the load, and takes `time.time_ns()` when a
