@@ -72,6 +72,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError
+from bench_route import DOCUMENTED_SPELLINGS, UNKNOWN_STATUSES, integration_event
 from prometheus_client.parser import text_string_to_metric_families
 
 from processor.config import Config, load_config
@@ -106,14 +107,7 @@ STOP_TIMEOUT_S: Final = 45.0
 # The generator lags behind schedule: its p99 above this is flagged in the report.
 LAG_WARN_MS: Final = 5.0
 
-DOCUMENTED_SPELLINGS: Final = ("QUEUED", "ONGOING", "COMPLETED", "FAILED", "active",
-                               "inactive", "error", "PARTIALLY SYNCED", "Completed",
-                               "partially_synced")  # fmt: skip
-UNKNOWN_STATUSES: Final = ("PAUSED", "archived", "Syncing", "rate_limited")
-INTEGRATION_EVENTS: Final = ("integration.created", "integration.updated",
-                             "integration.synced", "integration.status_changed")  # fmt: skip
 UNROUTED_EVENTS: Final = ("wallet.created", "transaction.imported", "account.updated")
-PROVIDERS: Final = (("binance", "Binance"), ("coinbase", "Coinbase"), ("kraken", "Kraken"))
 
 
 # --- the deliveries -----------------------------------------------------------------------
@@ -135,39 +129,19 @@ class Deliveries:
 
     def body(self, index: int, sent_at: int) -> bytes:
         rng = self._rng
-        provider, public_name = rng.choice(PROVIDERS)
         draw = rng.random()
-        event = rng.choice(INTEGRATION_EVENTS)
         if draw < 0.05:
-            event, status = rng.choice(UNROUTED_EVENTS), "active"
+            status: str = "active"
         elif draw < 0.10:
             status = rng.choice(UNKNOWN_STATUSES)
         else:
             status = rng.choice(DOCUMENTED_SPELLINGS)
-        return self._encode(
-            {
-                "id": f"{self._prefix}{index}",
-                "event": event,
-                "timestamp": "2025-02-19T12:00:00.000Z",
-                "data": {
-                    "uid": rng.choice(self._users),
-                    "provider": provider,
-                    "providerPublicName": public_name,
-                    "publicAddress": None,
-                    "walletId": f"wallet_{rng.getrandbits(48):012x}",
-                    "logoUrl": f"https://example.invalid/{provider}.png",
-                    "isContract": False,
-                    "alias": "Main Trading Account",
-                    "status": status,
-                    "addedOn": 1640995200000,
-                    "lastSyncedAt": 1672531200000 + rng.randrange(10**9),
-                    "category": "exchange",
-                    "type": "api",
-                    "totalTransactions": rng.randrange(100_000),
-                    "sentAt": sent_at,
-                },
-            }
-        )
+        document = integration_event(rng, rng.choice(self._users), status)
+        document["id"] = f"{self._prefix}{index}"
+        if draw < 0.05:
+            document["event"] = rng.choice(UNROUTED_EVENTS)
+        document["data"]["sentAt"] = sent_at
+        return self._encode(document)
 
 
 def parse_id(delivery_id: str) -> tuple[str, str, int] | None:

@@ -59,10 +59,12 @@ POOL = 5_000
 # Connections opened, producer metadata fetched, caches warm before measuring.
 WARMUP_S = 2
 
-WRK_SCRIPT = """
+# Each request takes the next of a pool of signed deliveries (a file of
+# "signature<TAB>body" lines); bench_soak's script builds on this part.
+WRK_POOL = """
 local requests, next = {}, 0
-function init(args)
-  for line in io.lines(args[1]) do
+local function load_pool(path)
+  for line in io.lines(path) do
     local signature, body = line:match("^(%x+)\\t(.*)$")
     requests[#requests + 1] = wrk.format("POST", nil,
       {["Content-Type"] = "application/json", ["X-Webhook-Signature"] = signature}, body)
@@ -72,6 +74,14 @@ function request()
   next = next % #requests + 1
   return requests[next]
 end
+"""
+
+WRK_SCRIPT = (
+    WRK_POOL
+    + """
+function init(args)
+  load_pool(args[1])
+end
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format("RESULT %d %d %d %d %d\\n", summary.requests, summary.duration,
@@ -79,6 +89,7 @@ function done(summary, latency, requests)
     e.connect + e.read + e.write + e.status + e.timeout))
 end
 """
+)
 
 
 @dataclass(frozen=True)

@@ -171,7 +171,8 @@ class Outgoing:
 # --- the deliveries -------------------------------------------------------------------
 
 
-def _integration(rng: random.Random, uid: str, status: object) -> dict[str, Any]:
+def integration_event(rng: random.Random, uid: str, status: object) -> dict[str, Any]:
+    """An integration event as the provider sends it (bench_e2e builds on it too)."""
     provider, public_name = rng.choice(PROVIDERS)
     return {
         "id": f"whd_{rng.getrandbits(64):016x}",
@@ -197,7 +198,7 @@ def _integration(rng: random.Random, uid: str, status: object) -> dict[str, Any]
 
 
 def _malformed(rng: random.Random, uid: str) -> bytes:
-    document = _integration(rng, uid, "completed")
+    document = integration_event(rng, uid, "completed")
     kind = rng.randrange(7)
     if kind == 0:
         return msgspec.json.encode(document)[:200]  # truncated
@@ -253,13 +254,13 @@ def make_deliveries(topic: str, count: int, seed: int, retries: float) -> Delive
             value, outcome = _malformed(rng, uid), "dlq"
         else:
             if draw < 0.07:
-                document = _integration(rng, uid, "active")
+                document = integration_event(rng, uid, "active")
                 document["event"] = rng.choice(UNROUTED_EVENTS)
                 outcome = "unrouted"
             elif draw < 0.12:
-                document = _integration(rng, uid, rng.choice(UNKNOWN_STATUSES))
+                document = integration_event(rng, uid, rng.choice(UNKNOWN_STATUSES))
             else:
-                document = _integration(rng, uid, rng.choice(DOCUMENTED_SPELLINGS))
+                document = integration_event(rng, uid, rng.choice(DOCUMENTED_SPELLINGS))
             value, delivery_id = msgspec.json.encode(document), document["id"]
         record = Outgoing(topic=topic, key=uid.encode(), value=value, headers=list(headers))
         placed.append((position, 0, record))

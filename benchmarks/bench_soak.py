@@ -88,6 +88,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupCoordinatorNotAvailableError
+from bench_ingress import WRK_POOL
 from prometheus_client.parser import text_string_to_metric_families
 
 from processor.batching import produce_batch
@@ -674,19 +675,13 @@ async def worker_soak(name: str, args: argparse.Namespace, bootstrap: str) -> So
 
 # Each request takes the next signed delivery of the pool; after `limit` answers the
 # thread stops (wrk itself runs until -d or SIGINT, then prints the RESULT line).
-WRK_SCRIPT: Final = """
-local requests, next, answered, limit = {}, 0, 0, 0
+WRK_SCRIPT: Final = (
+    WRK_POOL
+    + """
+local answered, limit = 0, 0
 function init(args)
   limit = tonumber(args[2])
-  for line in io.lines(args[1]) do
-    local signature, body = line:match("^(%x+)\\t(.*)$")
-    requests[#requests + 1] = wrk.format("POST", nil,
-      {["Content-Type"] = "application/json", ["X-Webhook-Signature"] = signature}, body)
-  end
-end
-function request()
-  next = next % #requests + 1
-  return requests[next]
+  load_pool(args[1])
 end
 function response(status, headers, body)
   answered = answered + 1
@@ -698,6 +693,7 @@ function done(summary, latency, requests)
     e.connect + e.read + e.write + e.status + e.timeout, latency:percentile(99)))
 end
 """
+)
 
 
 def signed(n: int, secret: str) -> tuple[str, bytes]:
