@@ -112,11 +112,26 @@ async def produce_batch(
                 )
                 is None
             ):
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                futures.append(
+                    _observed(await producer.send_batch(batch, topic, partition=partition))
+                )
                 batch = producer.create_batch()
                 # An empty builder always takes its first record, however large.
                 batch.append(
                     key=record.key, value=record.value, timestamp=None, headers=record.headers
                 )
-        futures.append(await producer.send_batch(batch, topic, partition=partition))
+        futures.append(_observed(await producer.send_batch(batch, topic, partition=partition)))
     return futures
+
+
+def _observed(ack: asyncio.Future[Any]) -> asyncio.Future[Any]:
+    """`ack`, its failure marked as seen: whoever awaits the acks reports the first one,
+    and a batch given up (a timeout, a transaction abandoned) may never be awaited;
+    asyncio would log each unseen failure as an error when the future is collected."""
+    ack.add_done_callback(_see)
+    return ack
+
+
+def _see(ack: asyncio.Future[Any]) -> None:
+    if not ack.cancelled():
+        ack.exception()

@@ -123,6 +123,10 @@ async def test_graceful_broker_stop_under_load_is_one_warning_not_a_flood(
         assert await wait_exit(worker, 30) == 0
 
     assert not [e for e in healthy if e["level"] in ("error", "critical")], healthy
+    # Nothing left behind either: a producer given up in the outage is closed, not
+    # left to be destroyed pending at exit.
+    errors = [e for e in log_entries(log) if e["level"] in ("error", "critical")]
+    assert not errors, errors
     assert len(outage) <= 40, "\n".join(outage[:50])
     assert cpu < 1.5, f"{cpu:.2f} CPU seconds in a 10 s outage"
     events = [e["event"] for e in log_entries(log)]

@@ -6,13 +6,17 @@ before a key lands somewhere another client would not put it.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import inspect
 from typing import NamedTuple
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from processor.batching import produce_batch
+from processor.publisher import RawRecord
 from tests.unit.fake_producer import Appended, FakeBatchProducer
 
 
@@ -225,3 +229,19 @@ async def test_a_record_naming_its_partition_goes_there_whatever_its_key() -> No
     await produce_batch(producer, records)
 
     assert producer.where() == [("out", 4, [b"a"]), ("out", 0, [b"b"])]
+
+
+async def test_a_failed_ack_nobody_awaits_is_not_logged_when_collected() -> None:
+    # A batch given up (a timeout, an abandoned transaction) fails later, unawaited.
+    producer = FakeBatchProducer(partitions={"out": 1})
+    await produce_batch(producer, [RawRecord("out", b"user_1", b"v", [])])
+    reported: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        producer.sent.pop().ack.set_exception(KafkaError("the producer was fenced"))
+        await asyncio.sleep(0)  # its done callbacks run
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert reported == []
