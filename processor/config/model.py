@@ -231,9 +231,9 @@ class IngressConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
     max_headers: PositiveInt = 64
     # 400 for a longer request line or header: 8 KiB, as aiohttp's and nginx's default.
     max_header_line_bytes: PositiveInt = 8190
-    # A line per accepted delivery at INFO costs about as much CPU as the rest of the
-    # request (README, Benchmarks); the record in the raw topic and the metrics count
-    # each one anyway. Refusals are always logged.
+    # A line per accepted delivery at INFO costs about a fifth of a request's CPU
+    # (README, Benchmarks); the record in the raw topic and the metrics count each one
+    # anyway. Refusals are always logged.
     log_accepted: bool = False
 
 
