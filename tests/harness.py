@@ -5,10 +5,12 @@ processes, and reading back what landed in the output topics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +21,7 @@ from processor.batching import produce_batch
 from processor.config import Config
 from processor.kafka_clients import read_to_end
 from processor.topics import output_topics
+from processor.worker import Worker
 from tests.deliveries import Delivery
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,6 +54,20 @@ async def produce_raw(config: Config, deliveries: list[Delivery]) -> None:
     ) as producer:
         records = [RawRecord(config.topics.raw, d.key, d.value) for d in deliveries]
         await asyncio.gather(*await produce_batch(producer, records))
+
+
+@contextlib.asynccontextmanager
+async def worker_running(
+    config: Config, *, stop_timeout_s: float = 30
+) -> AsyncIterator[asyncio.Task[None]]:
+    """A `Worker` routing in this process for the block, then stopped as SIGTERM stops it."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(Worker(config=config).run(stop))
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, stop_timeout_s)
 
 
 async def read_outputs(config: Config, expected: int, *, settle_s: float = 1.0) -> list[Output]:

@@ -17,9 +17,8 @@ from aiokafka.errors import ProducerFenced
 from processor.config import Config
 from processor.kafka_clients import read_to_end
 from processor.topics import create_topics
-from processor.worker import Worker
 from tests.deliveries import mixed_stream, with_retries
-from tests.harness import assert_each_delivered, produce_raw, read_outputs
+from tests.harness import assert_each_delivered, produce_raw, read_outputs, worker_running
 
 pytestmark = pytest.mark.integration
 
@@ -41,13 +40,8 @@ async def test_provider_retries_are_swallowed_and_each_delivery_lands_once(
     assert len(sent) > len(stream) * 1.2
     await produce_raw(config, sent)
 
-    stop = asyncio.Event()
-    worker = asyncio.create_task(Worker(config=config).run(stop))
-    try:
+    async with worker_running(config):
         outputs = await read_outputs(config, len(stream))
-    finally:
-        stop.set()
-        await asyncio.wait_for(worker, 30)
 
     written = assert_each_delivered(config, stream, outputs)
     assert set(written.values()) == {1}, "a provider retry got through"

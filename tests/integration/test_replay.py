@@ -5,12 +5,10 @@ nothing, and a replay cut short that goes on where it stopped."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
@@ -20,9 +18,16 @@ from processor.config import Config
 from processor.kafka_clients import partitions_of, read_to_end
 from processor.replay import ReplayFilters, replay
 from processor.topics import create_topics
-from processor.worker import Worker
 from tests.deliveries import Delivery, integration_event
-from tests.harness import REPO, Output, produce_raw, read_all_outputs, read_outputs, worker_env
+from tests.harness import (
+    REPO,
+    Output,
+    produce_raw,
+    read_all_outputs,
+    read_outputs,
+    worker_env,
+    worker_running,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -43,17 +48,6 @@ def with_wallet_route(config: Config, topic: str) -> Config:
     return msgspec.structs.replace(
         config, routing=msgspec.structs.replace(config.routing, routes=routes)
     )
-
-
-@contextlib.asynccontextmanager
-async def worker_running(config: Config) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(Worker(config=config).run(stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 async def raw_count(config: Config) -> int:

@@ -23,9 +23,8 @@ from processor import tail as tail_module
 from processor.config import Config, KafkaConfig, TopicsConfig
 from processor.tail import Shown, TailOptions, tail
 from processor.topics import create_topics
-from processor.worker import Worker
 from tests.deliveries import SPEC_EXAMPLE, Delivery, integration_event
-from tests.harness import REPO, produce_raw, read_outputs, worker_env
+from tests.harness import REPO, produce_raw, read_outputs, worker_env, worker_running
 from tests.readme import readme_commands
 
 pytestmark = pytest.mark.integration
@@ -71,13 +70,8 @@ async def routed(kafka_bootstrap: str) -> Config:
     await create_topics(config)
     deliveries = stream()
     await produce_raw(config, deliveries)
-    stop = asyncio.Event()
-    worker = asyncio.create_task(Worker(config=config).run(stop))
-    try:
+    async with worker_running(config):
         await read_outputs(config, len(deliveries))
-    finally:
-        stop.set()
-        await asyncio.wait_for(worker, 30)
     return config
 
 

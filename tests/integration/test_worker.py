@@ -34,6 +34,7 @@ from tests.harness import (
     wait_exit,
     wait_for_outputs,
     wait_for_partitions,
+    worker_running,
 )
 
 pytestmark = pytest.mark.integration
@@ -44,13 +45,8 @@ async def test_mixed_stream_lands_each_delivery_in_exactly_one_topic(config: Con
     stream = mixed_stream(10_000)
     await produce_raw(config, stream)
 
-    stop = asyncio.Event()
-    worker = asyncio.create_task(Worker(config=config).run(stop))
-    try:
+    async with worker_running(config):
         outputs = await read_outputs(config, len(stream))
-    finally:
-        stop.set()
-        await asyncio.wait_for(worker, 30)
 
     written = assert_each_delivered(config, stream, outputs)
     assert set(written.values()) == {1}, "a clean run writes each delivery once"
@@ -154,18 +150,13 @@ async def test_broker_outage_mid_stream_loses_nothing(config: Config) -> None:
         await create_topics(config)
         stream = mixed_stream(6_000, seed=23)
         await produce_raw(config, stream[:3_000])
-        stop = asyncio.Event()
-        worker = asyncio.create_task(Worker(config=config).run(stop))
-        try:
+        async with worker_running(config, stop_timeout_s=60):
             await wait_for_outputs(config, 1_000)
             await asyncio.to_thread(broker.kill)  # a crash: acknowledged writes must survive
             await asyncio.sleep(3)
             await asyncio.to_thread(broker.start)  # same directory and ports
             await produce_raw(config, stream[3_000:])
             outputs = await read_outputs(config, len(stream))
-        finally:
-            stop.set()
-            await asyncio.wait_for(worker, 60)
         assert_each_delivered(config, stream, outputs)
 
 

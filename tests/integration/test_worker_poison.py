@@ -9,8 +9,6 @@ record in, and a delivery written after them all still routed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -20,10 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from processor.config import Config
-from processor.worker import Worker
 from tests import kafka_wire as wire
 from tests.deliveries import integration_event
-from tests.harness import Output, count_outputs, read_all_outputs
+from tests.harness import Output, count_outputs, read_all_outputs, worker_running
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("topics")]
 
@@ -32,17 +29,6 @@ BAD_NAME = (b"\xff\xfe\x80", b"v")
 
 def delivery(index: int, status: str = "active") -> bytes:
     return integration_event(index=index, uid=f"user_{index % 3}", status=status)
-
-
-@contextlib.asynccontextmanager
-async def running_worker(config: Config) -> AsyncIterator[asyncio.Task[None]]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(Worker(config=config).run(stop))
-    try:
-        yield task
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 async def outputs_when(config: Config, count: int, task: asyncio.Task[None]) -> list[Output]:
@@ -73,7 +59,7 @@ async def test_a_header_name_that_is_not_utf8_is_parked_and_the_partition_moves_
     await wire.produce_raw(bootstrap, raw, 0, wire.batch(poisoned))
     await wire.produce_raw(bootstrap, raw, 0, wire.batch([wire.record(0, value=delivery(5))]))
 
-    async with running_worker(config) as task:
+    async with worker_running(config) as task:
         outputs = await outputs_when(config, 5, task)
 
     assert len(outputs) == 5
@@ -96,7 +82,7 @@ async def test_records_compressed_with_any_codec_are_routed(config: Config, code
         sent = [await producer.send(config.topics.raw, value, key=b"user_1") for value in values]
         await asyncio.gather(*sent)
 
-    async with running_worker(config) as task:
+    async with worker_running(config) as task:
         outputs = await outputs_when(config, len(values), task)
 
     completed = config.routing.routes["integration"].format(status="completed")
@@ -115,7 +101,7 @@ async def test_a_codec_this_process_lacks_parks_its_batch_instead_of_stopping(
     # As if the zstd library were not installed, as on a worker built without it.
     monkeypatch.setattr("aiokafka.codec.has_zstd", lambda: False)
 
-    async with running_worker(config) as task:
+    async with worker_running(config) as task:
         outputs = await outputs_when(config, 2, task)
 
     (parked,) = by_topic(outputs, config.topics.dlq)
@@ -195,7 +181,7 @@ async def test_fuzzed_records_are_each_routed_or_parked_and_the_worker_goes_on(
     sentinel = delivery(10**9, status="COMPLETED")
     await wire.produce_raw(bootstrap, raw, 2, wire.batch([wire.record(0, value=sentinel)]))
 
-    async with running_worker(config) as task:
+    async with worker_running(config) as task:
         outputs = await outputs_when(config, written + 1, task)
 
     assert len(outputs) == written + 1, "every record in is exactly one record out"
