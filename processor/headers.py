@@ -7,7 +7,7 @@ the README to these tuples). No I/O.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final, Literal, NamedTuple
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "Header",
     "HeaderFormat",
     "format_received_at",
+    "timestamp_received_at",
 ]
 
 DELIVERY_ID: Final = "delivery-id"
@@ -140,3 +141,17 @@ def format_received_at(moment: datetime) -> str:
     `moment` must be in UTC.
     """
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def timestamp_received_at(timestamp_ms: int) -> str | None:
+    """A Kafka record's timestamp in the `received-at` form; None for a record without
+    one (-1) or one past the year 9999."""
+    if timestamp_ms < 0:
+        return None
+    try:
+        return format_received_at(_EPOCH + timedelta(milliseconds=timestamp_ms))
+    except OverflowError:
+        return None

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Final, Literal, NamedTuple, Protocol, get_args
 
@@ -49,6 +49,7 @@ from processor.headers import (
     STATUS,
     UID,
     format_received_at,
+    timestamp_received_at,
 )
 from processor.naming import normalise_status
 from processor.recordbatch import UNREADABLE_HEADER, unreadable_reason
@@ -60,7 +61,6 @@ MAX_ERROR_MESSAGE_CHARS: Final = 1000
 # A raw header carried on that is longer than this is not ours: it is dropped, so that
 # another client's header cannot push a derived record past the size budget.
 MAX_CARRIED_BYTES: Final = 512
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _SALVAGE: Final = msgspec.json.Decoder()
 
 
@@ -292,12 +292,8 @@ def _carried(record: SourceRecord) -> tuple[list[tuple[str, bytes]], bool]:
 def _timestamp_header(timestamp_ms: int) -> bytes | None:
     """A record's timestamp as `received-at`; None without one (-1). Cached: the records
     of a producer's batch share their timestamp, and formatting costs microseconds."""
-    if timestamp_ms < 0:
-        return None
-    try:
-        return format_received_at(_EPOCH + timedelta(milliseconds=timestamp_ms)).encode()
-    except OverflowError:
-        return None
+    received_at = timestamp_received_at(timestamp_ms)
+    return None if received_at is None else received_at.encode()
 
 
 def _moment(value: bytes) -> bytes | None:

@@ -14,7 +14,6 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any, Final, TypeAlias
 
@@ -34,7 +33,7 @@ from processor.headers import (
     RECEIVED_AT,
     STATUS,
     UID,
-    format_received_at,
+    timestamp_received_at,
 )
 from processor.kafka_clients import (
     client_options,
@@ -56,7 +55,6 @@ FIRST_WINDOW: Final = 500
 FETCH_TIMEOUT_MS: Final = 200
 
 _ENVELOPE: Final = msgspec.json.Decoder(Envelope)
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
@@ -125,7 +123,7 @@ class RecordReader:
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
-            timestamp=_moment(record.timestamp) if record.timestamp >= 0 else None,
+            timestamp=timestamp_received_at(record.timestamp),
             received_at=headers.get(RECEIVED_AT),
             key=None if record.key is None else _text(record.key),
             delivery_id=found[0],
@@ -150,14 +148,6 @@ class RecordReader:
 
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
-
-
-def _moment(timestamp: int) -> str | None:
-    """A record's timestamp as ISO 8601 UTC; None without one (-1) or past year 9999."""
-    try:
-        return format_received_at(_EPOCH + timedelta(milliseconds=timestamp))
-    except OverflowError:
-        return None
 
 
 def _value(raw: bytes | None) -> tuple[msgspec.Raw | None, str | None]:
