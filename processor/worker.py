@@ -235,6 +235,8 @@ class Worker:
         screened: dict[TopicPartition, Screened] = {}
         kept_records: dict[TopicPartition, Sequence[Any]] = {}
         unrestored: dict[TopicPartition, Sequence[Any]] = {}
+        # Per partition, which records went to the DLQ: what its breaker counts.
+        dead_letters: dict[TopicPartition, list[bool]] = {}
         for partition, records in batch.items():
             results = [route(record) for record in records]
             if breakers.enabled:
@@ -244,6 +246,8 @@ class Worker:
                     records, results = records[: trip.at], results[: trip.at]
                     if not records:
                         continue
+                    dead = dead[: trip.at]
+                dead_letters[partition] = dead
             if dedup is not None and not dedup.owns(partition):
                 await dedup.assigned([partition])  # its restore failed at assignment
                 if not dedup.owns(partition):
@@ -272,7 +276,8 @@ class Worker:
             if retried:
                 self._produce_failed(failure, records=sum(len(batch[tp]) for tp in retried))
             self._rewind({tp: batch[tp] for tp in retried})
-            self._done({tp: batch[tp] for tp in batch if tp not in failed}, routed, screened)
+            written = {tp: batch[tp] for tp in batch if tp not in failed}
+            self._done(written, routed, screened, dead_letters)
             return not retried and not unrestored
         except CommitFailed as failure:
             # The outputs are written; the next owner re-routes the batch (duplicates).
@@ -283,7 +288,7 @@ class Worker:
                 log.info("batch.produce_recovered", failed_attempts=self._failed_attempts)
                 self._failed_attempts = 0
             self._backoff = self._config.worker.retry_backoff_s
-        self._done(batch, routed, screened, fetched_at=fetched_at)
+        self._done(batch, routed, screened, dead_letters, fetched_at=fetched_at)
         return not unrestored
 
     def _done(
@@ -291,17 +296,19 @@ class Worker:
         batch: Batch,
         routed: Mapping[TopicPartition, list[Routed]],
         screened: Mapping[TopicPartition, Screened],
+        dead_letters: Mapping[TopicPartition, list[bool]],
         *,
         fetched_at: float | None = None,
     ) -> None:
-        """What of `batch` is in Kafka now: remember its ids, count it, log it."""
+        """What of `batch` is in Kafka now: remember its ids, feed its breakers, count
+        it, log it."""
         if not batch:
             return
         outcomes: Counter[str] = Counter()
         conflicts: list[Routed] = []
         for partition in batch:
-            if self._breakers.enabled:
-                self._breakers.record(partition, [r.outcome == "dlq" for r in routed[partition]])
+            if partition in dead_letters:
+                self._breakers.record(partition, dead_letters[partition])
             kept = screened.get(partition)
             if kept is None or self._dedup is None:
                 outcomes.update(r.outcome for r in routed[partition])
