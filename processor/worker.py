@@ -282,7 +282,8 @@ class Worker:
         except CommitFailed as failure:
             # The outputs are written; the next owner re-routes the batch (duplicates).
             self._metrics.commit_failures.inc()
-            log.warning("batch.commit_failed", error=repr(failure.cause), records=len(batch))
+            count = sum(len(records) for records in batch.values())
+            log.warning("batch.commit_failed", error=repr(failure.cause), records=count)
         else:
             if self._failed_attempts:
                 log.info("batch.produce_recovered", failed_attempts=self._failed_attempts)

@@ -167,12 +167,16 @@ async def test_the_pause_before_a_retry_doubles_to_the_maximum_and_resets_after_
 
 
 async def test_a_failed_offsets_commit_is_counted_and_neither_rewound_nor_retried() -> None:
-    async with running() as worker:
-        worker.guarantee.failures.append(CommitFailed(CommitFailedError("rebalanced")))
-        worker.consumer.batches.put_nowait(two_partitions())
-        worker.consumer.batches.put_nowait({P0: [Record(0, 7, delivery(4))]})
-        await until(lambda: len(worker.guarantee.checkpoints) == 2)
-        await until(lambda: worker.guarantee.checkpoints[1].committed)
+    with capture_logs() as logs:
+        async with running() as worker:
+            worker.guarantee.failures.append(CommitFailed(CommitFailedError("rebalanced")))
+            worker.consumer.batches.put_nowait(two_partitions())
+            worker.consumer.batches.put_nowait({P0: [Record(0, 7, delivery(4))]})
+            await until(lambda: len(worker.guarantee.checkpoints) == 2)
+            await until(lambda: worker.guarantee.checkpoints[1].committed)
+
+    [failed] = [line for line in logs if line["event"] == "batch.commit_failed"]
+    assert failed["records"] == sum(map(len, two_partitions().values()))
 
     assert worker.consumer.seeks == []
     assert worker.guarantee.checkpoints[1].committed == {P0: 8}
