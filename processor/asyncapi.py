@@ -25,6 +25,7 @@ from processor.contract import (
     topic_contracts,
     value_schema,
 )
+from processor.headers import STATUS
 
 __all__ = ["ASYNCAPI_VERSION", "asyncapi_document", "asyncapi_yaml"]
 
@@ -139,7 +140,7 @@ def asyncapi_document(config: Config) -> dict[str, Any]:
 def _headers_name(contract: TopicContract) -> str:
     """Topics of a role share their headers schema; status ones differ by `status`."""
     always = {header.name for header in contract.headers if header.always}
-    suffix = "WithStatus" if contract.role == "routed" and "status" in always else ""
+    suffix = "WithStatus" if contract.role == "routed" and STATUS in always else ""
     return f"{contract.role.capitalize()}Headers{suffix}"
 
 
