@@ -273,7 +273,8 @@ def _carried(record: SourceRecord) -> tuple[list[tuple[str, bytes]], bool]:
         if not value or len(value) > MAX_CARRIED_BYTES:
             continue
         if name == RECEIVED_AT:
-            received_at = _moment(value)
+            if received_at is None:  # the first that names a moment
+                received_at = _moment(value)
         elif name == CONTENT_TYPE:
             carried.append((name, value))
         elif name == REPLAY_OF:

@@ -225,6 +225,21 @@ def test_received_at_that_names_no_utc_moment_falls_back_to_the_record_timestamp
     assert header_map(routed)["received-at"] == "2025-02-19T12:00:00.123Z"
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [b"yesterday", b"2025-01-01T00:00:00.250Z"],
+        [b"2025-01-01T00:00:00.250Z", b"yesterday"],
+        [b"2025-01-01T00:00:00.250Z", b"2025-06-01T00:00:00.000Z"],
+    ],
+    ids=["unusable-first", "unusable-last", "two-moments"],
+)
+def test_of_several_received_at_the_first_naming_a_moment_is_kept(headers: list[bytes]) -> None:
+    routed = route(delivery(), headers=[("received-at", value) for value in headers])
+
+    assert header_map(routed)["received-at"] == "2025-01-01T00:00:00.250Z"
+
+
 def test_received_at_falls_back_to_the_record_timestamp_in_utc() -> None:
     assert header_map(route(delivery()))["received-at"] == "2025-02-19T12:00:00.123Z"
     assert header_map(route(delivery(), timestamp=0))["received-at"] == "1970-01-01T00:00:00.000Z"
