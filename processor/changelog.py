@@ -57,7 +57,7 @@ class KafkaChangelog:
             self.consumer.assign([tp])
             self.consumer.seek(tp, begin)
             try:
-                async for _, records in read_to_end(self.consumer, [tp]):
+                async for _, records in read_to_end(self.consumer, [tp], ends={tp: end}):
                     for record in records:
                         value = record.value
                         if value is None or len(value) != _VALUE_BYTES:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import structlog
@@ -213,12 +213,16 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPar
 
 
 async def read_to_end(
-    consumer: AIOKafkaConsumer, partitions: Collection[TopicPartition]
+    consumer: AIOKafkaConsumer,
+    partitions: Collection[TopicPartition],
+    *,
+    ends: Mapping[TopicPartition, int] | None = None,
 ) -> AsyncIterator[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]:
     """The records of `partitions` (assigned to `consumer`) from its positions up to
-    their end offsets as they are when called: a snapshot, however much is written
-    meanwhile. With read_committed, the end is the last stable offset."""
-    ends = await consumer.end_offsets(list(partitions))
+    `ends`, by default their end offsets as they are when called: a snapshot, however
+    much is written meanwhile. With read_committed, the end is the last stable offset."""
+    if ends is None:
+        ends = await consumer.end_offsets(list(partitions))
     pending = {tp for tp, end in ends.items() if await consumer.position(tp) < end}
     while pending:
         fetched = await consumer.getmany(*pending, timeout_ms=200)

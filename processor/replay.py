@@ -160,10 +160,10 @@ async def replay(
                 "create the pipeline's topics with `processor topics create`"
             )
         consumer.assign(partitions)
-        todo = await _position_at_committed(consumer, partitions)
+        todo, ends = await _position_at_committed(consumer, partitions)
         bar = tqdm(total=todo, unit="rec", file=progress, disable=progress is None)
         with bar:
-            async for tp, records in read_to_end(consumer, partitions):
+            async for tp, records in read_to_end(consumer, partitions, ends=ends):
                 room = None if limit is None else limit - summary.replayed
                 chosen, scanned = _choose(
                     records, filters, config.replay.max_attempts, summary, room=room
@@ -185,8 +185,9 @@ async def replay(
 
 async def _position_at_committed(
     consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition]
-) -> int:
-    """Seek each partition to where this filter set's last run stopped; how many to scan."""
+) -> tuple[int, dict[TopicPartition, int]]:
+    """Seek each partition to where this filter set's last run stopped; how many records
+    to scan, and the end offsets that count is up to."""
     begins = await consumer.beginning_offsets(partitions)
     ends = await consumer.end_offsets(partitions)
     todo = 0
@@ -195,7 +196,7 @@ async def _position_at_committed(
         start = begins[tp] if committed is None else max(committed, begins[tp])
         consumer.seek(tp, start)
         todo += max(0, ends[tp] - start)
-    return todo
+    return todo, ends
 
 
 def _choose(

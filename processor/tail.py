@@ -239,7 +239,7 @@ async def _show(
         for tp in partitions:
             consumer.seek(tp, begins[tp])
         if not options.follow:
-            async for _, records in read_to_end(consumer, partitions):
+            async for _, records in read_to_end(consumer, partitions, ends=ends):
                 emit(records)
             return
     else:
@@ -291,11 +291,10 @@ async def _read_range(
     """The records of `tp` from offset `low` up to `high` (an offset it has reached)
     that `keep` keeps."""
     consumer.seek(tp, low)
-    records: list[Record] = []
-    while await consumer.position(tp) < high:
-        fetched = await consumer.getmany(tp, timeout_ms=FETCH_TIMEOUT_MS)
-        records += [r for r in fetched.get(tp, ()) if r.offset < high and keep(r)]
-    return records
+    kept: list[Record] = []
+    async for _, records in read_to_end(consumer, [tp], ends={tp: high}):
+        kept += filter(keep, records)
+    return kept
 
 
 async def _until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:
