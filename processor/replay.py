@@ -242,13 +242,17 @@ def _choose(
 
 
 def _moment(headers: Mapping[str, bytes], timestamp: int) -> datetime | None:
-    """When the ingress received it (`received-at`), else the record's own time."""
+    """When the ingress received it (`received-at`), else the record's own time: as the
+    worker does, a header that names no moment on the timeline (naive) is not one."""
     received = headers.get(RECEIVED_AT)
     if received is not None:
         try:
-            return datetime.fromisoformat(received.decode())
+            moment = datetime.fromisoformat(received.decode())
         except (ValueError, UnicodeDecodeError):
             pass
+        else:
+            if moment.tzinfo is not None:
+                return moment
     return datetime.fromtimestamp(timestamp / 1000, UTC) if timestamp >= 0 else None
 
 
