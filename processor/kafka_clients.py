@@ -23,6 +23,7 @@ from aiokafka.helpers import create_ssl_context
 
 from processor.config import HEADROOM_BYTES, Config, KafkaConfig
 from processor.errors import BrokerUnavailable, ConfigError, TopicsMissing
+from processor.shutdown import unless_stopped
 
 __all__ = [
     "client_options",
@@ -145,14 +146,9 @@ async def connect(
     which matters for a process that is PID 1 in a container. Raises BrokerUnavailable
     naming the address and what to check; TopicsMissing passes through.
     """
-    starting = asyncio.ensure_future(start())
-    stopping = asyncio.ensure_future(stop.wait())
     try:
         async with asyncio.timeout(config.connect_timeout_s):
-            await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
-        if not starting.done():
-            return False
-        starting.result()
+            return await unless_stopped(start(), stop)
     except (TimeoutError, KafkaError) as exc:
         raise BrokerUnavailable(
             f"cannot reach Kafka at {config.bootstrap_servers} within "
@@ -160,11 +156,6 @@ async def connect(
             "(`processor broker start`), or fix kafka.bootstrap_servers / "
             "KAFKA_BOOTSTRAP_SERVERS and the TLS/SASL settings"
         ) from None
-    finally:
-        for task in (starting, stopping):
-            task.cancel()
-        await asyncio.gather(starting, stopping, return_exceptions=True)
-    return True
 
 
 async def wait_until_reachable(config: KafkaConfig) -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 
-__all__ = ["stop_on_signals"]
+__all__ = ["stop_on_signals", "unless_stopped"]
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -29,3 +29,20 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
     finally:
         for signum in SIGNALS:
             loop.remove_signal_handler(signum)
+
+
+async def unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Run `work` until it ends (True; its error passes through) or `stop` is set
+    first (False: `work` is cancelled). Cancelled itself, it cancels `work` too."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future in (task, stopping):
+            future.cancel()
+        await asyncio.gather(task, stopping, return_exceptions=True)
+    if task.cancelled():
+        return False
+    task.result()
+    return True

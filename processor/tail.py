@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from fnmatch import fnmatchcase
-from typing import Any, Final, TypeAlias
+from typing import Final, TypeAlias
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -42,7 +42,7 @@ from processor.kafka_clients import (
     read_to_end,
     wait_until_reachable,
 )
-from processor.shutdown import stop_on_signals
+from processor.shutdown import stop_on_signals, unless_stopped
 
 __all__ = ["DEFAULT_LAST", "RecordReader", "Shown", "TailOptions", "run_tail", "tail", "text_line"]
 
@@ -216,7 +216,7 @@ async def tail(config: Config, options: TailOptions, out: Output, *, stop: async
                 f"this config produces: {produced}"
             )
         consumer.assign(partitions)
-        await _until_stopped(_show(consumer, partitions, reader, options, out), stop)
+        await unless_stopped(_show(consumer, partitions, reader, options, out), stop)
     finally:
         await consumer.stop()
 
@@ -295,20 +295,6 @@ async def _read_range(
     async for _, records in read_to_end(consumer, [tp], ends={tp: high}):
         kept += filter(keep, records)
     return kept
-
-
-async def _until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:
-    """Run `work` until it ends or `stop` is set; its errors pass through."""
-    task = asyncio.ensure_future(work)
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for future in (task, stopping):
-            future.cancel()
-        await asyncio.gather(task, stopping, return_exceptions=True)
-    if not task.cancelled():
-        task.result()
 
 
 def run_tail(config: Config, options: TailOptions, *, as_json: bool) -> int:
