@@ -60,6 +60,7 @@ __all__ = [
     "category_of",
     "data_model",
     "decode_delivery",
+    "decode_envelope",
     "decode_event",
     "decode_integration_event",
     "decode_json",
@@ -190,6 +191,14 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     id: Identifier
     event: Identifier
     data: BaseData
+
+
+_ENVELOPE_DECODER: Final = msgspec.json.Decoder(Envelope)
+
+
+def decode_envelope(raw: bytes) -> Envelope:
+    """The envelope of a raw delivery; InvalidDelivery when it is not one."""
+    return decode_json(_ENVELOPE_DECODER, raw)
 
 
 class DecodedDelivery(msgspec.Struct, frozen=True, kw_only=True):

@@ -12,11 +12,10 @@ import zlib
 from collections.abc import Mapping
 from typing import Final
 
-import msgspec
 from aiohttp import hdrs, web
 from multidict import CIMultiDictProxy
 
-from processor.events import Envelope, InvalidDelivery, decode_json
+from processor.events import Envelope, InvalidDelivery, decode_envelope
 from processor.ingress_errors import Refusal
 
 __all__ = [
@@ -28,8 +27,6 @@ __all__ = [
     "read_body",
 ]
 
-
-_ENVELOPE: Final = msgspec.json.Decoder(Envelope)
 
 # Content-Encoding values undone here -> the zlib format they name (x-gzip: RFC 9110).
 _CODINGS: Final = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate"}
@@ -184,7 +181,7 @@ def decode(body: bytes) -> Envelope:
     here that the worker would dead-letter as undecodable.
     """
     try:
-        return decode_json(_ENVELOPE, body)
+        return decode_envelope(body)
     except InvalidDelivery as exc:
         if exc.error_class == "ValidationError":
             raise Refusal(400, "invalid_envelope", exc.message) from None

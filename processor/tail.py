@@ -24,7 +24,7 @@ from aiokafka.errors import KafkaError
 from processor.config import Config
 from processor.contract import topic_contracts
 from processor.errors import TopicsMissing
-from processor.events import BaseData, Envelope, InvalidDelivery, decode_event, decode_json
+from processor.events import BaseData, InvalidDelivery, decode_envelope, decode_event
 from processor.headers import (
     DELIVERY_ID,
     ERROR_CLASS,
@@ -54,7 +54,6 @@ FIRST_WINDOW: Final = 500
 # One fetch waits at most this long: bounds how late a followed record is printed.
 FETCH_TIMEOUT_MS: Final = 200
 
-_ENVELOPE: Final = msgspec.json.Decoder(Envelope)
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
@@ -140,7 +139,7 @@ class RecordReader:
 
     def _decode(self, raw: bytes) -> list[str | None]:
         if self._raw:
-            envelope = decode_json(_ENVELOPE, raw)
+            envelope = decode_envelope(raw)
             return [envelope.id, envelope.event, envelope.data.uid, None]
         event = decode_event(raw, self._model)
         return [event.id, event.event, event.data.uid, getattr(event.data, "status", None)]
