@@ -399,19 +399,14 @@ class Written:
     changelog: Counter[str] = field(default_factory=Counter)  # keys of the dedup changelog
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
-    variant: str
-    round: int
-    records: int  # raw records read and committed, retries included
+class Rates:
+    """Rates of a run with `records`, `join_s`, `total_s` and `cpu_s` (peers/run.py too)."""
+
+    __slots__ = ()
+    records: int
     join_s: float
     total_s: float
-    cpu_s: float  # CPU time of this process (the clients, not the broker) during the run
-    written: Written
-    suppressed: int | None  # retries the worker did not produce; None for a pipe
-    batches: int  # batches the worker committed whole (0 for a pipe)
-    batch_s: float  # their total time from fetch to commit
-    failures: int  # the worker's failed produces and commits
+    cpu_s: float
 
     @property
     def rate(self) -> float:
@@ -425,6 +420,21 @@ class Result:
     @property
     def cpu_us_per_record(self) -> float:
         return self.cpu_s / self.records * 1e6
+
+
+@dataclass(frozen=True, slots=True)
+class Result(Rates):
+    variant: str
+    round: int
+    records: int  # raw records read and committed, retries included
+    join_s: float
+    total_s: float
+    cpu_s: float  # CPU time of this process (the clients, not the broker) during the run
+    written: Written
+    suppressed: int | None  # retries the worker did not produce; None for a pipe
+    batches: int  # batches the worker committed whole (0 for a pipe)
+    batch_s: float  # their total time from fetch to commit
+    failures: int  # the worker's failed produces and commits
 
     @property
     def ms_per_batch(self) -> float | None:

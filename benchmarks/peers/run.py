@@ -92,6 +92,7 @@ from bench_route import (
     RUN_TIMEOUT_S,
     Bench,
     Deliveries,
+    Rates,
     load,
     make_deliveries,
     unique,
@@ -299,7 +300,7 @@ class Timing:
 
 
 @dataclass(frozen=True, slots=True)
-class Result:
+class Result(Rates):
     program: str
     round: int
     records: int
@@ -309,18 +310,6 @@ class Result:
     cpu_s: float
     busy: float
     exit: str
-
-    @property
-    def rate(self) -> float:
-        return self.records / (self.total_s - self.join_s)
-
-    @property
-    def rate_with_join(self) -> float:
-        return self.records / self.total_s
-
-    @property
-    def cpu_us_per_record(self) -> float:
-        return self.cpu_s / self.records * 1e6
 
 
 def cpu_seconds(pid: int) -> float:
