@@ -53,7 +53,6 @@ import json
 import os
 import random
 import secrets
-import signal
 import statistics
 import sys
 import tempfile
@@ -77,6 +76,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from processor.config import Config, load_config
 from processor.devtools.broker import LocalBroker
+from processor.devtools.dev import stop_processes
 from processor.devtools.ports import free_port
 from processor.headers import RECEIVED_AT
 from processor.kafka_clients import client_options, partitions_of
@@ -102,8 +102,6 @@ DRAIN_TIMEOUT_S: Final = 60.0
 SETTLE_S: Final = 2.0
 # Starting processes, joining the group: a slower start is a failure.
 READY_TIMEOUT_S: Final = 90.0
-# Children get this long after SIGTERM (their own bounded shutdowns fit in it).
-STOP_TIMEOUT_S: Final = 45.0
 # The generator lags behind schedule: its p99 above this is flagged in the report.
 LAG_WARN_MS: Final = 5.0
 
@@ -484,17 +482,7 @@ class Pipeline:
         return False
 
     async def stop(self) -> None:
-        for child in self.children:
-            if child.process.returncode is None:
-                child.process.send_signal(signal.SIGTERM)
-        for child in self.children:
-            try:
-                async with asyncio.timeout(STOP_TIMEOUT_S):
-                    await child.process.wait()
-            except TimeoutError:
-                print(f"{child.name} ignored SIGTERM for {STOP_TIMEOUT_S:.0f} s; killing it")
-                child.process.kill()
-                await child.process.wait()
+        await stop_processes([(c.name, c.process) for c in self.children], say=print)
 
 
 async def _group_assigned(config: Config) -> bool:

@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from processor.devtools.broker import LocalBroker
 from processor.shutdown import stop_on_signals
 from processor.topics import all_topics, create_topics
 
-__all__ = ["DevOptions", "run_dev"]
+__all__ = ["DevOptions", "run_dev", "stop_processes"]
 
 # The ingress needs a moment to import, connect and bind; a slower start is a failure.
 READY_TIMEOUT_S = 60.0
@@ -188,19 +189,30 @@ async def _supervise(children: list[_Child], stop: asyncio.Event) -> int:
 
 
 async def _stop_children(children: list[_Child]) -> None:
+    await stop_processes([(child.name, child.process) for child in children])
     for child in children:
-        if child.process.returncode is None:
-            child.process.send_signal(signal.SIGTERM)
-    for child in children:
-        try:
-            async with asyncio.timeout(CHILD_STOP_TIMEOUT_S):
-                await child.process.wait()
-        except TimeoutError:
-            _say(f"{child.name} ignored SIGTERM for {CHILD_STOP_TIMEOUT_S:.0f} s; killing it")
-            child.process.kill()
-            await child.process.wait()
         with contextlib.suppress(asyncio.CancelledError):
             await child.pump
+
+
+async def stop_processes(
+    processes: Sequence[tuple[str, asyncio.subprocess.Process]],
+    *,
+    say: Callable[[str], None] = _say,
+) -> None:
+    """SIGTERM to every named process still running, all at once so that they stop
+    together; then each gets CHILD_STOP_TIMEOUT_S to exit before it is killed."""
+    for _, process in processes:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+    for name, process in processes:
+        try:
+            async with asyncio.timeout(CHILD_STOP_TIMEOUT_S):
+                await process.wait()
+        except TimeoutError:
+            say(f"{name} ignored SIGTERM for {CHILD_STOP_TIMEOUT_S:.0f} s; killing it")
+            process.kill()
+            await process.wait()
 
 
 def _banner(config: Config, *, url: str, generated: str | None) -> str:
