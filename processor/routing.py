@@ -256,10 +256,15 @@ def _status_topic(route: _StatusRoute, status: str | None, category: str) -> str
     return route.by_status.get(normal, route.other)
 
 
+# Raw headers derived and DLQ records carry unchanged (`replay-count` only if a number).
+_CARRIED_AS_IS: Final = frozenset({CONTENT_TYPE, REPLAY_OF})
+
+
 def _carried(record: SourceRecord) -> tuple[list[tuple[str, bytes]], bool]:
     """The raw headers derived and DLQ records carry on: `received-at`, `content-type`
     (what a replay restores) and a replay's `replay-of` and `replay-count`, in one
-    pass; and whether the record is a replay. A value too long to be ours is dropped.
+    pass; and whether the record is a replay. A value too long to be ours is dropped,
+    and of a name given twice the first usable value is kept (one header per name).
 
     `received-at` is documented as ISO 8601 UTC with milliseconds: another client's
     that names a moment in another form is rewritten to it, and one that names no
@@ -267,26 +272,20 @@ def _carried(record: SourceRecord) -> tuple[list[tuple[str, bytes]], bool]:
     there is no timestamp either (a record without one carries -1).
     """
     received_at: bytes | None = None
-    carried: list[tuple[str, bytes]] = []
-    replayed = False
+    carried: dict[str, bytes] = {}
     for name, value in record.headers:
         if not value or len(value) > MAX_CARRIED_BYTES:
             continue
         if name == RECEIVED_AT:
             if received_at is None:  # the first that names a moment
                 received_at = _moment(value)
-        elif name == CONTENT_TYPE:
-            carried.append((name, value))
-        elif name == REPLAY_OF:
-            carried.append((name, value))
-            replayed = True
-        elif name == REPLAY_COUNT and value.isdigit():
-            carried.append((name, value))
+        elif name in _CARRIED_AS_IS or (name == REPLAY_COUNT and value.isdigit()):
+            carried.setdefault(name, value)
     if received_at is None:
         received_at = _timestamp_header(record.timestamp)
-    if received_at is not None:
-        carried.insert(0, (RECEIVED_AT, received_at))
-    return carried, replayed
+    headers = [] if received_at is None else [(RECEIVED_AT, received_at)]
+    headers += carried.items()
+    return headers, REPLAY_OF in carried
 
 
 @lru_cache(maxsize=4096)

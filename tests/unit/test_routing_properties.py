@@ -3,6 +3,7 @@ and a valid integration delivery always lands on its status topic with its bytes
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -128,3 +129,40 @@ def test_valid_integration_delivery_lands_on_its_status_topic(
     assert routed.topic == expected
     assert routed.key == uid.encode()
     assert dict(routed.headers)["status"] == status.encode()
+
+
+CANONICAL_RECEIVED_AT = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+header_values = st.binary(max_size=40) | st.sampled_from(
+    [b"2025-01-01T00:00:00.250Z", b"2025-01-01T02:00:00.5+02:00", b"2025-01-01T00:00:00", b""]
+)
+
+
+@PROPERTY
+@given(
+    headers=st.lists(
+        st.tuples(
+            st.sampled_from(["received-at", "content-type", "replay-of", "replay-count", "x"]),
+            header_values,
+        ),
+        max_size=6,
+    ),
+    timestamp=st.sampled_from([-1, 0, 1739966400000, 10**20]),
+)
+def test_any_raw_headers_are_carried_in_their_documented_form(
+    headers: list[tuple[str, bytes]], timestamp: int
+) -> None:
+    value = msgspec.json.encode(
+        {
+            "id": "whd_abc",
+            "event": "integration.updated",
+            "timestamp": "2025-02-19T12:00:00.000Z",
+            "data": {"uid": "user_1", "status": "active"},
+        }
+    )
+    record = Record(value=value, headers=headers, timestamp=timestamp)
+
+    routed = ROUTER.route(record)
+
+    check_invariants(routed, record)
+    received_at = dict(routed.headers).get("received-at")
+    assert received_at is None or CANONICAL_RECEIVED_AT.fullmatch(received_at), received_at
