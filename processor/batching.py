@@ -13,6 +13,7 @@ user's records keep their order within each destination topic.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any, Protocol
@@ -125,13 +126,28 @@ async def produce_batch(
 
 
 def _observed(ack: asyncio.Future[Any]) -> asyncio.Future[Any]:
-    """`ack`, its failure marked as seen: whoever awaits the acks reports the first one,
-    and a batch given up (a timeout, a transaction abandoned) may never be awaited;
-    asyncio would log each unseen failure as an error when the future is collected."""
-    ack.add_done_callback(_see)
-    return ack
+    """A future that completes as `ack` does, every failure marked as seen.
+
+    Whoever awaits the acks reports the first failure, and a batch given up may never
+    be awaited: asyncio would log each unseen failure as an error when collected. And
+    a caller that stops waiting (a timeout) cancels what it awaits: cancelling aiokafka's
+    ack itself, a shield, would detach the batch's own future, whose failure would then
+    go unseen. So callers get a follower, and `ack` is never cancelled.
+    """
+    follower = ack.get_loop().create_future()
+    ack.add_done_callback(functools.partial(_relay, follower))
+    return follower
 
 
-def _see(ack: asyncio.Future[Any]) -> None:
-    if not ack.cancelled():
-        ack.exception()
+def _relay(follower: asyncio.Future[Any], ack: asyncio.Future[Any]) -> None:
+    if ack.cancelled():
+        follower.cancel()
+        return
+    error = ack.exception()  # seen, whoever waits or not
+    if follower.done():  # its caller gave up waiting
+        return
+    if error is None:
+        follower.set_result(ack.result())
+    else:
+        follower.set_exception(error)
+        follower.exception()

@@ -24,7 +24,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import structlog
+from aiokafka.client import AIOKafkaClient
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from processor.kafka.aiokafka_internals import wrap_connect, wrap_metadata_refresh
 
 __all__ = ["Connectivity", "RetryNoiseFilter"]
 
@@ -92,48 +95,61 @@ class Connectivity:
             "Times this process lost every broker.",
             registry=registry,
         )
+        self._renewals = Counter(
+            "processor_kafka_producer_renewals",
+            "Producers replaced because Kafka left them unable to write (a new producer id).",
+            registry=registry,
+        )
 
     @property
     def reachable(self) -> bool:
         return self._down_since is None
 
-    def watch(self, client: Any) -> None:
+    def producer_renewed(self) -> None:
+        """Count a producer replaced (processor.kafka.producers logs why)."""
+        self._renewals.inc()
+
+    def watch(self, client: AIOKafkaClient) -> None:
         """Pace the metadata refreshes of `client` (an AIOKafkaClient), report its state.
 
         Patches the instance, not the class: only clients that are watched change.
         Call before the client starts.
         """
-        refresh: Callable[..., Awaitable[bool]] = client._metadata_update
-        connect: Callable[..., Awaitable[Any]] = client._get_conn
         pause = RETRY_BACKOFF_S
         connections = 0
 
-        async def paced_refresh(*args: Any) -> bool:
-            nonlocal pause
-            before = connections
-            if await refresh(*args):
-                pause = RETRY_BACKOFF_S
-                return True
-            # A broker that answers without metadata (still starting) is not an outage.
-            if connections == before:
-                self._failed()
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, MAX_RETRY_BACKOFF_S)
-            return False
+        def paced(refresh: Callable[..., Awaitable[bool]]) -> Callable[..., Awaitable[bool]]:
+            async def paced_refresh(*args: Any) -> bool:
+                nonlocal pause
+                before = connections
+                if await refresh(*args):
+                    pause = RETRY_BACKOFF_S
+                    return True
+                # A broker that answers without metadata (still starting) is not an outage.
+                if connections == before:
+                    self._failed()
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, MAX_RETRY_BACKOFF_S)
+                return False
+
+            return paced_refresh
 
         # Any connection made is the news that Kafka answers; a reconnect after an
         # outage needs no metadata refresh to succeed.
-        async def connect_and_report(*args: Any, **kwargs: Any) -> Any:
-            nonlocal connections
-            connection = await connect(*args, **kwargs)
-            if connection is not None:
-                connections += 1
-                if self._down_since is not None:
-                    self._succeeded()
-            return connection
+        def reported(connect: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            async def connect_and_report(*args: Any, **kwargs: Any) -> Any:
+                nonlocal connections
+                connection = await connect(*args, **kwargs)
+                if connection is not None:
+                    connections += 1
+                    if self._down_since is not None:
+                        self._succeeded()
+                return connection
 
-        client._metadata_update = paced_refresh
-        client._get_conn = connect_and_report
+            return connect_and_report
+
+        wrap_metadata_refresh(client, paced)
+        wrap_connect(client, reported)
 
     def _failed(self) -> None:
         self._failures.inc()

@@ -24,7 +24,6 @@ from typing import Final
 import msgspec
 import structlog
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
 
 from processor.config import Config
 from processor.connectivity import Connectivity
@@ -40,7 +39,13 @@ from processor.ingress_checks import (
 )
 from processor.ingress_errors import INGRESS_METRICS, Refusal, errors_as_json
 from processor.ingress_server import Listener, listen
-from processor.kafka_clients import connect, ingress_producer_options, wait_until_reachable
+from processor.kafka.producers import RenewingProducer
+from processor.kafka_clients import (
+    connect,
+    ingress_producer_options,
+    renewing_producer,
+    wait_until_reachable,
+)
 from processor.metrics import IngressMetrics
 from processor.publisher import KafkaPublisher, NotReady, Publisher, RawRecord
 from processor.shutdown import stop_on_signals
@@ -232,9 +237,13 @@ async def run_ingress(config: Config) -> None:
     stop = asyncio.Event()
     with stop_on_signals(stop):
         metrics = IngressMetrics()
-        producer = AIOKafkaProducer(**ingress_producer_options(config))
-        Connectivity(bootstrap=config.kafka.bootstrap_servers, registry=metrics.registry).watch(
-            producer.client
+        producer = renewing_producer(
+            config,
+            name="ingress",
+            options=ingress_producer_options(config),
+            connectivity=Connectivity(
+                bootstrap=config.kafka.bootstrap_servers, registry=metrics.registry
+            ),
         )
         listener: Listener | None = None
         try:
@@ -259,25 +268,27 @@ async def run_ingress(config: Config) -> None:
             await stop.wait()
             log.info("ingress.stopping")
         finally:
-            try:
-                async with asyncio.timeout(settings.shutdown_timeout_s):
-                    await _drain(listener, producer)
-            except TimeoutError:
-                log.warning(
-                    "ingress.drain_timeout",
-                    detail=f"shutdown took over {settings.shutdown_timeout_s} s "
-                    "(ingress.shutdown_timeout_s); unanswered deliveries will be retried",
-                )
+            await _drain(listener, producer, within_s=settings.shutdown_timeout_s)
             log.info("ingress.stopped")
 
 
-async def _drain(listener: Listener | None, producer: AIOKafkaProducer) -> None:
-    """Stop accepting, let in-flight requests end, then flush and close the producer."""
-    if listener is not None:
-        await listener.close()
+async def _drain(listener: Listener | None, producer: RenewingProducer, *, within_s: float) -> None:
+    """Stop accepting, let in-flight requests end, then flush and close the producer,
+    all within `within_s` (ingress.shutdown_timeout_s)."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    try:
+        if listener is not None:
+            async with asyncio.timeout_at(deadline):
+                await listener.close()
+    except TimeoutError:
+        log.warning(
+            "ingress.drain_timeout",
+            detail=f"shutdown took over {within_s} s (ingress.shutdown_timeout_s); "
+            "unanswered deliveries will be retried",
+        )
     # A record still queued now was never answered 2xx, so the provider will retry it:
-    # the flush is a courtesy, and the caller bounds it so that shutdown always ends.
-    await producer.stop()
+    # the flush is a courtesy, bounded so that shutdown always ends.
+    await producer.stop(flush_timeout_s=max(0.0, deadline - asyncio.get_running_loop().time()))
 
 
 def _ms_since(started: float) -> float:

@@ -22,7 +22,10 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
 from processor.config import HEADROOM_BYTES, Config, KafkaConfig
+from processor.connectivity import Connectivity
 from processor.errors import BrokerUnavailable, ConfigError, TopicsMissing
+from processor.kafka.aiokafka_internals import client_of
+from processor.kafka.producers import BoundedProducer, RenewingProducer
 from processor.shutdown import unless_stopped
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "ingress_producer_options",
     "partitions_of",
     "read_to_end",
+    "renewing_producer",
     "require_topics",
     "wait_until_reachable",
     "worker_consumer_options",
@@ -118,6 +122,33 @@ def worker_producer_options(config: Config) -> dict[str, Any]:
     }
 
 
+def renewing_producer(
+    config: Config, *, name: str, options: dict[str, Any], connectivity: Connectivity
+) -> RenewingProducer:
+    """A producer made with `options`, its client watched by `connectivity`, replaced
+    whenever Kafka leaves it unable to write (processor.kafka.producers).
+
+    Writes failing for kafka.request_timeout_ms while the cluster answers count as stuck:
+    by then aiokafka has given up on them itself.
+    """
+
+    timeout_s = config.kafka.request_timeout_ms / 1000
+
+    def make() -> BoundedProducer:
+        producer = BoundedProducer(**options, flush_timeout_s=timeout_s)
+        connectivity.watch(producer.client)
+        return producer
+
+    return RenewingProducer(
+        make,
+        name=name,
+        reachable=lambda: connectivity.reachable,
+        renew_after_s=timeout_s,
+        start_timeout_s=timeout_s,
+        on_renewed=connectivity.producer_renewed,
+    )
+
+
 def _ssl_context(config: KafkaConfig) -> ssl.SSLContext:
     """Verifies the broker (system CAs unless kafka.ssl_cafile); client cert if given."""
     if config.ssl_keyfile and not config.ssl_certfile:
@@ -199,7 +230,7 @@ def require_topics(known: Collection[str], wanted: Iterable[str], *, bootstrap: 
 async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     """The partitions `topic` has now, asked of the cluster (a consumer that subscribed
     to nothing has no metadata for it); none when it does not exist."""
-    cluster = await consumer._client.fetch_all_metadata()
+    cluster = await client_of(consumer).fetch_all_metadata()
     return [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
 
 

@@ -19,10 +19,10 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import NamedTuple, Protocol
 
 import structlog
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from processor.batching import BatchProducer, produce_batch
+from processor.kafka.producers import RenewingProducer
 
 __all__ = ["GroupPublisher", "KafkaPublisher", "NotReady", "Publisher", "RawRecord"]
 
@@ -67,7 +67,7 @@ class KafkaPublisher:
     The producer is the caller's to start and stop; `running` owns only the group task.
     """
 
-    def __init__(self, producer: AIOKafkaProducer) -> None:
+    def __init__(self, producer: RenewingProducer) -> None:
         self._producer = producer
         self._group = GroupPublisher(producer)
 
@@ -75,8 +75,12 @@ class KafkaPublisher:
         return self._group.publish(record)
 
     async def check_ready(self, topic: str) -> None:
+        """Not ready while the producer cannot write (Kafka refused its last write, or it
+        is being replaced), while Kafka does not answer, or while `topic` is missing."""
+        if (problem := self._producer.problem) is not None:
+            raise NotReady("kafka_write_failing", problem)
         try:
-            cluster = await self._producer.client.fetch_all_metadata()
+            cluster = await self._producer.cluster_metadata()
         except (KafkaError, OSError) as exc:
             raise NotReady(
                 "kafka_unreachable", f"Kafka metadata request failed ({type(exc).__name__})"

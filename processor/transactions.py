@@ -21,7 +21,6 @@ producer runs one transaction at a time; the transaction coordinator moving
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Protocol
@@ -39,7 +38,14 @@ log = structlog.get_logger(__name__)
 
 
 class TransactionalProducer(Producer, Protocol):
-    """What a transaction needs of a producer: aiokafka's, with a transactional_id."""
+    """What a transaction needs of a producer: a BoundedProducer with a transactional_id."""
+
+    @property
+    def failure(self) -> BaseException | None:
+        """What ended the producer's sender for good (ProducerFenced for a zombie)."""
+
+    async def abandon(self, reason: BaseException) -> None:
+        """Close at once, without flushing; what is queued or in flight fails."""
 
     async def begin_transaction(self) -> None: ...
     async def commit_transaction(self) -> None: ...
@@ -101,8 +107,8 @@ class ExactlyOnce:
 
     async def revoked(self, partitions: Collection[TopicPartition]) -> None:
         for partition in partitions:
-            self._fenced.discard(partition)
             await self._drop(partition)
+            self._fenced.discard(partition)
 
     async def _producer(self, partition: TopicPartition) -> TransactionalProducer:
         """The partition's started producer; a new one's start aborts what an old one of
@@ -112,19 +118,40 @@ class ExactlyOnce:
             producer = self._producer_for(transactional_id(self._group_id, partition))
             try:
                 await producer.start()
-            except BaseException:
-                with contextlib.suppress(KafkaError, TimeoutError):
-                    await producer.stop()
+            except BaseException as exc:
+                await producer.abandon(exc)
                 raise
             self._producers[partition] = producer
         return producer
 
-    async def _drop(self, partition: TopicPartition) -> None:
+    async def _drop(
+        self, partition: TopicPartition, *, failed: BaseException | None = None
+    ) -> None:
+        """Close the partition's producer: at once after a failure (its transaction is
+        aborted by the next producer of its id), else within its flush deadline. A
+        producer whose sender was fenced meanwhile (a zombie) says so here, once."""
         producer = self._producers.pop(partition, None)
-        if producer is not None:
-            with contextlib.suppress(KafkaError, TimeoutError):
-                async with asyncio.timeout(self._produce_timeout_s):
-                    await producer.stop()
+        if producer is None:
+            return
+        if failed is not None:
+            await producer.abandon(failed)
+        else:
+            await producer.stop()
+        if isinstance(producer.failure, ProducerFenced):
+            self._was_fenced(partition)
+
+    def _was_fenced(self, partition: TopicPartition) -> None:
+        if partition in self._fenced:
+            return
+        self._fenced.add(partition)
+        log.warning(
+            "partition.fenced",
+            topic=partition.topic,
+            partition=partition.partition,
+            detail="another worker owns this partition now (this one was paused or cut "
+            "off past its session); its open transaction was aborted by Kafka and its "
+            "records are routed by the new owner. This worker rejoins the group.",
+        )
 
     async def _commit(
         self,
@@ -142,24 +169,16 @@ class ExactlyOnce:
                 await asyncio.gather(*acks)
                 await producer.send_offsets_to_transaction({partition: offset}, self._group_id)
                 await producer.commit_transaction()
-        except ProducerFenced:
+        except ProducerFenced as exc:
             # Another worker started this partition's producer: it owns the partition.
             # Kafka aborted this transaction; no retry may write it.
-            self._fenced.add(partition)
-            log.warning(
-                "partition.fenced",
-                topic=partition.topic,
-                partition=partition.partition,
-                detail="another worker owns this partition now (this one was paused or cut "
-                "off past its session); its batch was aborted by Kafka and is routed by the "
-                "new owner. This worker rejoins the group.",
-            )
-            await self._drop(partition)
+            self._was_fenced(partition)
+            await self._drop(partition, failed=exc)
             raise
-        except Exception:
+        except Exception as exc:
             # The transaction may be open or half-ended: the next attempt's new producer
             # aborts it when it starts.
-            await self._drop(partition)
+            await self._drop(partition, failed=exc)
             raise
 
 

@@ -20,9 +20,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any, Final
 
-from aiokafka.consumer import fetcher
-from aiokafka.record.memory_records import MemoryRecords
-
+from processor.kafka.aiokafka_internals import MemoryRecords, read_fetched_records_with
 from processor.recordbatch import read_batch, whole_batch
 
 __all__ = ["install"]
@@ -34,15 +32,7 @@ _LOG_OVERHEAD: Final = 12
 
 def install() -> None:
     """Read every fetched batch tolerantly from now on, in this process. Idempotent."""
-    current = fetcher.MemoryRecords
-    if current is _TolerantMemoryRecords:
-        return
-    if current is not MemoryRecords:
-        raise RuntimeError(
-            "aiokafka's fetcher no longer reads batches through MemoryRecords: "
-            "processor.unreadable must be updated for this aiokafka version"
-        )
-    fetcher.MemoryRecords = _TolerantMemoryRecords
+    read_fetched_records_with(_TolerantMemoryRecords)
 
 
 class _TolerantMemoryRecords:

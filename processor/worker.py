@@ -52,7 +52,7 @@ from processor.routing import Routed, Router
 from processor.shutdown import stop_on_signals
 from processor.topics import all_topics
 from processor.worker_clients import Batch, Consumer, kafka_parts
-from processor.worker_http import serve_health_and_metrics
+from processor.worker_http import Unready, serve_health_and_metrics
 
 __all__ = ["Worker", "run_worker"]
 
@@ -85,12 +85,15 @@ class Worker:
         unreadable.install()
         # Clients made here wait for the cluster at start; given ones are the caller's.
         self._reach: Callable[[], Awaitable[None]] = _nothing
+        self._reachable: Callable[[], bool] = lambda: True
         self._changelog: KafkaChangelog | None = None
         if consumer is None or guarantee is None:
             parts = kafka_parts(config, self._metrics)
             consumer, guarantee = parts.consumer, parts.guarantee
             dedup, self._changelog = parts.dedup, parts.changelog
             self._reach = functools.partial(wait_until_reachable, config.kafka)
+            connectivity = parts.connectivity
+            self._reachable = lambda: connectivity.reachable
         self._consumer: Consumer = consumer
         self._guarantee: Guarantee = guarantee
         self._dedup = dedup
@@ -105,6 +108,8 @@ class Worker:
         )
         self._backoff = config.worker.retry_backoff_s
         self._failed_attempts = 0  # consecutive failed produces of the batch being retried
+        self._produce_failure: ProduceFailed | None = None  # the last of them
+        self._commit_failure: CommitFailed | None = None  # the last commit, if it failed
 
     async def run(self, stop: asyncio.Event) -> None:
         """Route until `stop` is set, then finish the batch in flight and leave the group.
@@ -282,13 +287,16 @@ class Worker:
         except CommitFailed as failure:
             # The outputs are written; the next owner re-routes the batch (duplicates).
             self._metrics.commit_failures.inc()
-            count = sum(len(records) for records in batch.values())
-            log.warning("batch.commit_failed", error=repr(failure.cause), records=count)
+            if self._commit_failure is None:
+                count = sum(len(records) for records in batch.values())
+                log.warning("batch.commit_failed", error=repr(failure.cause), records=count)
+            self._commit_failure = failure
+            self._produce_recovered()
         else:
-            if self._failed_attempts:
-                log.info("batch.produce_recovered", failed_attempts=self._failed_attempts)
-                self._failed_attempts = 0
-            self._backoff = self._config.worker.retry_backoff_s
+            if self._commit_failure is not None:
+                log.info("batch.commit_recovered")
+                self._commit_failure = None
+            self._produce_recovered()
         self._done(batch, routed, screened, dead_letters, fetched_at=fetched_at)
         return not unrestored
 
@@ -378,15 +386,48 @@ class Worker:
                 )
         self._metrics.breaker_paused(len(self._breakers.paused()))
 
-    def not_ready(self) -> list[str]:
-        """Why this worker should not count as ready: its paused partitions (/readyz)."""
-        return partition_names(self._breakers.paused())
+    def not_ready(self) -> Unready | None:
+        """Why this worker cannot route now, for /readyz; None when it can."""
+        if not self._reachable():
+            return Unready(
+                "kafka_unreachable",
+                "no broker answers; the worker retries and resumes by itself",
+            )
+        if (produce := self._produce_failure) is not None:
+            return Unready(
+                "produce_failing",
+                f"Kafka did not take the last batch ({type(produce.cause).__name__}); "
+                "it is retried with a growing pause, nothing is committed meanwhile",
+            )
+        if (commit := self._commit_failure) is not None:
+            return Unready(
+                "commit_failing",
+                f"the last offsets commit failed ({type(commit.cause).__name__}); its "
+                "batch is routed again by whoever owns the partition next",
+            )
+        if paused := partition_names(self._breakers.paused()):
+            return Unready(
+                "dlq_breaker_open",
+                "too many records of these partitions went to the DLQ: they are paused "
+                "and tried again every worker.dlq_pause_s; see webhooks.dlq",
+                tuple(paused),
+            )
+        return None
+
+    def _produce_recovered(self) -> None:
+        """A batch's outputs were written: the pause before a retry starts over."""
+        if self._failed_attempts:
+            log.info("batch.produce_recovered", failed_attempts=self._failed_attempts)
+            self._failed_attempts = 0
+            self._produce_failure = None
+        self._backoff = self._config.worker.retry_backoff_s
 
     def _produce_failed(self, failure: ProduceFailed, *, records: int) -> None:
         """Count every failed attempt; report a streak of them once. Kafka being away is
         a warning (it heals); a refusal such as a missing ACL needs a human."""
         self._metrics.produce_failures.inc()
         self._failed_attempts += 1
+        self._produce_failure = failure
         if self._failed_attempts > 1:
             return
         (log.error if failure.needs_a_human else log.warning)(

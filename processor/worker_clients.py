@@ -12,14 +12,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from processor.changelog import KafkaChangelog
 from processor.checkpoint import AtLeastOnce, Guarantee
 from processor.config import Config
 from processor.connectivity import Connectivity
 from processor.dedup import Dedup
-from processor.kafka_clients import worker_consumer_options, worker_producer_options
+from processor.kafka.aiokafka_internals import client_of
+from processor.kafka.producers import BoundedProducer
+from processor.kafka_clients import (
+    renewing_producer,
+    worker_consumer_options,
+    worker_producer_options,
+)
 from processor.metrics import WorkerMetrics
 from processor.transactions import ExactlyOnce, TransactionalProducer
 
@@ -50,22 +56,25 @@ class KafkaParts:
     guarantee: Guarantee
     dedup: Dedup | None
     changelog: KafkaChangelog | None
+    connectivity: Connectivity
 
 
 def kafka_parts(config: Config, metrics: WorkerMetrics) -> KafkaParts:
     """Every Kafka client a worker needs, unstarted."""
     connectivity = Connectivity(bootstrap=config.kafka.bootstrap_servers, registry=metrics.registry)
     consumer = AIOKafkaConsumer(**worker_consumer_options(config))
-    connectivity.watch(consumer._client)
+    connectivity.watch(client_of(consumer))
     guarantee: Guarantee
     if config.worker.guarantee == "exactly_once":
 
         def producer_for(transactional_id: str) -> TransactionalProducer:
-            producer = AIOKafkaProducer(
-                **worker_producer_options(config), transactional_id=transactional_id
+            producer = BoundedProducer(
+                **worker_producer_options(config),
+                transactional_id=transactional_id,
+                flush_timeout_s=config.worker.produce_timeout_s,
             )
             connectivity.watch(producer.client)
-            return producer  # type: ignore[no-any-return]
+            return producer
 
         guarantee = ExactlyOnce(
             group_id=config.worker.group_id,
@@ -73,10 +82,13 @@ def kafka_parts(config: Config, metrics: WorkerMetrics) -> KafkaParts:
             produce_timeout_s=config.worker.produce_timeout_s,
         )
     else:
-        producer = AIOKafkaProducer(**worker_producer_options(config))
-        connectivity.watch(producer.client)
         guarantee = AtLeastOnce(
-            producer=producer,
+            producer=renewing_producer(
+                config,
+                name="worker",
+                options=worker_producer_options(config),
+                connectivity=connectivity,
+            ),
             consumer=consumer,
             produce_timeout_s=config.worker.produce_timeout_s,
             commit_timeout_s=config.worker.commit_timeout_s,
@@ -84,6 +96,6 @@ def kafka_parts(config: Config, metrics: WorkerMetrics) -> KafkaParts:
     changelog = dedup = None
     if config.dedup.enabled:
         changelog = KafkaChangelog(config)
-        connectivity.watch(changelog.consumer._client)
+        connectivity.watch(client_of(changelog.consumer))
         dedup = Dedup(topic=config.topics.dedup, window_s=config.dedup.window_s, reader=changelog)
-    return KafkaParts(consumer, guarantee, dedup, changelog)
+    return KafkaParts(consumer, guarantee, dedup, changelog, connectivity)

@@ -1,5 +1,6 @@
 """The worker's HTTP port: `GET /healthz` for a liveness probe, `GET /readyz` (503 while the
-DLQ breaker holds partitions), `GET /metrics` for Prometheus.
+worker cannot route: Kafka away, its writes or commits failing, partitions held by the
+DLQ breaker), `GET /metrics` for Prometheus.
 
 Only served when `worker.metrics_port` is set: a worker needs no HTTP to do its job,
 and workers sharing a laptop would fight over one port.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Final
 
 import structlog
@@ -18,7 +20,7 @@ from aiohttp import web
 from processor.http_probes import cannot_listen, probe_routes
 from processor.metrics import WorkerMetrics
 
-__all__ = ["CLOSE_TIMEOUT_S", "create_app", "serve_health_and_metrics"]
+__all__ = ["CLOSE_TIMEOUT_S", "Unready", "create_app", "serve_health_and_metrics"]
 
 log = structlog.get_logger(__name__)
 
@@ -29,29 +31,37 @@ REQUEST_GRACE_S: Final = 1.0
 CLOSE_TIMEOUT_S: Final = 2.0
 
 
+@dataclass(frozen=True)
+class Unready:
+    """Why the worker cannot do its job now: the body of /readyz's 503."""
+
+    error: str
+    detail: str
+    partitions: tuple[str, ...] = ()  # the partitions concerned, when not all
+
+
+def _ready() -> Unready | None:
+    return None
+
+
 def create_app(
-    metrics: WorkerMetrics, not_ready: Callable[[], list[str]] = list
+    metrics: WorkerMetrics, not_ready: Callable[[], Unready | None] = _ready
 ) -> web.Application:
     """The routes as an aiohttp app, so tests can serve it in-process.
 
-    `not_ready` names the partitions the DLQ breaker paused: /readyz is 503 while there
-    are any, so the worker shows as not ready, while /healthz stays 200 (a data problem
-    must not turn into a restart loop).
+    /readyz is 503 with `not_ready()`'s reason while there is one, so the worker shows
+    as not ready, while /healthz stays 200: neither an outage nor a data problem must
+    turn into a restart loop.
     """
 
     async def readyz(request: web.Request) -> web.Response:
-        paused = not_ready()
-        if not paused:
+        unready = not_ready()
+        if unready is None:
             return web.json_response({"status": "ready"})
-        return web.json_response(
-            {
-                "error": "dlq_breaker_open",
-                "detail": "too many records of these partitions went to the DLQ: they are "
-                "paused and tried again every worker.dlq_pause_s; see webhooks.dlq",
-                "partitions": paused,
-            },
-            status=503,
-        )
+        body: dict[str, object] = {"error": unready.error, "detail": unready.detail}
+        if unready.partitions:
+            body["partitions"] = list(unready.partitions)
+        return web.json_response(body, status=503)
 
     app = web.Application()
     app.add_routes([*probe_routes(metrics.registry), web.get("/readyz", readyz)])
@@ -60,7 +70,11 @@ def create_app(
 
 @contextlib.asynccontextmanager
 async def serve_health_and_metrics(
-    *, host: str, port: int, metrics: WorkerMetrics, not_ready: Callable[[], list[str]] = list
+    *,
+    host: str,
+    port: int,
+    metrics: WorkerMetrics,
+    not_ready: Callable[[], Unready | None] = _ready,
 ) -> AsyncIterator[None]:
     """Serve `create_app(metrics, not_ready)` on host:port while the block runs.
 

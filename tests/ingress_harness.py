@@ -17,16 +17,38 @@ from typing import Any
 
 import aiohttp
 import msgspec
+from prometheus_client import CollectorRegistry
 
 from processor.config import Config, LoggingConfig
+from processor.connectivity import Connectivity
 from processor.ingress import create_app
 from processor.ingress_server import listen
+from processor.kafka.producers import RenewingProducer
+from processor.kafka_clients import ingress_producer_options, renewing_producer
 from processor.logging import configure_logging
 from processor.publisher import Publisher, RawRecord
 from processor.signing import sign_hmac_sha256
 
 SECRET = "current-signing-secret-4f1c"
 OLD_SECRET = "previous-signing-secret-9a2e"
+
+
+@contextlib.asynccontextmanager
+async def ingress_producer(config: Config) -> AsyncIterator[RenewingProducer]:
+    """The ingress's producer as `run_ingress` makes it, started, stopped at the end."""
+    producer = renewing_producer(
+        config,
+        name="ingress",
+        options=ingress_producer_options(config),
+        connectivity=Connectivity(
+            bootstrap=config.kafka.bootstrap_servers, registry=CollectorRegistry()
+        ),
+    )
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
 
 
 def delivery(n: int | str, *, uid: str = "user_1", **extra: Any) -> bytes:

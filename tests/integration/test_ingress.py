@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from processor.config import Config, IngressConfig, KafkaConfig
@@ -29,9 +29,18 @@ from processor.devtools.broker import LocalBroker
 from processor.devtools.ports import free_port
 from processor.errors import BrokerUnavailable
 from processor.ingress import READY_TIMEOUT_S, run_ingress
-from processor.kafka_clients import ingress_producer_options, read_to_end
+from processor.kafka.producers import RenewingProducer
+from processor.kafka_clients import read_to_end
 from processor.publisher import KafkaPublisher
-from tests.ingress_harness import SECRET, Serve, Served, delivery, serving, signed
+from tests.ingress_harness import (
+    SECRET,
+    Serve,
+    Served,
+    delivery,
+    ingress_producer,
+    serving,
+    signed,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -62,16 +71,14 @@ def ids_of(records: list[ConsumerRecord[bytes, bytes]]) -> list[str]:
 @pytest.fixture
 async def producer(
     config: Config, create_topics: Callable[..., Awaitable[None]]
-) -> AsyncIterator[AIOKafkaProducer]:
+) -> AsyncIterator[RenewingProducer]:
     await create_topics(config.topics.raw, partitions=PARTITIONS)
-    producer = AIOKafkaProducer(**ingress_producer_options(config))
-    await producer.start()
-    yield producer
-    await producer.stop()
+    async with ingress_producer(config) as producer:
+        yield producer
 
 
 @pytest.fixture
-async def serve(config: Config, producer: AIOKafkaProducer) -> AsyncIterator[Serve]:
+async def serve(config: Config, producer: RenewingProducer) -> AsyncIterator[Serve]:
     """`client = await serve(max_body_bytes=...)`: the ingress in-process on a free port."""
     async with contextlib.AsyncExitStack() as stack:
 
@@ -204,7 +211,7 @@ async def test_healthz_readyz_and_metrics_answer(serve: Serve) -> None:
 
 
 async def test_readyz_is_503_when_the_raw_topic_is_missing(
-    config: Config, producer: AIOKafkaProducer, unique_name: Callable[[str], str]
+    config: Config, producer: RenewingProducer, unique_name: Callable[[str], str]
 ) -> None:
     missing = msgspec.structs.replace(config.topics, raw=unique_name("missing"))
     config = msgspec.structs.replace(config, topics=missing)
@@ -238,41 +245,39 @@ async def test_kafka_outage_is_503_with_retry_after_then_recovers(
     await admin.start()
     await admin.create_topics([NewTopic(config.topics.raw, PARTITIONS, 1)])
     await admin.close()
-    producer = AIOKafkaProducer(**ingress_producer_options(config))
-    await producer.start()
     accepted: list[str] = []
-    try:
-        async with serving(config, KafkaPublisher(producer)) as client:
+    async with (
+        ingress_producer(config) as producer,
+        serving(config, KafkaPublisher(producer)) as client,
+    ):
 
-            async def post(n: str) -> aiohttp.ClientResponse:
-                body = delivery(n)
-                response = await client.post("/webhooks", data=body, headers=signed(body))
-                if response.status == 202:
-                    accepted.append(f"whd_{n}")
-                return response
+        async def post(n: str) -> aiohttp.ClientResponse:
+            body = delivery(n)
+            response = await client.post("/webhooks", data=body, headers=signed(body))
+            if response.status == 202:
+                accepted.append(f"whd_{n}")
+            return response
 
-            assert (await post("before")).status == 202
+        assert (await post("before")).status == 202
 
-            await asyncio.to_thread(throwaway_broker.stop)
-            started = time.monotonic()
-            during = await asyncio.gather(*(post(f"during{i}") for i in range(5)))
-            assert [r.status for r in during] == [503] * 5
-            assert time.monotonic() - started < config.ingress.publish_timeout_s + 2
-            assert all(r.headers["Retry-After"] == "7" for r in during)
-            assert (await during[0].json())["error"] in ("kafka_timeout", "kafka_unavailable")
-            started = time.monotonic()
-            assert (await client.get("/readyz")).status == 503
-            assert time.monotonic() - started < READY_TIMEOUT_S + 1
+        await asyncio.to_thread(throwaway_broker.stop)
+        started = time.monotonic()
+        during = await asyncio.gather(*(post(f"during{i}") for i in range(5)))
+        assert [r.status for r in during] == [503] * 5
+        assert time.monotonic() - started < config.ingress.publish_timeout_s + 2
+        assert all(r.headers["Retry-After"] == "7" for r in during)
+        assert (await during[0].json())["error"] in ("kafka_timeout", "kafka_unavailable")
+        started = time.monotonic()
+        assert (await client.get("/readyz")).status == 503
+        assert time.monotonic() - started < READY_TIMEOUT_S + 1
 
-            await asyncio.to_thread(throwaway_broker.start)
-            # The provider's retries of one delivery: 503 until Kafka takes it, never else.
-            async with asyncio.timeout(60):
-                while (status := (await post("after")).status) != 202:
-                    assert status == 503
-                    await asyncio.sleep(0.5)
-            assert (await client.get("/readyz")).status == 200
-    finally:
-        await producer.stop()
+        await asyncio.to_thread(throwaway_broker.start)
+        # The provider's retries of one delivery: 503 until Kafka takes it, never else.
+        async with asyncio.timeout(60):
+            while (status := (await post("after")).status) != 202:
+                assert status == 503
+                await asyncio.sleep(0.5)
+        assert (await client.get("/readyz")).status == 200
 
     stored = set(ids_of(await read_topic(bootstrap, config.topics.raw)))
     # Every 202 is in the topic; a 503'd record may also have landed (the provider's

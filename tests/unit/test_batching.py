@@ -124,7 +124,22 @@ async def test_it_returns_the_future_of_every_batch_it_sent_in_send_order() -> N
         ("b", 0, [b"v1", b"v3"]),
         ("b", 0, [b"v5", b"v7"]),
     ]
-    assert futures == [sent.ack for sent in producer.sent]
+    for index, sent in enumerate(producer.sent):
+        sent.ack.set_result(index)
+    assert await asyncio.gather(*futures) == list(range(len(producer.sent)))
+
+
+async def test_a_caller_that_stops_waiting_leaves_the_ack_itself_uncancelled() -> None:
+    # Cancelling aiokafka's ack (a shield) would detach the batch's own future, whose
+    # failure asyncio would then log as never retrieved.
+    producer = FakeBatchProducer(partitions={"a": 1})
+    [future] = await produce_batch(producer, [out("v", topic="a")])
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(future, 0.01)
+
+    [sent] = producer.sent
+    assert future.cancelled()
+    assert not sent.ack.cancelled()
 
 
 async def test_no_records_send_nothing() -> None:

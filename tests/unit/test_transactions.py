@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError, ProducerFenced
+from structlog.testing import capture_logs
 
 from processor.checkpoint import ProduceFailed
 from processor.publisher import RawRecord
@@ -29,6 +30,7 @@ class TxnProducer(FakeBatchProducer):
         self.transactional_id = transactional_id
         self.journal = journal
         self.fail_commit: BaseException | None = None
+        self.failure: BaseException | None = None  # what ended its sender (a fence)
 
     def note(self, step: str) -> None:
         self.journal.append(f"{self.transactional_id}: {step}")
@@ -38,6 +40,9 @@ class TxnProducer(FakeBatchProducer):
 
     async def stop(self) -> None:
         self.note("stop")
+
+    async def abandon(self, reason: BaseException) -> None:
+        self.note(f"abandon {type(reason).__name__}")
 
     async def begin_transaction(self) -> None:
         self.note("begin")
@@ -152,7 +157,8 @@ async def test_a_failed_transaction_spoils_only_its_partition_and_gets_a_fresh_p
     assert failed.value.failed_partitions([P0, P1]) == {P1}
     assert not failed.value.fenced(P1)
     assert "processor-workers.webhooks.raw.0: commit" in factory.journal
-    assert factory.journal[-1] == "processor-workers.webhooks.raw.1: stop"
+    # Closed at once, not flushed: its transaction is aborted by the next producer of its id.
+    assert factory.journal[-1] == "processor-workers.webhooks.raw.1: abandon KafkaTimeoutError"
 
     # The retry starts a new producer, whose start aborts what the old one left open.
     retry = guarantee.begin()
@@ -219,3 +225,33 @@ async def test_a_fenced_partition_is_given_up_and_not_retried(
         await asyncio.wait_for(again.commit({P0: 6}), 1)
     assert refused.value.fenced(P0)
     assert not any("produce out/0 [b'b']" in line for line in factory.journal)
+
+
+async def test_a_zombie_fenced_while_idle_says_partition_fenced_once_when_revoked(
+    guarantee: ExactlyOnce, factory: Factory
+) -> None:
+    # A worker paused past its session: on waking, its sender hears ProducerFenced before
+    # any transaction of ours fails, and the group revokes the partition.
+    factory.made[0].failure = ProducerFenced()
+    with capture_logs() as logs:
+        await guarantee.revoked([P0])
+        await guarantee.revoked([P1])
+
+    fenced = [entry for entry in logs if entry["event"] == "partition.fenced"]
+    assert [(entry["partition"], entry["log_level"]) for entry in fenced] == [(0, "warning")]
+    assert not [entry for entry in logs if entry["log_level"] == "error"]
+
+
+async def test_a_fence_is_logged_once_however_it_is_learnt(
+    guarantee: ExactlyOnce, factory: Factory
+) -> None:
+    factory.made[0].fail_commit = ProducerFenced()
+    factory.made[0].failure = ProducerFenced()
+    checkpoint = guarantee.begin()
+    checkpoint.produce(P0, [out(b"a")])
+    with capture_logs() as logs:
+        with pytest.raises(ProduceFailed):
+            await asyncio.wait_for(checkpoint.commit({P0: 5}), 1)
+        await guarantee.revoked([P0])
+
+    assert [entry["event"] for entry in logs].count("partition.fenced") == 1

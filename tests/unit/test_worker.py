@@ -53,6 +53,11 @@ def two_partitions() -> Batch:
     }
 
 
+def unready_partitions(worker: Worker) -> tuple[str, ...] | None:
+    unready = worker.not_ready()
+    return None if unready is None else unready.partitions
+
+
 class Running:
     def __init__(self, config: Config, metrics: WorkerMetrics) -> None:
         self.config = config
@@ -62,15 +67,21 @@ class Running:
         self.guarantee = FakeGuarantee()
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.worker: Worker | None = None
 
     def start(self) -> None:
-        worker = Worker(
+        self.worker = Worker(
             config=self.config,
             metrics=self.metrics,
             consumer=self.consumer,
             guarantee=self.guarantee,
         )
-        self.task = asyncio.create_task(worker.run(self.stop))
+        self.task = asyncio.create_task(self.worker.run(self.stop))
+
+    def unready(self) -> str | None:
+        assert self.worker is not None
+        unready = self.worker.not_ready()
+        return None if unready is None else unready.error
 
     def failures(self) -> float:
         return (
@@ -327,7 +338,7 @@ async def test_a_tripped_breaker_is_logged_once_with_the_error_classes_and_the_w
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop))
         worker._consumer.batches.put_nowait({P0: bad})  # type: ignore[attr-defined]
-        await until(lambda: worker.not_ready() == ["webhooks.raw/0"])
+        await until(lambda: unready_partitions(worker) == ("webhooks.raw/0",))
         stop.set()
         await asyncio.wait_for(task, 5)
 
@@ -337,3 +348,31 @@ async def test_a_tripped_breaker_is_logged_once_with_the_error_classes_and_the_w
     assert opened["reason"] == "3 records in a row went to the DLQ (limit 2)"
     assert opened["error_classes"] == {"DecodeError": 3}
     assert "worker.dlq_max_ratio: 1.0 turns the breaker off" in opened["detail"]
+
+
+async def test_readiness_says_produce_failing_from_the_first_failure_to_the_next_write() -> None:
+    async with running(settings(retry_backoff_s=0.3, max_retry_backoff_s=0.3)) as worker:
+        assert worker.unready() is None
+        worker.guarantee.failures = [ProduceFailed(KafkaTimeoutError())]
+        worker.consumer.batches.put_nowait({P0: two_partitions()[P0]})
+        await until(lambda: worker.unready() == "produce_failing")
+        worker.consumer.batches.put_nowait({P0: two_partitions()[P0]})  # the rewound batch
+        await until(lambda: committed(worker, 1), timeout=3)
+        assert worker.unready() is None
+
+
+async def test_readiness_says_commit_failing_until_an_offsets_commit_succeeds() -> None:
+    with capture_logs() as logs:
+        async with running() as worker:
+            worker.guarantee.failures = [CommitFailed(CommitFailedError()) for _ in range(2)]
+            for index in range(3):
+                worker.consumer.batches.put_nowait({P0: [Record(0, 5 + index, delivery(1))]})
+                await until(lambda index=index: len(worker.guarantee.checkpoints) > index)
+                if index < 2:
+                    await until(lambda: worker.unready() == "commit_failing")
+            await until(lambda: committed(worker, 2))
+            assert worker.unready() is None
+
+    events = [entry["event"] for entry in logs]
+    assert events.count("batch.commit_failed") == 1, "one line per streak"
+    assert events.count("batch.commit_recovered") == 1

@@ -10,7 +10,7 @@ import pytest
 from processor.devtools.ports import free_port
 from processor.errors import ConfigError
 from processor.metrics import WorkerMetrics
-from processor.worker_http import serve_health_and_metrics
+from processor.worker_http import Unready, serve_health_and_metrics
 
 HOST = "127.0.0.1"
 
@@ -45,17 +45,20 @@ async def test_a_taken_port_is_a_config_error_naming_the_setting() -> None:
 
 
 async def test_readyz_is_503_naming_the_paused_partitions_while_healthz_stays_200() -> None:
-    paused: list[str] = []
+    unready: list[Unready] = []
     port = free_port()
     async with (
         serve_health_and_metrics(
-            host=HOST, port=port, metrics=WorkerMetrics(), not_ready=lambda: paused
+            host=HOST,
+            port=port,
+            metrics=WorkerMetrics(),
+            not_ready=lambda: unready[-1] if unready else None,
         ),
         aiohttp.ClientSession(f"http://{HOST}:{port}") as session,
     ):
         async with session.get("/readyz") as response:
             assert (response.status, await response.json()) == (200, {"status": "ready"})
-        paused.append("webhooks.raw/2")
+        unready.append(Unready("dlq_breaker_open", "paused", ("webhooks.raw/2",)))
         async with session.get("/readyz") as response:
             assert response.status == 503
             body = await response.json()

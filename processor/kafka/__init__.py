@@ -1,0 +1,1 @@
+"""processor's side of Kafka: the clients it makes and what it needs of aiokafka."""

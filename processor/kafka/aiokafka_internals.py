@@ -1,0 +1,216 @@
+"""Every use of aiokafka's private internals, for the one version they were written for.
+
+aiokafka keeps private what a service that must survive outages needs: a client's
+metadata refresh and connections (to pace and report them), the fetcher's record
+reader (to park a record it cannot read), and a producer's sender, accumulator and
+transaction state (to close a producer for good, now, whatever the broker does).
+Nothing else in `processor` reaches past aiokafka's public API; this module checks at
+import that each internal it uses is where it expects it, and
+`tests/unit/test_aiokafka_internals.py` fails on any other aiokafka version, so an
+upgrade starts by re-reading the aiokafka source behind each function here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from types import ModuleType
+from typing import Any, Final
+
+import aiokafka
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.client import AIOKafkaClient
+from aiokafka.consumer import fetcher
+from aiokafka.producer.message_accumulator import MessageAccumulator, MessageBatch
+from aiokafka.producer.sender import Sender
+from aiokafka.producer.transaction_manager import TransactionManager
+from aiokafka.record.memory_records import MemoryRecords
+
+__all__ = [
+    "WRITTEN_FOR",
+    "MemoryRecords",
+    "abandon",
+    "client_of",
+    "read_fetched_records_with",
+    "sender_failure",
+    "wrap_connect",
+    "wrap_metadata_refresh",
+]
+
+# The aiokafka release every function below was read against.
+WRITTEN_FOR: Final = "0.14.0"
+
+# Bounds closing an abandoned producer's connections; nothing is flushed by then.
+_CLOSE_CONNECTIONS_S: Final = 5.0
+
+
+def _check_layout() -> None:
+    """Fail at import, naming this module, if an internal moved (another aiokafka)."""
+    expected: dict[type[Any] | ModuleType, tuple[str, ...]] = {
+        AIOKafkaClient: ("_metadata_update", "_get_conn"),
+        AIOKafkaConsumer: ("_client",),
+        AIOKafkaProducer: ("_sender", "_message_accumulator", "_txn_manager", "_closed"),
+        Sender: ("sender_task",),
+        MessageAccumulator: ("_batches", "_pending_batches", "_exception", "_closed"),
+        MessageBatch: ("_drain_waiter", "retry_count", "future"),
+        TransactionManager: ("_transaction_waiter", "_pending_txn_offsets", "transactional_id"),
+        fetcher: ("MemoryRecords",),
+    }
+    missing = [
+        f"{owner.__name__}.{name}"
+        for owner, names in expected.items()
+        for name in names
+        if not hasattr(owner, name) and name not in _set_in_init(owner)
+    ]
+    if missing:
+        raise ImportError(
+            f"aiokafka {aiokafka.__version__} lacks {', '.join(missing)}, which "
+            f"processor.kafka.aiokafka_internals (written for {WRITTEN_FOR}) uses: "
+            "install the aiokafka version pinned in constraints.txt"
+        )
+
+
+def _set_in_init(owner: type[Any] | ModuleType) -> tuple[str, ...]:
+    """The attribute names a class's __init__ assigns (instance attributes)."""
+    init = getattr(owner, "__init__", None)
+    code = getattr(init, "__code__", None)
+    return () if code is None else tuple(code.co_names)
+
+
+_check_layout()
+
+
+def client_of(consumer: AIOKafkaConsumer) -> AIOKafkaClient:
+    """A consumer's client (producers offer theirs as `.client`): for metadata requests
+    and for Connectivity, which the consumer exposes no other way."""
+    client: AIOKafkaClient = consumer._client
+    return client
+
+
+def wrap_metadata_refresh(
+    client: AIOKafkaClient,
+    wrap: Callable[[Callable[..., Awaitable[bool]]], Callable[..., Awaitable[bool]]],
+) -> None:
+    """Route every metadata refresh of `client` through `wrap(original)`; the instance only.
+
+    `_metadata_update` is what aiokafka's sync task and every forced update await; it
+    returns whether a broker answered.
+    """
+    client._metadata_update = wrap(client._metadata_update)
+
+
+def wrap_connect(
+    client: AIOKafkaClient,
+    wrap: Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]],
+) -> None:
+    """Route every connection `client` opens through `wrap(original)`; the instance only.
+
+    `_get_conn` returns a connection, or None when the node cannot be reached.
+    """
+    client._get_conn = wrap(client._get_conn)
+
+
+def read_fetched_records_with(factory: Callable[[bytes], Any]) -> None:
+    """From now on, in this process, the fetcher reads each partition's fetched bytes with
+    `factory(data)` instead of `MemoryRecords(data)` (processor.unreadable's reader).
+    Idempotent for one factory; another would replace a replacement, which is a bug."""
+    current = fetcher.MemoryRecords
+    if current is not factory and current is not MemoryRecords:
+        raise RuntimeError(f"aiokafka's fetcher already reads records with {current!r}")
+    fetcher.MemoryRecords = factory
+
+
+def sender_failure(producer: AIOKafkaProducer) -> BaseException | None:
+    """What ended the producer's sender task, if it has ended: such a producer delivers
+    nothing more (every later send raises that error) and must be replaced."""
+    task = producer._sender.sender_task
+    if task is None or not task.done() or task.cancelled():
+        return None
+    failure: BaseException | None = task.exception()
+    return failure
+
+
+async def abandon(producer: AIOKafkaProducer, reason: BaseException) -> None:
+    """Close `producer` at once, for good: nothing of it outlives this call.
+
+    `AIOKafkaProducer.stop()` first flushes, and with the broker away that waits
+    without bound (aiokafka#1101); cut short, it leaves the sender task pending and
+    batch futures that fail later, unretrieved, logged by asyncio as errors when the
+    broker answers again. Here, instead: the sender task and the requests it has in
+    flight are cancelled, every batch still queued or in flight fails with `reason`
+    (its ack futures complete, so whoever awaits them stops waiting), every future
+    aiokafka made is marked retrieved, and the connections close. A write that was in
+    flight may still land: its sender hears `reason`, as for any failed write.
+    """
+    producer._closed = True  # stop() becomes a no-op, and no "Unclosed" warning
+    sender: Sender = producer._sender
+    task = sender.sender_task
+    requests = _sender_requests(sender)
+    if task is not None:
+        # The sender's own CancelledError handler awaits its requests: cancel it again.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=0.05)
+        if not task.cancelled():
+            task.exception()  # its failure is why we are here; mark it retrieved
+    for request in requests:
+        request.cancel()
+    await asyncio.gather(*requests, return_exceptions=True)
+    _fail_batches(producer, reason)
+    _fail_transaction(producer, reason)
+    with contextlib.suppress(TimeoutError, OSError):
+        async with asyncio.timeout(_CLOSE_CONNECTIONS_S):
+            await producer.client.close()
+
+
+def _sender_requests(sender: Sender) -> list[asyncio.Task[Any]]:
+    """The tasks the sender runs for its requests (produce and transaction requests):
+    coroutines of the sender's methods, found by their `self`."""
+    found = []
+    for task in asyncio.all_tasks():
+        frame = getattr(task.get_coro(), "cr_frame", None)
+        if (
+            frame is not None
+            and frame.f_locals.get("self") is sender
+            and (task is not sender.sender_task)
+        ):
+            found.append(task)
+    return found
+
+
+def _fail_batches(producer: AIOKafkaProducer, reason: BaseException) -> None:
+    accumulator = producer._message_accumulator
+    queued = [batch for batches in accumulator._batches.values() for batch in batches]
+    # A batch sent and put back for a retry has a done-callback that removes it from the
+    # in-flight set, where aiokafka's own fail_all would not find it (a KeyError later).
+    in_flight = set(accumulator._pending_batches) | {b for b in queued if b.retry_count}
+    accumulator._pending_batches = in_flight
+    accumulator._batches.clear()
+    accumulator._exception = reason  # a send after this raises it
+    accumulator._closed = True
+    for batch in [*queued, *in_flight]:
+        batch.failure(exception=reason)
+        _retrieved(batch.future)
+        _retrieved(batch._drain_waiter)
+
+
+def _fail_transaction(producer: AIOKafkaProducer, reason: BaseException) -> None:
+    manager = producer._txn_manager
+    if manager is None or manager.transactional_id is None:
+        return
+    waiter = manager._transaction_waiter
+    if waiter is not None:
+        if not waiter.done():
+            waiter.set_exception(reason)
+        _retrieved(waiter)
+    for _, _, offsets_committed in manager._pending_txn_offsets:
+        if not offsets_committed.done():
+            offsets_committed.set_exception(reason)
+        _retrieved(offsets_committed)
+    manager._pending_txn_offsets.clear()
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if future.done() and not future.cancelled():
+        future.exception()
