@@ -34,6 +34,7 @@ from processor.ingress_checks import (
     check_content_encoding,
     check_content_type,
     check_declared_length,
+    check_expectation,
     decode,
     read_body,
 )
@@ -89,17 +90,7 @@ class _Ingress:
         try:
             envelope = await self._accept(request, received_at)
         except Refusal as refusal:
-            response = refusal.response()
-            self._metrics.count_response(refusal.status)
-            (log.warning if refusal.status >= 500 else log.info)(
-                "ingress.rejected",
-                delivery_id=refusal.delivery_id,
-                status=refusal.status,
-                error=refusal.error,
-                detail=refusal.detail,
-                latency_ms=_ms_since(started),
-            )
-            return response
+            return self._refused(refusal, started)
         self._metrics.count_response(202)
         if self._log_accepted:
             log.info(
@@ -112,6 +103,31 @@ class _Ingress:
         return web.Response(
             status=202, body=_encode_json({"id": envelope.id}), content_type="application/json"
         )
+
+    async def expect(self, request: web.Request) -> web.Response | None:
+        """Answers a request's `Expect:` before its body is read: `100 Continue` only for
+        a body that may fit, else the refusal at once, so a body too large is never
+        invited (aiohttp's default would invite any)."""
+        started = time.perf_counter()
+        try:
+            check_expectation(request, self._settings.max_body_bytes)
+        except Refusal as refusal:
+            return self._refused(refusal, started)
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper is still to come
+        return None
+
+    def _refused(self, refusal: Refusal, started: float) -> web.Response:
+        self._metrics.count_response(refusal.status)
+        (log.warning if refusal.status >= 500 else log.info)(
+            "ingress.rejected",
+            delivery_id=refusal.delivery_id,
+            status=refusal.status,
+            error=refusal.error,
+            detail=refusal.detail,
+            latency_ms=_ms_since(started),
+        )
+        return refusal.response()
 
     async def _accept(self, request: web.Request, received_at: str) -> Envelope:
         """Run every check, then publish; raises Refusal at the first that fails."""
@@ -218,7 +234,7 @@ def create_app(
     app.cleanup_ctx.append(lambda _: publisher.running())
     app.add_routes(
         [
-            web.post(config.ingress.path, ingress.webhook),
+            web.post(config.ingress.path, ingress.webhook, expect_handler=ingress.expect),
             web.get("/readyz", ingress.readyz),
             *probe_routes(metrics.registry),
         ]

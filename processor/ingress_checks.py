@@ -23,6 +23,7 @@ __all__ = [
     "check_content_encoding",
     "check_content_type",
     "check_declared_length",
+    "check_expectation",
     "decode",
     "read_body",
 ]
@@ -38,6 +39,18 @@ def check_declared_length(request: web.Request, limit: int) -> None:
     """413 before reading a body whose Content-Length already says it is too large."""
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
+
+
+def check_expectation(request: web.Request, limit: int) -> None:
+    """Whether to invite the body of a request that says `Expect:`: 417 for anything but
+    `100-continue`, 413 for a declared size over `limit`. Either closes the connection,
+    since a client that stops waiting for `100 Continue` sends its body regardless."""
+    if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+        raise Refusal(
+            417, "expectation_failed", "only `Expect: 100-continue` is understood", close=True
+        )
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit, close=True)
 
 
 def check_content_type(headers: Mapping[str, str]) -> str:
@@ -188,10 +201,13 @@ def decode(body: bytes) -> Envelope:
         raise Refusal(400, "malformed_json", f"body is not valid JSON: {exc.message}") from None
 
 
-def _too_large(limit: int, *, decompressed: bool = False) -> Refusal:
+def _too_large(limit: int, *, decompressed: bool = False, close: bool = False) -> Refusal:
     once = " once decompressed" if decompressed else ""
     return Refusal(
-        413, "body_too_large", f"body exceeds {limit} bytes{once} (ingress.max_body_bytes)"
+        413,
+        "body_too_large",
+        f"body exceeds {limit} bytes{once} (ingress.max_body_bytes)",
+        close=close,
     )
 
 

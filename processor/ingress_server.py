@@ -7,15 +7,21 @@ that quotes the offending bytes, and logs them at ERROR with a traceback; no
 middleware sees it (aio-libs/aiohttp#3287). So the ingress serves its app with a
 subclass of aiohttp's `web.RequestHandler` that answers those in the README's JSON
 and logs one short line, built here by the listening socket's protocol factory.
+
+aiohttp also serves any HTTP version its parser reads (`HTTP/2.0` over HTTP/1.1
+framing, an `HTTP/0.9` request line without one) and answers in that version. The
+ingress speaks HTTP/1.1 only: every other version is answered here, in HTTP/1.1,
+before any routing or body, and the connection closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion, HttpVersion11, web
 from aiohttp.http_exceptions import (
     BadStatusLine,
     ContentLengthError,
@@ -24,15 +30,22 @@ from aiohttp.http_exceptions import (
     LineTooLong,
     TransferEncodingError,
 )
+from aiohttp.http_parser import RawRequestMessage
 
 from processor.config import IngressConfig
 from processor.http_probes import cannot_listen
 from processor.ingress_errors import INGRESS_METRICS, error_response
 from processor.metrics import IngressMetrics
 
+_RequestFactory = Callable[..., web.BaseRequest]
+_RequestHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
 __all__ = ["Listener", "listen"]
 
 log = structlog.get_logger(__name__)
+
+# Where a request built as HTTP/1.1 keeps the version its client sent.
+_SENT_VERSION: Final = web.RequestKey("sent_version", HttpVersion)
 
 # What aiohttp's parser says (the start of its message, before it quotes the bytes)
 # -> what we tell the client. Our words only: the parser's message quotes the request.
@@ -78,6 +91,9 @@ async def listen(app: web.Application, settings: IngressConfig) -> Listener:
     await runner.setup()
     server = runner.server
     assert server is not None  # set by setup()
+    metrics = app.get(INGRESS_METRICS)
+    server.request_factory = _as_http11(server.request_factory)
+    server.request_handler = _http11_only(server.request_handler, metrics)
     options: dict[str, Any] = {
         "loop": asyncio.get_running_loop(),
         # One line of ours per request (ingress.accepted / ingress.rejected) instead.
@@ -93,7 +109,6 @@ async def listen(app: web.Application, settings: IngressConfig) -> Listener:
         "max_line_size": settings.max_header_line_bytes,
         "max_field_size": settings.max_header_line_bytes,
     }
-    metrics = app.get(INGRESS_METRICS)
     try:
         listening = await asyncio.get_running_loop().create_server(
             lambda: _Connection(server, settings=settings, metrics=metrics, **options),
@@ -105,6 +120,43 @@ async def listen(app: web.Application, settings: IngressConfig) -> Listener:
         await runner.cleanup()
         raise cannot_listen(settings.host, settings.port, exc, setting="ingress.port") from None
     return Listener(runner, listening)
+
+
+def _as_http11(factory: _RequestFactory) -> _RequestFactory:
+    """Builds every request as HTTP/1.1, which is how its answer is written, and keeps
+    the version the client sent when it was another."""
+
+    def make(message: RawRequestMessage, *args: Any) -> web.BaseRequest:
+        if message.version == HttpVersion11:
+            return factory(message, *args)
+        request = factory(message._replace(version=HttpVersion11), *args)
+        request[_SENT_VERSION] = message.version
+        return request
+
+    return make
+
+
+def _http11_only(handler: _RequestHandler, metrics: IngressMetrics | None) -> _RequestHandler:
+    """Answers a request of another HTTP version before routing, its body unread."""
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        sent: HttpVersion | None = request.get(_SENT_VERSION)
+        if sent is None:
+            return await handler(request)
+        if sent == HttpVersion(0, 9):
+            status, error = 400, "malformed_request"
+            detail = "the request line is not `METHOD /path HTTP/1.1` (HTTP/0.9 is not served)"
+        else:
+            status, error = 505, "http_version_not_supported"
+            detail = f"HTTP/{sent.major}.{sent.minor} is not served here: send HTTP/1.1"
+        log.info("ingress.rejected", status=status, error=error, detail=detail)
+        if metrics is not None:
+            metrics.count_response(status)
+        response = error_response(status, error, detail)
+        response.force_close()
+        return response
+
+    return handle
 
 
 class _Connection(web.RequestHandler):

@@ -25,8 +25,9 @@ MARKER = b"BODY-MARKER-5b1e0c"
 class RawResponse:
     """One HTTP response read off a raw connection."""
 
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        self.status = status
+    def __init__(self, status_line: str, headers: dict[str, str], body: bytes) -> None:
+        self.status_line = status_line
+        self.status = int(status_line.split()[1])
         self.headers = headers
         self.body = body
 
@@ -50,7 +51,7 @@ class RawAnswer:
             }
             length = int(headers.get("content-length", "0"))
             body, data = data[:length], data[length:]
-            self.responses.append(RawResponse(int(lines[0].split()[1]), headers, body))
+            self.responses.append(RawResponse(lines[0], headers, body))
 
     @property
     def last(self) -> RawResponse:
@@ -354,3 +355,93 @@ async def test_a_body_trickled_byte_by_byte_is_408_at_the_deadline(serve: Serve)
     answer = await trickle(client, post(BODY)[: -len(BODY)], BODY, every=0.05)
     assert [response.status for response in answer.responses] == [408]
     assert time.monotonic() - started < 1.5
+
+
+# --- HTTP/1.1 only, and no body invited that cannot fit ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("request_head", "status", "error"),
+    [
+        (b"POST /webhooks HTTP/2.0\r\nHost: test\r\n", 505, "http_version_not_supported"),
+        (b"POST /webhooks HTTP/1.0\r\nHost: test\r\n", 505, "http_version_not_supported"),
+        (b"GET /metrics HTTP/1.0\r\n", 505, "http_version_not_supported"),
+        (b"GET /metrics\r\n", 400, "malformed_request"),  # HTTP/0.9: no version at all
+    ],
+    ids=["http2-framed-as-1.1", "http1.0-post", "http1.0-metrics", "http0.9-metrics"],
+)
+async def test_any_version_but_http_1_1_is_refused_in_http_1_1_before_routing(
+    serve: Serve, request_head: bytes, status: int, error: str
+) -> None:
+    client = await serve()
+    signature = signed(BODY)["X-Webhook-Signature"].encode()
+    data = request_head + b"\r\n"
+    if request_head.startswith(b"POST"):
+        data = (
+            request_head + b"Content-Type: application/json\r\nX-Webhook-Signature: "
+            + signature + b"\r\nContent-Length: " + str(len(BODY)).encode() + b"\r\n\r\n"
+            + BODY
+        )  # fmt: skip
+    answer = await exchange(client, data)
+
+    [response] = answer.responses
+    assert response.status_line.startswith(f"HTTP/1.1 {status} ")
+    assert response.json()["error"] == error
+    assert answer.closed
+    assert client.publisher.records == []  # type: ignore[attr-defined]
+
+
+async def test_expect_continue_for_a_body_over_the_limit_is_413_at_once_never_100(
+    serve: Serve,
+) -> None:
+    client = await serve()
+    reader, writer = await client.open_raw()
+    try:
+        writer.write(post(b"", headers=b"Expect: 100-continue\r\n", length=1_000_000_000))
+        await writer.drain()
+        async with asyncio.timeout(1):
+            head = await reader.readuntil(b"\r\n\r\n")
+            answer = RawAnswer(head + await reader.readexactly(_length(head)), closed=False)
+    finally:
+        writer.close()
+
+    [response] = answer.responses
+    assert (response.status, response.json()["error"]) == (413, "body_too_large")
+    assert response.headers["connection"] == "close"
+
+
+async def test_expect_continue_for_a_body_that_fits_is_invited_then_accepted(
+    serve: Serve,
+) -> None:
+    client = await serve()
+    reader, writer = await client.open_raw()
+    try:
+        writer.write(post(BODY, headers=b"Expect: 100-continue\r\n")[: -len(BODY)])
+        await writer.drain()
+        async with asyncio.timeout(2):
+            interim = await reader.readuntil(b"\r\n\r\n")
+        writer.write(BODY)
+        await writer.drain()
+        async with asyncio.timeout(2):
+            final = await reader.readuntil(b"\r\n\r\n")
+    finally:
+        writer.close()
+
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert final.startswith(b"HTTP/1.1 202 ")
+
+
+async def test_an_expectation_other_than_continue_is_417(serve: Serve) -> None:
+    client = await serve()
+    answer = await exchange(client, post(BODY, headers=b"Expect: 200-ok\r\n"))
+
+    assert (answer.last.status, answer.last.json()["error"]) == (417, "expectation_failed")
+    assert client.publisher.records == []  # type: ignore[attr-defined]
+
+
+def _length(head: bytes) -> int:
+    for line in head.decode("latin-1").split("\r\n"):
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            return int(value)
+    return 0
