@@ -71,6 +71,7 @@ def kafka_parts(config: Config, metrics: WorkerMetrics) -> KafkaParts:
             producer = BoundedProducer(
                 **worker_producer_options(config),
                 transactional_id=transactional_id,
+                transaction_timeout_ms=config.worker.transaction_timeout_ms,
                 flush_timeout_s=config.worker.produce_timeout_s,
             )
             connectivity.watch(producer.client)

@@ -163,6 +163,13 @@ def _check(config: Config, source: str) -> None:
             f"{source}: kafka.security_protocol {config.kafka.security_protocol} needs "
             "kafka.sasl_mechanism, kafka.sasl_username and kafka.sasl_password"
         )
+    worker = config.worker
+    if worker.transaction_timeout_ms <= worker.produce_timeout_s * 1000:
+        raise ConfigError(
+            f"{source}: worker.transaction_timeout_ms ({worker.transaction_timeout_ms}) must "
+            f"exceed worker.produce_timeout_s ({worker.produce_timeout_s:g} s), so that a "
+            "worker gives a transaction up before Kafka aborts it under it"
+        )
     instance = config.worker.group_instance_id
     if instance is not None:
         try:

@@ -182,6 +182,10 @@ class WorkerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     heartbeat_interval_ms: PositiveInt = 3_000
     # A batch must finish well inside this, or the group evicts the worker.
     max_poll_interval_ms: PositiveInt = 300_000
+    # exactly_once: Kafka aborts a transaction left open this long (its worker died), and
+    # read_committed subscribers of its partitions wait for it at most this long. Longer
+    # than produce_timeout_s, so a live worker gives a transaction up before Kafka does.
+    transaction_timeout_ms: PositiveInt = 60_000
     # The DLQ circuit breaker (processor.breaker): a partition is paused when more than
     # this share of its last dlq_window_records went to the DLQ (1.0 turns it off)...
     dlq_max_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5

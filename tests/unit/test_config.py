@@ -108,6 +108,10 @@ def test_unrelated_environment_is_ignored() -> None:
         ("ingress:\n  body_timeout_s: 0\n", r"ingress\.body_timeout_s: Expected `float` > 0"),
         ("ingress:\n  max_headers: -1\n", r"ingress\.max_headers: Expected `int` >= 1"),
         ("kafka:\n  connect_timeout_s: -1\n", r"kafka\.connect_timeout_s: Expected `float` > 0"),
+        (
+            "worker:\n  transaction_timeout_ms: 30000\n",
+            r"worker\.transaction_timeout_ms \(30000\) must exceed worker\.produce_timeout_s",
+        ),
     ],
 )
 def test_values_out_of_bounds_are_refused_naming_the_key(
