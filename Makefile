@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 SPECS  := tools/asyncapi
 NODE_STAMP := $(SPECS)/node_modules/.package-lock.json
 
-.PHONY: setup lint deploy-check test test-fast run contract bench-peers clean
+.PHONY: setup lint deploy-check test test-fast drills run contract bench-peers clean
 
 setup: $(STAMP) $(NODE_STAMP)
 
@@ -40,6 +40,12 @@ test: lint deploy-check
 # The fast loop: pure unit tests only, no broker.
 test-fast: setup
 	$(BIN)/pytest tests/unit
+
+# The outage drills at the length of real outages (10 s to 5 minutes) with the default
+# timeouts, each with its figures printed; make test runs them with shortened timeouts.
+# About 40 minutes.
+drills: setup
+	PROCESSOR_DRILL_SCALE=real $(BIN)/pytest -s tests/integration/test_outage_drills.py
 
 # The whole pipeline on this machine: Kafka, topics, ingress on :8080, two workers.
 run: setup

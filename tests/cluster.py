@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from processor.devtools.jars import kafka_libs
 from processor.devtools.node import Node
 from processor.devtools.ports import free_port
 from processor.devtools.quorum import Quorum
@@ -71,3 +72,8 @@ class LocalCluster(Quorum):
     def kill(self, node_id: int) -> None:
         """SIGKILL one node, as a crash would."""
         self.node(node_id).kill()
+
+    def restart(self, node_id: int) -> None:
+        """Start a node that was killed, with its data, and wait until all brokers answer."""
+        self.node(node_id).spawn(kafka_libs(), tie_to_parent=self.tie_to_parent)
+        self._wait_ready()
