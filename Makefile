@@ -34,8 +34,10 @@ lint: setup
 deploy-check: setup
 	$(BIN)/python deploy/check.py
 
+# Four pytest workers on two cores: most of the suite waits on brokers and processes.
+# Each worker starts its own broker; tests that need their own start theirs.
 test: lint deploy-check
-	$(BIN)/pytest
+	$(BIN)/pytest -n 4 --dist worksteal
 
 # The fast loop: pure unit tests only, no broker.
 test-fast: setup
