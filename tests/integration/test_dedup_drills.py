@@ -26,6 +26,7 @@ from processor.config import Config, KafkaConfig
 from processor.devtools.broker import LocalBroker
 from processor.topics import create_topics
 from tests.deliveries import Delivery, mixed_stream, with_retries
+from tests.drills import error_lines
 from tests.harness import (
     BATCH,
     SpawnWorker,
@@ -174,6 +175,11 @@ async def test_a_paused_zombie_cannot_commit_into_the_read_committed_view(
     # and rejoins, still running, or has left cleanly.
     assert "partition.fenced" in reported or "partitions.revoked" in reported, reported
     assert zombie.poll() in (None, 0)
+    # Quietly: a fence is a warning once per partition, never a traceback or an error.
+    fenced = [e["partition"] for e in woke if e["event"] == "partition.fenced"]
+    assert len(fenced) == len(set(fenced)), fenced
+    for log in ("worker0.log", "worker1.log"):
+        assert not error_lines(tmp_path / log), error_lines(tmp_path / log)
 
 
 @pytest.mark.usefixtures("topics")
