@@ -25,6 +25,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from processor.allocator import return_freed_memory
 from processor.config import Config
 from processor.connectivity import Connectivity
 from processor.headers import CONTENT_TYPE, DELIVERY_ID, EVENT, RECEIVED_AT, format_received_at
@@ -250,6 +251,7 @@ async def run_ingress(config: Config) -> None:
     Raises ConfigError (no signing secret, port taken) or BrokerUnavailable before serving.
     """
     settings = config.ingress
+    return_freed_memory()
     stop = asyncio.Event()
     with stop_on_signals(stop):
         metrics = IngressMetrics()

@@ -160,3 +160,45 @@ async def test_graceful_broker_stop_under_load_is_one_warning_not_a_flood(
     events = [e["event"] for e in entries(log)]
     assert events.count("kafka.unreachable") == 1
     assert events.count("kafka.reachable") == 1
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_memory_of_stalled_large_bodies_is_given_back_once_they_end(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    port = free_port()
+    stalled = 60
+    with ingress_process(
+        tmp_path / "ingress.log",
+        KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        PROCESSOR_INGRESS__PORT=str(port),
+        PROCESSOR_INGRESS__BODY_TIMEOUT_S="3",
+    ) as process:
+        async with session_for(port):
+            before = rss_mb(process.pid)
+            head = (
+                b"POST /webhooks HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1048576\r\n\r\n"
+            )
+            connections = []
+            for _ in range(stalled):  # each 10 bytes short of its 1 MiB body, then silent
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(head + b"x" * (1_048_576 - 10))
+                connections.append((reader, writer))
+            await asyncio.sleep(2)
+            peak = rss_mb(process.pid)
+            for reader, writer in connections:  # each is answered 408 at its deadline
+                async with asyncio.timeout(10):
+                    assert (await reader.readline()).startswith(b"HTTP/1.1 408 ")
+                writer.close()
+            await asyncio.sleep(2)
+            after = rss_mb(process.pid)
+
+    assert peak - before > 30, "the bodies were never held: the drill measured nothing"
+    assert after - before < 15, f"{before:.0f} MB before, {peak:.0f} at the peak, {after:.0f} after"
