@@ -56,6 +56,7 @@ class KafkaConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     # Upper bound on one broker request; a metadata or produce call never hangs longer.
+    # A producer whose writes keep failing this long while Kafka answers is replaced.
     request_timeout_ms: PositiveInt = 30_000
     # Start-up gives the cluster this long to answer, then fails with what to check.
     connect_timeout_s: PositiveFloat = 30.0

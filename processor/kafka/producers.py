@@ -168,6 +168,7 @@ class RenewingProducer:
         self._failure: BaseException | None = None
         self._renewal: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._closing: asyncio.Future[None] | None = None  # a replaced producer's close
 
     @property
     def problem(self) -> str | None:
@@ -196,6 +197,8 @@ class RenewingProducer:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self._closing is not None:
+            await self._closing  # a renewal cut short still closes what it replaced
         producer, self._producer = self._producer, None
         if producer is None:
             return
@@ -240,7 +243,10 @@ class RenewingProducer:
         if generation != self._generation:
             return
         self._unacked -= 1
-        error = ProducerReplaced() if ack.cancelled() else ack.exception()
+        if ack.cancelled():
+            error: BaseException | None = KafkaError("the write was cancelled before its ack")
+        else:
+            error = ack.exception()
         if error is not None:
             self._failed(error)
             return
@@ -308,7 +314,9 @@ class RenewingProducer:
             "new producer with a new producer id takes over as soon as Kafka accepts it",
         )
         if old is not None:
-            await old.abandon(ProducerReplaced(repr(cause)))
+            # Shielded: a stop() meanwhile waits for it rather than leave it half-closed.
+            self._closing = asyncio.ensure_future(old.abandon(ProducerReplaced(repr(cause))))
+            await asyncio.shield(self._closing)
         pause = self._restart_backoff_s
         attempts = 0
         while True:
