@@ -34,9 +34,8 @@ from aiokafka.partitioner import murmur2
 
 from processor.config import Config, KafkaConfig, TopicsConfig
 from processor.devtools.ports import free_port
-from processor.kafka_clients import read_to_end
 from processor.topics import create_topics
-from tests.harness import REPO, read_all_outputs
+from tests.harness import REPO, read_all_outputs, read_topic
 from tests.ingress_harness import SECRET, delivery, signed
 
 PARTITIONS = 3
@@ -367,19 +366,8 @@ async def accepted_again(
 
 async def raw_ids(bootstrap: str, topic: str) -> Counter[str]:
     """Delivery ids in the raw topic, with how often each was written."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ids: Counter[str] = Counter()
-        async with asyncio.timeout(60):
-            async for _, records in read_to_end(consumer, partitions):
-                ids.update(dict(r.headers)["delivery-id"].decode() for r in records)
-        return ids
-    finally:
-        await consumer.stop()
+    records = await read_topic(bootstrap, topic, partitions=PARTITIONS)
+    return Counter(dict(r.headers)["delivery-id"].decode() for r in records)
 
 
 async def until_drained(bootstrap: str, group: Config, *, timeout: float) -> None:
@@ -408,13 +396,54 @@ async def routed_ids(group: Config) -> Counter[str]:
     return Counter(o.headers["delivery-id"].decode() for o in await read_all_outputs(group))
 
 
+@dataclass
+class Outcome:
+    """What a drill's pipeline did: the raw delivery ids, each group's routed ids (at
+    least once, exactly once), and every process's error lines."""
+
+    raw: Counter[str]
+    at_least_once: Counter[str]
+    exactly_once: Counter[str]
+    errors: dict[str, list[str]]
+
+
 @contextlib.asynccontextmanager
-async def providing(provider: Provider) -> AsyncIterator[asyncio.Event]:
+async def under_load(
+    pipeline: Pipeline,
+) -> AsyncIterator[tuple[Provider, aiohttp.ClientSession]]:
+    """The pipeline started and a provider sending to it, for 3 s before the block and
+    until its end."""
+    await pipeline.start()
+    assert pipeline.ingress is not None
+    provider = Provider(f"{pipeline.ingress.http}/webhooks", users_per_partition())
     stop = asyncio.Event()
     async with aiohttp.ClientSession() as session:
         task = asyncio.create_task(provider.run(session, stop))
         try:
-            yield stop
+            await asyncio.sleep(3)
+            yield provider, session
         finally:
             stop.set()
             await task
+
+
+async def settle(pipeline: Pipeline) -> Outcome:
+    """Once both groups have routed everything: what is in the topics, then the
+    processes stopped as an orchestrator stops them, and what they logged."""
+    for group in pipeline.groups:
+        await until_drained(pipeline.bootstrap, group, timeout=120)
+    raw = await raw_ids(pipeline.bootstrap, pipeline.raw)
+    at_least_once, exactly_once = [await routed_ids(group) for group in pipeline.groups]
+    await pipeline.stop()
+    return Outcome(raw, at_least_once, exactly_once, pipeline.errors())
+
+
+def assert_conserved(provider: Provider, outcome: Outcome) -> None:
+    """Every 202 is in Kafka; every raw delivery routed by both groups, once by the
+    exactly-once one; nothing else routed; no process logged an error."""
+    raw = set(outcome.raw)
+    assert set(provider.accepted) <= raw, "a delivery answered 202 is not in Kafka"
+    assert set(outcome.at_least_once) == raw, "the at-least-once group lost or invented one"
+    assert set(outcome.exactly_once) == raw, "the exactly-once group lost or invented one"
+    assert set(outcome.exactly_once.values()) == {1}, "exactly once wrote a delivery twice"
+    assert not outcome.errors, outcome.errors

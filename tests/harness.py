@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from processor.batching import produce_batch
 from processor.config import Config
@@ -68,6 +68,25 @@ async def worker_running(
     finally:
         stop.set()
         await asyncio.wait_for(task, stop_timeout_s)
+
+
+async def read_topic(
+    bootstrap: str, topic: str, *, partitions: int = 3
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record in `topic` now: read from the beginning up to the end offsets."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        assigned = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        async with asyncio.timeout(30):
+            async for _, batch in read_to_end(consumer, assigned):
+                records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()
 
 
 async def read_outputs(config: Config, expected: int, *, settle_s: float = 1.0) -> list[Output]:

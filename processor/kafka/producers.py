@@ -64,6 +64,9 @@ WATCH_INTERVAL_S: Final = 0.5
 # First and longest pause between attempts to start a replacement while Kafka refuses.
 RESTART_BACKOFF_S: Final = 0.5
 MAX_RESTART_BACKOFF_S: Final = 5.0
+# A producer stuck again after a replacement is replaced after 2, 4, 8, then 16 times
+# renew_after_s: the cause lies elsewhere, and a replacement each time would be noise.
+MAX_STUCK_DOUBLINGS: Final = 4
 
 
 class ProducerRenewing(KafkaError):  # type: ignore[misc]
@@ -169,6 +172,9 @@ class RenewingProducer:
         self._renewal: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
         self._closing: asyncio.Future[None] | None = None  # a replaced producer's close
+        # Replacements for being stuck since the last ack: each waits twice as long
+        # (a partition without a leader is not fixed by a new producer every 30 s).
+        self._stuck_renewals = 0
 
     @property
     def problem(self) -> str | None:
@@ -251,6 +257,7 @@ class RenewingProducer:
             self._failed(error)
             return
         self._progress_at = self._clock()
+        self._stuck_renewals = 0
         if self._failure is not None:
             log.info(
                 "kafka.writes_recovered",
@@ -288,7 +295,10 @@ class RenewingProducer:
                 continue
             if (died := producer.failure) is not None:
                 self._renew(died)
-            elif self._reachable() and self._stuck_for() >= self._renew_after_s:
+            elif self._reachable() and self._stuck_for() >= self._renew_after_s * (
+                2 ** min(self._stuck_renewals, MAX_STUCK_DOUBLINGS)
+            ):
+                self._stuck_renewals += 1
                 self._renew(self._failure or KafkaError("writes are not acknowledged"))
 
     def _stuck_for(self) -> float:

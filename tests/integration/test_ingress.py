@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from processor.config import Config, IngressConfig, KafkaConfig
@@ -30,8 +30,8 @@ from processor.devtools.ports import free_port
 from processor.errors import BrokerUnavailable
 from processor.ingress import READY_TIMEOUT_S, run_ingress
 from processor.kafka.producers import RenewingProducer
-from processor.kafka_clients import read_to_end
 from processor.publisher import KafkaPublisher
+from tests.harness import read_topic
 from tests.ingress_harness import (
     SECRET,
     Serve,
@@ -45,23 +45,6 @@ from tests.ingress_harness import (
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 3
-
-
-async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record in `topic` now: read from the beginning up to the end offsets."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        records: list[ConsumerRecord[bytes, bytes]] = []
-        async with asyncio.timeout(30):
-            async for _, batch in read_to_end(consumer, partitions):
-                records.extend(batch)
-        return records
-    finally:
-        await consumer.stop()
 
 
 def ids_of(records: list[ConsumerRecord[bytes, bytes]]) -> list[str]:

@@ -23,9 +23,9 @@ import pytest
 
 from processor.devtools.broker import LocalBroker
 from processor.devtools.ports import free_port
-from tests.harness import REPO
+from tests.harness import REPO, read_topic
 from tests.ingress_harness import SECRET, delivery, signed
-from tests.integration.test_ingress import ids_of, read_topic
+from tests.integration.test_ingress import ids_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -31,7 +31,7 @@ from processor.kafka.producers import BoundedProducer, RenewingProducer
 from processor.publisher import RawRecord
 from tests.cluster import LocalCluster
 from tests.drills import partition_of, users_per_partition
-from tests.integration.test_ingress import read_topic
+from tests.harness import read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -243,3 +243,25 @@ def test_only_errors_that_end_a_producer_count_as_unusable() -> None:
     assert leaves_producer_unusable(ProducerFenced())
     assert not leaves_producer_unusable(KafkaTimeoutError())
     assert not leaves_producer_unusable(NotLeaderForPartitionError())
+
+
+async def test_a_producer_stuck_again_after_a_replacement_waits_twice_as_long(
+    harness: Harness,
+) -> None:
+    for renewal, wait in enumerate([31, 61, 121], start=1):
+        await harness.send()
+        harness.factory.current.sent[-1].ack.set_exception(KafkaTimeoutError())
+        await until(lambda: harness.producer.problem is not None)
+        harness.clock.now += wait - 2
+        await asyncio.sleep(0.05)
+        assert harness.renewals == renewal - 1, f"renewed before {wait} s"
+        harness.clock.now += 2
+        await until(lambda renewal=renewal: harness.renewals == renewal)
+
+    await harness.send()
+    harness.factory.current.sent[-1].ack.set_result(None)  # a write went through
+    await harness.send()
+    harness.factory.current.sent[-1].ack.set_exception(KafkaTimeoutError())
+    await until(lambda: harness.producer.problem is not None)
+    harness.clock.now += 31
+    await until(lambda: harness.renewals == 4)
