@@ -36,9 +36,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 # A drill per way of stopping the broker; at the fast scale each takes one outage class
 # (make test), at the real scale every length the issue names (make drills).
 if SCALE.name == "fast":
-    DRILLS = [("graceful", "past_request_timeout"), ("sigkill", "past_every_timeout")]
+    CASES = [("graceful", "past_request_timeout"), ("sigkill", "past_every_timeout")]
 else:
-    DRILLS = [(how, length) for how in ("graceful", "sigkill") for length in SCALE.outages_s]
+    CASES = [(how, length) for how in ("graceful", "sigkill") for length in SCALE.outages_s]
+# Each drill may take its outage plus the test's own bound on the rest.
+DRILLS = [
+    pytest.param(how, length, marks=pytest.mark.timeout(SCALE.outages_s[length] + 300))
+    for how, length in CASES
+]
 
 
 async def outage(
@@ -108,6 +113,7 @@ async def test_a_broker_outage_under_load_loses_nothing_and_heals_by_itself(
     assert 503 in readiness or 0 in readiness, "/readyz never said the outage"
 
 
+@pytest.mark.timeout(SCALE.node_away_s + 300)
 async def test_one_broker_of_three_away_while_the_others_lead_loses_nothing(
     tmp_path: Path, kafka_jars: Path
 ) -> None:
