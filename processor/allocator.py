@@ -3,9 +3,9 @@
 glibc's malloc raises its mmap threshold each time a large block is freed (up to
 32 MiB), so the buffers of large request bodies soon come from the heap, where freeing
 them leaves the process's resident memory at its peak: after 60 stalled 1 MiB bodies
-the ingress stayed at 116 MB once every connection had closed, against 50 MB before
-(Python itself held 1 MB of it; `malloc_trim` gave the rest back). A fixed threshold
-keeps blocks of that size in mappings of their own, unmapped when freed.
+the ingress stayed at 114 MB once every connection had closed, against 64 MB before
+(Python itself still held about 1 MB; `malloc_trim` gave the rest back). A fixed
+threshold keeps blocks of that size in mappings of their own, unmapped when freed.
 """
 
 from __future__ import annotations

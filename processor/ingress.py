@@ -114,6 +114,7 @@ class _Ingress:
             check_expectation(request, self._settings.max_body_bytes)
         except Refusal as refusal:
             return self._refused(refusal, started)
+        # As aiohttp's own default expect handler does (private to aiohttp, so written out).
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the answer proper is still to come
         return None

@@ -8,7 +8,7 @@ dedup and the DLQ breakers each set up or drop what they keep per partition.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
@@ -35,11 +35,13 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         guarantee: Guarantee,
         dedup: Dedup | None,
         breakers: Breakers,
+        on_moved: Callable[[], None] = lambda: None,
     ) -> None:
         self._in_flight = in_flight
         self._guarantee = guarantee
         self._dedup = dedup
         self._breakers = breakers
+        self._on_moved = on_moved
 
     async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
         async with self._in_flight:
@@ -48,6 +50,7 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
                 self._dedup.revoked(revoked)
             self._breakers.forget(revoked)
             if revoked:  # aiokafka also calls this, with nothing, before the first join
+                self._on_moved()
                 log.info("partitions.revoked", partitions=partition_names(revoked))
 
     async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
@@ -58,4 +61,5 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._guarantee.assigned(assigned)
             if self._dedup is not None:
                 await self._dedup.assigned(assigned)
+        self._on_moved()
         log.info("partitions.assigned", partitions=partition_names(assigned))

@@ -27,7 +27,7 @@ from typing import Protocol
 
 import structlog
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import KafkaError, ProducerClosed, ProducerFenced
 
 from processor.batching import OutgoingRecord, produce_batch
 from processor.checkpoint import ProduceFailed, Producer
@@ -106,9 +106,9 @@ class ExactlyOnce:
                 )
 
     async def revoked(self, partitions: Collection[TopicPartition]) -> None:
-        for partition in partitions:
-            await self._drop(partition)
-            self._fenced.discard(partition)
+        # Together: each may wait out its flush, and shutdown bounds them all at once.
+        await asyncio.gather(*(self._drop(partition) for partition in partitions))
+        self._fenced.difference_update(partitions)
 
     async def _producer(self, partition: TopicPartition) -> TransactionalProducer:
         """The partition's started producer; a new one's start aborts what an old one of
@@ -118,8 +118,8 @@ class ExactlyOnce:
             producer = self._producer_for(transactional_id(self._group_id, partition))
             try:
                 await producer.start()
-            except BaseException as exc:
-                await producer.abandon(exc)
+            except BaseException:
+                await producer.abandon(ProducerClosed())
                 raise
             self._producers[partition] = producer
         return producer

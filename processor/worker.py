@@ -199,6 +199,7 @@ class Worker:
                 guarantee=self._guarantee,
                 dedup=self._dedup,
                 breakers=self._breakers,
+                on_moved=self._partitions_moved,
             ),
         )
         worker = self._config.worker
@@ -413,6 +414,11 @@ class Worker:
                 tuple(paused),
             )
         return None
+
+    def _partitions_moved(self) -> None:
+        """A failed produce or commit concerned partitions the group has just moved: the
+        next batch says again whether writing works (an idle topic might never)."""
+        self._produce_failure = self._commit_failure = None
 
     def _produce_recovered(self) -> None:
         """A batch's outputs were written: the pause before a retry starts over."""

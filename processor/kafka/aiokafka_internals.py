@@ -31,6 +31,7 @@ __all__ = [
     "WRITTEN_FOR",
     "MemoryRecords",
     "abandon",
+    "check_layout",
     "client_of",
     "read_fetched_records_with",
     "sender_failure",
@@ -45,8 +46,9 @@ WRITTEN_FOR: Final = "0.14.0"
 _CLOSE_CONNECTIONS_S: Final = 5.0
 
 
-def _check_layout() -> None:
-    """Fail at import, naming this module, if an internal moved (another aiokafka)."""
+def check_layout() -> None:
+    """Raise ImportError naming this module if an internal it uses is missing (another
+    aiokafka than the one it was written for). Run at import."""
     expected: dict[type[Any] | ModuleType, tuple[str, ...]] = {
         AIOKafkaClient: ("_metadata_update", "_get_conn"),
         AIOKafkaConsumer: ("_client",),
@@ -61,7 +63,7 @@ def _check_layout() -> None:
         f"{owner.__name__}.{name}"
         for owner, names in expected.items()
         for name in names
-        if not hasattr(owner, name) and name not in _set_in_init(owner)
+        if not hasattr(owner, name) and name not in _named_in_init(owner)
     ]
     if missing:
         raise ImportError(
@@ -71,14 +73,14 @@ def _check_layout() -> None:
         )
 
 
-def _set_in_init(owner: type[Any] | ModuleType) -> tuple[str, ...]:
-    """The attribute names a class's __init__ assigns (instance attributes)."""
+def _named_in_init(owner: type[Any] | ModuleType) -> tuple[str, ...]:
+    """The names a class's __init__ refers to: its instance attributes are among them."""
     init = getattr(owner, "__init__", None)
     code = getattr(init, "__code__", None)
     return () if code is None else tuple(code.co_names)
 
 
-_check_layout()
+check_layout()
 
 
 def client_of(consumer: AIOKafkaConsumer) -> AIOKafkaClient:

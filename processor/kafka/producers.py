@@ -89,23 +89,31 @@ class BoundedProducer(AIOKafkaProducer):  # type: ignore[misc]
     def __init__(self, *, flush_timeout_s: float, **options: Any) -> None:
         super().__init__(**options)
         self._flush_timeout_s = flush_timeout_s
+        self._closing: asyncio.Future[None] | None = None
 
     async def stop(self, *, flush_timeout_s: float | None = None) -> None:
         """Flush within `flush_timeout_s` (the one given at construction by default), then
         close; what did not make it fails with ProducerClosed."""
-        if self._closed:
-            return
-        limit = self._flush_timeout_s if flush_timeout_s is None else flush_timeout_s
-        try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(limit):
-                    await self.flush()
-        finally:  # also when the caller's own deadline cuts the flush short
-            await abandon(self, ProducerClosed())
+        if self._closing is None:
+            limit = self._flush_timeout_s if flush_timeout_s is None else flush_timeout_s
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(limit):
+                        await self.flush()
+            finally:  # also when the caller's own deadline cuts the flush short
+                await self.abandon(ProducerClosed())
+        else:
+            await self.abandon(ProducerClosed())
 
     async def abandon(self, reason: BaseException) -> None:
-        """Close now, without flushing; whatever is queued or in flight fails with `reason`."""
-        await abandon(self, reason)
+        """Close now, without flushing; whatever is queued or in flight fails with `reason`.
+
+        The close runs to its end even if the caller is cancelled meanwhile (it takes
+        milliseconds); a second call waits for the first.
+        """
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(abandon(self, reason))
+        await asyncio.shield(self._closing)
 
     @property
     def failure(self) -> BaseException | None:
@@ -172,6 +180,7 @@ class RenewingProducer:
         self._renewal: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
         self._closing: asyncio.Future[None] | None = None  # a replaced producer's close
+        self._stopping = False
         # Replacements for being stuck since the last ack: each waits twice as long
         # (a partition without a leader is not fixed by a new producer every 30 s).
         self._stuck_renewals = 0
@@ -198,11 +207,13 @@ class RenewingProducer:
 
     async def stop(self, *, flush_timeout_s: float = 0.0) -> None:
         """Deliver what is queued within `flush_timeout_s`, then close; nothing outlives it."""
+        # What fails from here on (the writes the close cuts short) is not news to act on.
+        self._stopping = True
+        self._generation += 1
         for task in (self._watch, self._renewal):
             if task is not None:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await asyncio.wait([task])  # a cancellation of stop() itself still raises
         if self._closing is not None:
             await self._closing  # a renewal cut short still closes what it replaced
         producer, self._producer = self._producer, None
@@ -283,7 +294,7 @@ class RenewingProducer:
             self._renew(error)
 
     def _renew(self, cause: BaseException) -> None:
-        if self._renewal is not None and not self._renewal.done():
+        if self._stopping or (self._renewal is not None and not self._renewal.done()):
             return
         self._renewal = asyncio.create_task(self._replace(cause), name=f"{self._name}-renewal")
 
@@ -331,17 +342,24 @@ class RenewingProducer:
         attempts = 0
         while True:
             attempts += 1
-            producer = self._make()
+            producer: OwnedProducer | None = None
             try:
+                producer = self._make()
                 async with asyncio.timeout(self._start_timeout_s):
                     await producer.start()
-            except (KafkaError, OSError, TimeoutError):
-                await producer.abandon(ProducerClosed())
+            except Exception as exc:
+                # Kafka not taking it yet, or anything else: the process cannot write
+                # without a producer, so it keeps trying rather than give up for good.
+                if producer is not None:
+                    await producer.abandon(ProducerClosed())
+                if not isinstance(exc, KafkaError | OSError | TimeoutError):
+                    log.warning("kafka.producer_start_failed", producer=self._name, error=repr(exc))
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, MAX_RESTART_BACKOFF_S)
                 continue
             except BaseException:
-                await producer.abandon(ProducerClosed())
+                if producer is not None:
+                    await producer.abandon(ProducerClosed())
                 raise
             break
         self._producer = producer

@@ -17,6 +17,7 @@ from aiokafka.errors import (
     KafkaTimeoutError,
     NotLeaderForPartitionError,
     OutOfOrderSequenceNumber,
+    ProducerClosed,
     ProducerFenced,
     UnknownProducerId,
 )
@@ -51,10 +52,14 @@ class OwnedFake(FakeBatchProducer):
         self.started = True
 
     async def stop(self, *, flush_timeout_s: float | None = None) -> None:
+        self._fail_pending(ProducerClosed())  # what the flush did not deliver
         self.closed_with = f"stop within {flush_timeout_s}"
 
     async def abandon(self, reason: BaseException) -> None:
+        self._fail_pending(reason)
         self.closed_with = reason
+
+    def _fail_pending(self, reason: BaseException) -> None:
         for sent in self.sent:
             if not sent.ack.done():
                 sent.ack.set_exception(reason)
@@ -265,3 +270,28 @@ async def test_a_producer_stuck_again_after_a_replacement_waits_twice_as_long(
     await until(lambda: harness.producer.problem is not None)
     harness.clock.now += 31
     await until(lambda: harness.renewals == 4)
+
+
+async def test_writes_cut_short_by_stop_start_no_replacement() -> None:
+    harness = Harness()
+    await harness.producer.start()
+    await harness.send()  # never acknowledged: stop fails it
+    with capture_logs() as logs:
+        await harness.producer.stop()
+        await asyncio.sleep(0.05)
+
+    assert len(harness.factory.made) == 1, "a producer was made after stop"
+    assert harness.renewals == 0
+    assert [entry["event"] for entry in logs] == []
+
+
+async def test_a_replacement_that_fails_unexpectedly_is_retried_not_given_up(
+    harness: Harness,
+) -> None:
+    harness.factory.start_errors = [RuntimeError("unexpected")]
+    harness.factory.current.failure = KafkaConnectionError()
+    with capture_logs() as logs:
+        await until(lambda: harness.renewals == 1)
+
+    assert harness.producer.problem is None
+    assert "kafka.producer_start_failed" in [entry["event"] for entry in logs]

@@ -376,3 +376,13 @@ async def test_readiness_says_commit_failing_until_an_offsets_commit_succeeds() 
     events = [entry["event"] for entry in logs]
     assert events.count("batch.commit_failed") == 1, "one line per streak"
     assert events.count("batch.commit_recovered") == 1
+
+
+async def test_a_rebalance_clears_a_failure_of_partitions_it_moved() -> None:
+    async with running() as worker:
+        worker.guarantee.failures = [CommitFailed(CommitFailedError())]
+        worker.consumer.batches.put_nowait({P0: [Record(0, 5, delivery(1))]})
+        await until(lambda: worker.unready() == "commit_failing")
+        await worker.consumer.listener.on_partitions_revoked({P0})
+
+        assert worker.unready() is None, "an idle worker would say commit_failing forever"
