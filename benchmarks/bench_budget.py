@@ -8,7 +8,7 @@ writes (a `received-at` per millisecond, as live traffic has), packed into Kafka
 record batches per raw partition (6) in fetches of `worker.max_batch_records`.
 
 - `read`: aiokafka reading the fetched batches into ConsumerRecords, as its fetcher
-  does (through processor.unreadable, as in the worker);
+  does (through processor.kafka.unreadable, as in the worker);
 - `decode`: `decode_delivery`, the contract check;
 - `route`: the rest of `Router.route`: topic, headers, the carried headers;
 - `dedup`: `Dedup.screen` and `remember` (dedup on, as by default);
@@ -44,17 +44,17 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import ConsumerRecord
 from bench_route import RAW_PARTITIONS, make_deliveries
 
-from processor import unreadable
-from processor.batching import produce_batch
-from processor.checkpoint import AtLeastOnce
 from processor.config import Config, LoggingConfig
-from processor.dedup import Dedup, Restored
+from processor.contract.headers import RECEIVED_AT, format_received_at
+from processor.dedup.screen import Dedup, Restored
 from processor.events import decode_delivery
-from processor.headers import RECEIVED_AT, format_received_at
+from processor.kafka import unreadable
+from processor.kafka.batching import produce_batch
+from processor.kafka.topics import all_topics
 from processor.logging import configure_logging
 from processor.routing import Router
-from processor.topics import all_topics
-from processor.worker import Worker
+from processor.worker.checkpoint import AtLeastOnce
+from processor.worker.loop import Worker
 
 # The unit tests' consumer stand-in hands the worker its fetches.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -2,7 +2,7 @@
 
 Variants, each run in a process of its own so that the RSS it grows is its alone:
 
-- `idwindow`: `processor.idwindow.IdWindow` with its production defaults (its merges
+- `idwindow`: `processor.dedup.idwindow.IdWindow` with its production defaults (its merges
   run a slice at a time within remember and evict);
 - `idwindow+mmap`: the same under `MALLOC_MMAP_THRESHOLD_=1048576`. glibc's threshold
   otherwise rises to 32 MB as big arrays are freed, and then keeps the freed arrays
@@ -52,7 +52,7 @@ from typing import Any, Final, Protocol
 
 import numpy as np
 
-from processor.idwindow import IdWindow
+from processor.dedup.idwindow import IdWindow
 
 BATCH: Final = 2_000  # ids per call: what the worker checks per batch
 WINDOW_S: Final = 345_600.0  # dedup.window_s: 4 days

@@ -48,9 +48,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from processor.config import Config, IngressConfig, KafkaConfig, LoggingConfig, TopicsConfig
 from processor.devtools.broker import LocalBroker
 from processor.devtools.ports import free_port
-from processor.ingress import run_ingress
+from processor.ingress.app import run_ingress
+from processor.ingress.signing import sign_hmac_sha256
 from processor.logging import configure_logging
-from processor.signing import sign_hmac_sha256
 
 SECRET = "benchmark-signing-secret"  # noqa: S105 (signs synthetic deliveries only)
 SERVERS = ("bare", "bare+log", "ingress", "ingress+log")

@@ -2,7 +2,7 @@
 
 What a worker does when it is assigned a raw partition: `Dedup.assigned` reads the
 partition of the changelog topic from its start to its end with the worker's own
-reader (`processor.changelog.KafkaChangelog`: read_committed, big fetches) and loads
+reader (`processor.dedup.changelog.KafkaChangelog`: read_committed, big fetches) and loads
 it into a fresh IdWindow. The benchmark writes N changelog records (as the worker
 writes them: key = the delivery id, value = id hash + fingerprint) to one partition,
 then times that restore R times and prints ids/s, wall and CPU seconds.
@@ -27,11 +27,11 @@ import msgspec
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from processor.batching import produce_batch
-from processor.changelog import KafkaChangelog
 from processor.config import Config, KafkaConfig, TopicsConfig
-from processor.dedup import ChangelogRecord, Dedup, pack_entry
-from processor.idwindow import id_hash
+from processor.dedup.changelog import KafkaChangelog
+from processor.dedup.idwindow import id_hash
+from processor.dedup.screen import ChangelogRecord, Dedup, pack_entry
+from processor.kafka.batching import produce_batch
 
 TOPIC: Final = "bench.dedup.restore"
 CHUNK: Final = 50_000  # records per produce_batch while loading

@@ -6,22 +6,22 @@ Loads N deliveries and the provider's retries of some of them into a fresh raw t
 the whole topic, each with a consumer group, output topics and (dedup on) a dedup
 changelog topic of its own:
 
-- `worker-alo`:         `processor.worker.Worker` with the default config: at least
+- `worker-alo`:         `processor.worker.loop.Worker` with the default config: at least
                         once, dedup on;
 - `worker-alo-nodedup`: at least once, dedup off;
 - `worker-eos`:         exactly once (a transaction per raw partition per batch),
                         dedup on;
 - `worker-eos-nodedup`: exactly once, dedup off;
 - `bare`:   the worker's loop without decoding: `getmany`, every record passed through
-            unchanged to one topic with `processor.batching.produce_batch`, wait for
+            unchanged to one topic with `processor.kafka.batching.produce_batch`, wait for
             the acks, commit;
 - `naive`:  the same loop producing with one `producer.send()` per record, then
             awaiting all the futures, then committing.
 
 All of them use the worker's own producer and consumer settings
-(`processor.kafka_clients.worker_producer_options` / `worker_consumer_options`:
+(`processor.kafka.clients.worker_producer_options` / `worker_consumer_options`:
 acks=all, idempotence, manual commit, `worker.max_batch_records` per `getmany`).
-Topics are created with `processor.topics.create_topics` (the changelog compacted, as
+Topics are created with `processor.kafka.topics.create_topics` (the changelog compacted, as
 deployed) and written to a little before each run, as the broker is slow on the
 first writes to a new partition (`Bench.warm_up`).
 
@@ -98,21 +98,21 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import GroupCoordinatorNotAvailableError
 
-from processor.batching import produce_batch
 from processor.config import Config, KafkaConfig, LoggingConfig, TopicsConfig
+from processor.contract.headers import DELIVERY_ID
 from processor.devtools.broker import LocalBroker
-from processor.headers import DELIVERY_ID
-from processor.kafka_clients import (
+from processor.kafka.batching import produce_batch
+from processor.kafka.clients import (
     client_options,
     read_to_end,
     worker_consumer_options,
     worker_producer_options,
 )
+from processor.kafka.topics import all_topics, create_topics
 from processor.logging import configure_logging
 from processor.metrics import WorkerMetrics
 from processor.routing import Outcome
-from processor.topics import all_topics, create_topics
-from processor.worker import Worker
+from processor.worker.loop import Worker
 
 RAW_PARTITIONS: Final = 6
 USERS: Final = 1000

@@ -9,7 +9,7 @@ them, its topics, group and switches through the environment; its log goes to a 
 Its RSS is read from /proc/<pid>/status (VmRSS; VmHWM is the peak) once 100,000 are
 done, then every tenth of the run (every 1,000,000 records, every 100,000 requests).
 
-Worker soaks: topics made with `processor.topics.create_topics` (6 raw partitions;
+Worker soaks: topics made with `processor.kafka.topics.create_topics` (6 raw partitions;
 every topic keeps 128 MiB a partition, so a 10M run does not fill the disk), and a
 loader in this process keeping the raw topic fed with `produce_batch`, 10,000 records
 a chunk, at most 200,000 ahead of the worker. Progress is the worker's committed
@@ -24,7 +24,7 @@ without a route, 1 % truncated JSON (dead-lettered, one warning each in the log)
   after the first pass every valid record is a retry, looked up and suppressed (the
   truncated 1 % still go to the DLQ), and the window holds 50,000 ids. The bar applies.
   (A short `dedup.window_s` does not make a flat soak: expired ids are dropped at most
-  every 60 s (`processor.dedup.EVICT_EVERY_S`), and the oldest segment once about a
+  every 60 s (`processor.dedup.screen.EVICT_EVERY_S`), and the oldest segment once about a
   quarter of it has expired, so the window settles at a few minutes of ids, millions
   at these rates, only after millions of records: bounded, but far above the 100k
   sample by design.)
@@ -91,16 +91,16 @@ from aiokafka.errors import GroupCoordinatorNotAvailableError
 from bench_ingress import WRK_POOL
 from prometheus_client.parser import text_string_to_metric_families
 
-from processor.batching import produce_batch
 from processor.config import Config, LoggingConfig, load_config
+from processor.contract.headers import CONTENT_TYPE, DELIVERY_ID, EVENT, RECEIVED_AT
 from processor.devtools.broker import LocalBroker
 from processor.devtools.ports import free_port
-from processor.headers import CONTENT_TYPE, DELIVERY_ID, EVENT, RECEIVED_AT
-from processor.kafka_clients import client_options, worker_producer_options
+from processor.ingress.publisher import RawRecord
+from processor.ingress.signing import sign_hmac_sha256
+from processor.kafka.batching import produce_batch
+from processor.kafka.clients import client_options, worker_producer_options
+from processor.kafka.topics import all_topics, create_topics
 from processor.logging import configure_logging
-from processor.publisher import RawRecord
-from processor.signing import sign_hmac_sha256
-from processor.topics import all_topics, create_topics
 
 REPO: Final = Path(__file__).resolve().parent.parent
 CONFIG: Final = REPO / "config.yaml"

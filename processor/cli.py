@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 
 from processor.config import Config, load_config
 from processor.errors import ContractError, DevToolsMissing, ProcessorError
-from processor.ingress import run_ingress
+from processor.ingress.app import run_ingress
+from processor.kafka.topics import create_topics
 from processor.logging import configure_logging
-from processor.topics import create_topics
-from processor.worker import run_worker
+from processor.worker.loop import run_worker
 
 if TYPE_CHECKING:
     from processor.devtools.broker import LocalBroker
@@ -119,7 +119,7 @@ def topics_create(args: argparse.Namespace, config: Config) -> int:
 
 
 def replay(args: argparse.Namespace, config: Config) -> int:
-    from processor.replay import ReplayFilters, run_replay
+    from processor.ops.replay import ReplayFilters, run_replay
 
     filters = ReplayFilters(
         source=args.source,
@@ -135,16 +135,16 @@ def replay(args: argparse.Namespace, config: Config) -> int:
 
 def schema(args: argparse.Namespace, config: Config) -> int:
     if args.asyncapi:
-        from processor.asyncapi import asyncapi_yaml
+        from processor.contract.asyncapi import asyncapi_yaml
 
         sys.stdout.write(asyncapi_yaml(config))
         return 0
-    from processor.contract import contract_document, contract_json
+    from processor.contract.schema import contract_document, contract_json
 
     if args.check is None:
         sys.stdout.write(contract_json(config))
         return 0
-    from processor.compat import contract_breaks
+    from processor.contract.compat import contract_breaks
 
     try:
         promised = json.loads(args.check.read_text(encoding="utf-8"))
@@ -168,7 +168,7 @@ def schema(args: argparse.Namespace, config: Config) -> int:
 
 
 def tail(args: argparse.Namespace, config: Config) -> int:
-    from processor.tail import TailOptions, run_tail
+    from processor.ops.tail import TailOptions, run_tail
 
     options = TailOptions(
         topic=args.topic,

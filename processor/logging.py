@@ -4,7 +4,7 @@ Every process calls `configure_logging` once at start-up; modules then take a
 logger with `structlog.get_logger(__name__)` and pass the delivery id, topic,
 partition and offset as keys of the line where they exist (`delivery_id=`,
 `topic=`, ...). Events are named `noun.verb` (`batch.committed`, `ingress.rejected`).
-aiokafka's per-attempt retry lines stay out above DEBUG (processor.connectivity).
+aiokafka's per-attempt retry lines stay out above DEBUG (processor.kafka.connectivity).
 
 Our own lines take structlog's native path (render, write, no standard-library
 record in between): the ingress writes one per request, and this path costs a few
@@ -23,7 +23,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from processor.config import LoggingConfig
-from processor.connectivity import RetryNoiseFilter
+from processor.kafka.connectivity import RetryNoiseFilter
 
 __all__ = ["configure_logging"]
 

@@ -13,7 +13,7 @@ The value always travels as the bytes that were read; routing facts go in header
   letter or digit, so no topic can be named after it;
 - `RecordError`: the Kafka record itself could not be read (a header name that is
   not UTF-8, a compression codec or batch that cannot be read; see
-  `processor.recordbatch`): key and value are the record's where they could be
+  `processor.kafka.recordbatch`): key and value are the record's where they could be
   read, else the value is the whole record batch, as Kafka stores it;
 - `InternalError`: a bug in this module, caught so the record is parked, not lost.
 
@@ -33,8 +33,7 @@ from typing import Final, Literal, NamedTuple, Protocol, get_args
 import msgspec
 
 from processor.config import RoutingConfig, TopicsConfig
-from processor.events import MAX_IDENTIFIER_LENGTH, InvalidDelivery, decode_delivery
-from processor.headers import (
+from processor.contract.headers import (
     CONTENT_TYPE,
     DELIVERY_ID,
     ERROR_CLASS,
@@ -51,8 +50,9 @@ from processor.headers import (
     format_received_at,
     timestamp_received_at,
 )
-from processor.naming import normalise_status
-from processor.recordbatch import UNREADABLE_HEADER, unreadable_reason
+from processor.contract.naming import normalise_status
+from processor.events import MAX_IDENTIFIER_LENGTH, InvalidDelivery, decode_delivery
+from processor.kafka.recordbatch import UNREADABLE_HEADER, unreadable_reason
 
 __all__ = ["OUTCOMES", "Outcome", "Routed", "Router", "Rule", "SourceRecord"]
 
@@ -104,7 +104,7 @@ class Routed(msgspec.Struct, frozen=True, gc=False):
     outcome: Outcome
     delivery_id: str | None
     error: str | None  # for dlq: the error message, for logs
-    partition: None = None  # by key (processor.batching)
+    partition: None = None  # by key (processor.kafka.batching)
     replayed: bool = False  # the raw record came from `processor replay`
 
 

@@ -26,7 +26,7 @@ from processor.config import Config, KafkaConfig, TopicsConfig
 from processor.devtools.broker import LocalBroker
 from processor.devtools.jars import KAFKA_VERSION, kafka_libs
 from processor.devtools.ports import free_port
-from processor.topics import create_topics as create_pipeline_topics
+from processor.kafka.topics import create_topics as create_pipeline_topics
 from tests.harness import REPO, SpawnWorker, worker_env
 
 CreateTopics = Callable[..., Awaitable[None]]

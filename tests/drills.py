@@ -34,7 +34,7 @@ from aiokafka.partitioner import murmur2
 
 from processor.config import Config, KafkaConfig, TopicsConfig
 from processor.devtools.ports import free_port
-from processor.topics import create_topics
+from processor.kafka.topics import create_topics
 from tests.harness import REPO, read_all_outputs, read_topic
 from tests.ingress_harness import SECRET, delivery, signed
 

@@ -17,11 +17,11 @@ from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from processor.batching import produce_batch
 from processor.config import Config
-from processor.kafka_clients import read_to_end
-from processor.topics import output_topics
-from processor.worker import Worker
+from processor.kafka.batching import produce_batch
+from processor.kafka.clients import read_to_end
+from processor.kafka.topics import output_topics
+from processor.worker.loop import Worker
 from tests.deliveries import Delivery
 
 REPO = Path(__file__).resolve().parents[1]

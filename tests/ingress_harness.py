@@ -1,6 +1,6 @@
 """The ingress served in-process for tests, the way `run_ingress` serves it.
 
-`serving(config, publisher)` listens on a free port with `processor.ingress_server.listen`
+`serving(config, publisher)` listens on a free port with `processor.ingress.server.listen`
 (the production server set-up: timeouts, header limits, JSON for aiohttp's own errors),
 so tests see what a provider would, down to raw sockets.
 """
@@ -20,14 +20,14 @@ import msgspec
 from prometheus_client import CollectorRegistry
 
 from processor.config import Config, LoggingConfig
-from processor.connectivity import Connectivity
-from processor.ingress import create_app
-from processor.ingress_server import listen
+from processor.ingress.app import create_app
+from processor.ingress.publisher import Publisher, RawRecord
+from processor.ingress.server import listen
+from processor.ingress.signing import sign_hmac_sha256
+from processor.kafka.clients import ingress_producer_options, renewing_producer
+from processor.kafka.connectivity import Connectivity
 from processor.kafka.producers import RenewingProducer
-from processor.kafka_clients import ingress_producer_options, renewing_producer
 from processor.logging import configure_logging
-from processor.publisher import Publisher, RawRecord
-from processor.signing import sign_hmac_sha256
 
 SECRET = "current-signing-secret-4f1c"
 OLD_SECRET = "previous-signing-secret-9a2e"

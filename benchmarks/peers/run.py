@@ -100,10 +100,10 @@ from bench_route import (
 
 from processor.config import Config, KafkaConfig, LoggingConfig, TopicsConfig
 from processor.devtools.broker import LocalBroker
-from processor.kafka_clients import client_options, read_to_end
+from processor.kafka.clients import client_options, read_to_end
+from processor.kafka.topics import all_topics, create_topics
 from processor.logging import configure_logging
 from processor.routing import Router
-from processor.topics import all_topics, create_topics
 
 HERE: Final = Path(__file__).resolve().parent
 ROOT: Final = HERE.parents[1]

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from processor.naming import uses_status
+from processor.contract.naming import uses_status
 
 __all__ = [
     "HEADROOM_BYTES",
@@ -187,7 +187,7 @@ class WorkerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # read_committed subscribers of its partitions wait for it at most this long. Longer
     # than produce_timeout_s, so a live worker gives a transaction up before Kafka does.
     transaction_timeout_ms: PositiveInt = 60_000
-    # The DLQ circuit breaker (processor.breaker): a partition is paused when more than
+    # The DLQ circuit breaker (processor.worker.breaker): a partition is paused when more than
     # this share of its last dlq_window_records went to the DLQ (1.0 turns it off)...
     dlq_max_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
     dlq_window_records: PositiveInt = 1_000

@@ -24,8 +24,8 @@ import msgspec
 
 from processor.config import Config
 from processor.devtools.broker import LocalBroker
+from processor.kafka.topics import all_topics, create_topics
 from processor.shutdown import stop_on_signals
-from processor.topics import all_topics, create_topics
 
 __all__ = ["DevOptions", "run_dev", "stop_processes"]
 

@@ -115,7 +115,7 @@ def wrap_connect(
 
 def read_fetched_records_with(factory: Callable[[bytes], Any]) -> None:
     """From now on, in this process, the fetcher reads each partition's fetched bytes with
-    `factory(data)` instead of `MemoryRecords(data)` (processor.unreadable's reader).
+    `factory(data)` instead of `MemoryRecords(data)` (processor.kafka.unreadable's reader).
     Idempotent for one factory; another would replace a replacement, which is a bug."""
     current = fetcher.MemoryRecords
     if current is not factory and current is not MemoryRecords:

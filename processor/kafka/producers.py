@@ -41,8 +41,8 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 
-from processor.batching import BatchBuilder, BatchProducer
 from processor.kafka.aiokafka_internals import abandon, sender_failure
+from processor.kafka.batching import BatchBuilder, BatchProducer
 
 __all__ = ["BoundedProducer", "ProducerRenewing", "RenewingProducer", "leaves_producer_unusable"]
 

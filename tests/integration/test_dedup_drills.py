@@ -24,7 +24,7 @@ import pytest
 
 from processor.config import Config, KafkaConfig
 from processor.devtools.broker import LocalBroker
-from processor.topics import create_topics
+from processor.kafka.topics import create_topics
 from tests.deliveries import Delivery, mixed_stream, with_retries
 from tests.drills import error_lines
 from tests.harness import (

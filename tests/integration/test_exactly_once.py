@@ -15,8 +15,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import ProducerFenced
 
 from processor.config import Config
-from processor.kafka_clients import read_to_end
-from processor.topics import create_topics
+from processor.kafka.clients import read_to_end
+from processor.kafka.topics import create_topics
 from tests.deliveries import mixed_stream, with_retries
 from tests.harness import assert_each_delivered, produce_raw, read_outputs, worker_running
 

@@ -28,9 +28,9 @@ from processor.config import Config, IngressConfig, KafkaConfig
 from processor.devtools.broker import LocalBroker
 from processor.devtools.ports import free_port
 from processor.errors import BrokerUnavailable
-from processor.ingress import READY_TIMEOUT_S, run_ingress
+from processor.ingress.app import READY_TIMEOUT_S, run_ingress
+from processor.ingress.publisher import KafkaPublisher
 from processor.kafka.producers import RenewingProducer
-from processor.publisher import KafkaPublisher
 from tests.harness import read_topic
 from tests.ingress_harness import (
     SECRET,
@@ -303,7 +303,7 @@ async def test_sigterm_finishes_in_flight_deliveries_and_exits_zero(
     script = (
         "import asyncio\n"
         "from processor.config import load_config\n"
-        "from processor.ingress import run_ingress\n"
+        "from processor.ingress.app import run_ingress\n"
         "from processor.logging import configure_logging\n"
         "config = load_config(None)\n"
         "configure_logging(config.logging)\n"

@@ -24,11 +24,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, OutOfOrderSequenceNumber
 from prometheus_client import CollectorRegistry
 
-from processor.batching import produce_batch
-from processor.connectivity import Connectivity
 from processor.devtools.broker import LocalBroker
+from processor.ingress.publisher import RawRecord
+from processor.kafka.batching import produce_batch
+from processor.kafka.connectivity import Connectivity
 from processor.kafka.producers import BoundedProducer, RenewingProducer
-from processor.publisher import RawRecord
 from tests.cluster import LocalCluster
 from tests.drills import partition_of, users_per_partition
 from tests.harness import read_topic

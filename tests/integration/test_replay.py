@@ -15,9 +15,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from processor.config import Config
-from processor.kafka_clients import partitions_of, read_to_end
-from processor.replay import ReplayFilters, replay
-from processor.topics import create_topics
+from processor.kafka.clients import partitions_of, read_to_end
+from processor.kafka.topics import create_topics
+from processor.ops.replay import ReplayFilters, replay
 from tests.deliveries import Delivery, integration_event
 from tests.harness import (
     REPO,

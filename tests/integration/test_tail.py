@@ -19,10 +19,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from processor import tail as tail_module
 from processor.config import Config, KafkaConfig, TopicsConfig
-from processor.tail import Shown, TailOptions, tail
-from processor.topics import create_topics
+from processor.kafka.topics import create_topics
+from processor.ops import tail as tail_module
+from processor.ops.tail import Shown, TailOptions, tail
 from tests.deliveries import SPEC_EXAMPLE, Delivery, integration_event
 from tests.harness import REPO, produce_raw, read_outputs, worker_env, worker_running
 from tests.readme import readme_commands

@@ -22,8 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from processor.config import Config, KafkaConfig
 from processor.devtools.broker import LocalBroker
 from processor.devtools.ports import free_port
-from processor.topics import create_topics
-from processor.worker import Worker
+from processor.kafka.topics import create_topics
+from processor.worker.loop import Worker
 from tests.deliveries import Delivery, integration_event, mixed_stream
 from tests.harness import (
     BATCH,

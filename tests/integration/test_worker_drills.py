@@ -21,9 +21,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from processor.config import Config, KafkaConfig
 from processor.devtools.broker import LocalBroker
+from processor.kafka.topics import all_topics, create_topics
 from processor.metrics import WorkerMetrics
-from processor.topics import all_topics, create_topics
-from processor.worker import Worker
+from processor.worker.loop import Worker
 from tests.deliveries import mixed_stream
 from tests.harness import (
     SpawnWorker,

@@ -1,6 +1,6 @@
 """A producer without a broker, for what `produce_batch` and the group commit decide.
 
-`FakeBatchProducer` has exactly what `processor.batching.BatchProducer` asks of aiokafka's
+`FakeBatchProducer` has exactly what `processor.kafka.batching.BatchProducer` asks of aiokafka's
 producer. It records every batch it is sent and hands back an ack future the test
 completes, fails or cancels, as Kafka (or a stopping producer) would.
 """
@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from processor.batching import BatchBuilder
+from processor.kafka.batching import BatchBuilder
 
 
 class Appended(NamedTuple):

@@ -17,8 +17,8 @@ from jsonschema import Draft7Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT7, DRAFT202012
 
-from processor.asyncapi import asyncapi_document, asyncapi_yaml
 from processor.config import Config, KafkaConfig, load_config
+from processor.contract.asyncapi import asyncapi_document, asyncapi_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKED_IN = ROOT / "docs" / "asyncapi.yaml"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from aiokafka import TopicPartition
 
-from processor.breaker import Breakers, DlqBreaker, Trip
+from processor.worker.breaker import Breakers, DlqBreaker, Trip
 
 P0 = TopicPartition("webhooks.raw", 0)
 P1 = TopicPartition("webhooks.raw", 1)

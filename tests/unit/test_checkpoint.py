@@ -15,8 +15,8 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
-from processor.checkpoint import AtLeastOnce, CommitFailed, ProduceFailed
-from processor.publisher import RawRecord
+from processor.ingress.publisher import RawRecord
+from processor.worker.checkpoint import AtLeastOnce, CommitFailed, ProduceFailed
 from tests.unit.fake_producer import FakeBatchProducer
 
 RAW0 = TopicPartition("webhooks.raw", 0)

@@ -12,7 +12,7 @@ import yaml
 
 from processor.cli import build_parser, main
 from processor.config import load_config
-from processor.contract import contract_json
+from processor.contract.schema import contract_json
 
 CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
 
@@ -138,6 +138,11 @@ def test_the_worker_and_ingress_do_not_import_the_subscriber_tools() -> None:
         capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
 
-    assert "processor.worker" in loaded
-    for lazy in ("processor.tail", "processor.asyncapi", "processor.contract", "processor.compat"):
+    assert "processor.worker.loop" in loaded
+    for lazy in (
+        "processor.ops.tail",
+        "processor.contract.asyncapi",
+        "processor.contract.schema",
+        "processor.contract.compat",
+    ):
         assert lazy not in loaded

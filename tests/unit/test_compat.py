@@ -1,4 +1,4 @@
-"""Which changes of a schema break a subscriber: `processor.compat` on small schemas."""
+"""Which changes of a schema break a subscriber: `processor.contract.compat` on small schemas."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from processor.compat import breaking_changes, contract_breaks
+from processor.contract.compat import breaking_changes, contract_breaks
 from processor.errors import ContractError
 
 NULLABLE_STR = {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None}

@@ -173,7 +173,7 @@ def test_a_non_numeric_metrics_port_names_the_variable() -> None:
 
 
 def test_group_instance_id_takes_the_host_name(tmp_path: Path) -> None:
-    from processor.kafka_clients import group_instance_id
+    from processor.kafka.clients import group_instance_id
 
     config = load_config(None, env={"PROCESSOR_WORKER__GROUP_INSTANCE_ID": "worker-{hostname}"})
 

@@ -12,11 +12,11 @@ import msgspec
 import pytest
 from jsonschema import Draft202012Validator
 
-from processor.compat import contract_breaks
 from processor.config import Config, Route, load_config
-from processor.contract import contract_document, contract_json, topic_contracts
+from processor.contract.compat import contract_breaks
+from processor.contract.schema import contract_document, contract_json, topic_contracts
 from processor.events import DATA_TYPES, BaseData, IntegrationData, StatusData
-from processor.topics import all_topics
+from processor.kafka.topics import all_topics
 from tests.deliveries import SPEC_EXAMPLE
 
 ROOT = Path(__file__).resolve().parents[2]

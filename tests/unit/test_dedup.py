@@ -7,8 +7,8 @@ import pytest
 from aiokafka import TopicPartition
 
 from processor.config import RoutingConfig, TopicsConfig
-from processor.dedup import ChangelogRecord, Dedup, Restored, pack_entry
-from processor.idwindow import fingerprint, id_hash
+from processor.dedup.idwindow import fingerprint, id_hash
+from processor.dedup.screen import ChangelogRecord, Dedup, Restored, pack_entry
 from processor.routing import Routed, Router
 from tests.deliveries import integration_event
 from tests.unit.worker_fakes import Record

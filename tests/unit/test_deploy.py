@@ -18,14 +18,14 @@ from typing import Any
 import pytest
 import yaml
 
-from processor import worker_http
 from processor.config import Config, load_config
 from processor.devtools.jars import KAFKA_VERSION
 from processor.errors import ConfigError
-from processor.ingress import create_app
+from processor.ingress.app import create_app
+from processor.ingress.signing import build_verifier
+from processor.kafka.topics import all_topics, topic_configs
 from processor.metrics import WorkerMetrics
-from processor.signing import build_verifier
-from processor.topics import all_topics, topic_configs
+from processor.worker import http as worker_http
 from tests.ingress_harness import RecordingPublisher
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -315,7 +315,7 @@ def sent_to_docker(path: str) -> bool:
 
 
 def module_file(name: str) -> str:
-    """`processor.worker` -> `processor/worker.py`; a package -> its `__init__.py`."""
+    """`processor.worker.loop` -> `processor/worker/loop.py`; a package -> its `__init__.py`."""
     base = ROOT / name.replace(".", "/")
     path = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
     assert path.is_file(), name
@@ -334,9 +334,12 @@ def runtime_modules() -> list[str]:
 
 
 def test_runtime_commands_never_import_the_dev_tooling(runtime_modules: list[str]) -> None:
-    assert {"processor.cli", "processor.worker", "processor.ingress", "processor.topics"} <= set(
-        runtime_modules
-    )
+    assert {
+        "processor.cli",
+        "processor.worker.loop",
+        "processor.ingress.app",
+        "processor.kafka.topics",
+    } <= set(runtime_modules)
     assert [name for name in runtime_modules if name.startswith("processor.devtools")] == []
 
 

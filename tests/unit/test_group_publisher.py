@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaError, KafkaTimeoutError, NotEnoughReplicasError
 
-from processor.batching import BatchProducer, OutgoingRecord, produce_batch
-from processor.publisher import GroupPublisher, RawRecord
+from processor.ingress.publisher import GroupPublisher, RawRecord
+from processor.kafka.batching import BatchProducer, OutgoingRecord, produce_batch
 from tests.ingress_harness import captured_logs
 from tests.unit.fake_producer import FakeBatchProducer
 
@@ -63,7 +63,7 @@ def groups(monkeypatch: pytest.MonkeyPatch) -> list[list[OutgoingRecord]]:
         calls.append(list(records))
         return await produce_batch(producer, calls[-1])
 
-    monkeypatch.setattr("processor.publisher.produce_batch", recording)
+    monkeypatch.setattr("processor.ingress.publisher.produce_batch", recording)
     return calls
 
 

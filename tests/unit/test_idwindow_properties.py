@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor.idwindow import IdWindow
+from processor.dedup.idwindow import IdWindow
 
 WINDOW = 100.0
 # Few ids, so they are written again; top bits shared and extremes, for the directory.

@@ -21,7 +21,7 @@ from aiokafka.errors import KafkaConnectionError
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from processor.signing import sign_hmac_sha256
+from processor.ingress.signing import sign_hmac_sha256
 from tests.ingress_harness import SECRET, RecordingPublisher, Serve, Served, captured_logs
 
 MARKER = b"FUZZ-MARKER-93c1d7"

@@ -18,8 +18,8 @@ import pytest
 
 from processor.config import Config
 from processor.errors import ConfigError
-from processor.ingress import run_ingress
-from processor.signing import sign_hmac_sha256
+from processor.ingress.app import run_ingress
+from processor.ingress.signing import sign_hmac_sha256
 from tests.ingress_harness import (
     OLD_SECRET,
     SECRET,

@@ -1,4 +1,4 @@
-"""The README says what the code does: its header tables come from processor.headers."""
+"""The README says what the code does: its header tables come from processor.contract.headers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from processor.headers import DERIVED_HEADERS, DLQ_HEADERS, RAW_HEADERS, Header
+from processor.contract.headers import DERIVED_HEADERS, DLQ_HEADERS, RAW_HEADERS, Header
 from tests.readme import README, readme_commands
 
 ROOT = Path(__file__).resolve().parents[2]

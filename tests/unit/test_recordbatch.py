@@ -2,7 +2,7 @@
 
 The batches are built byte for byte (tests/kafka_wire.py) as another client could
 write them; aiokafka's own fetcher path is exercised through the MemoryRecords that
-`processor.unreadable` installs, with the fetcher's own record loop.
+`processor.kafka.unreadable` installs, with the fetcher's own record loop.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 from aiokafka.consumer.fetcher import PartitionRecords
 from aiokafka.structs import TopicPartition
 
-from processor import unreadable
 from processor.config import RoutingConfig, TopicsConfig
-from processor.recordbatch import UNREADABLE_HEADER, read_batch, unreadable_reason
+from processor.kafka import unreadable
+from processor.kafka.recordbatch import UNREADABLE_HEADER, read_batch, unreadable_reason
 from processor.routing import Router
 from tests import kafka_wire as wire
 from tests.deliveries import SPEC_EXAMPLE

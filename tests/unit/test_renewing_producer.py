@@ -23,13 +23,13 @@ from aiokafka.errors import (
 )
 from structlog.testing import capture_logs
 
-from processor.batching import produce_batch
+from processor.ingress.publisher import RawRecord
+from processor.kafka.batching import produce_batch
 from processor.kafka.producers import (
     ProducerRenewing,
     RenewingProducer,
     leaves_producer_unusable,
 )
-from processor.publisher import RawRecord
 from tests.unit.fake_producer import FakeBatchProducer
 
 RECORD = RawRecord("raw", b"user_1", b"{}", [])

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from aiokafka.structs import ConsumerRecord
 
-from processor.replay import ReplayFilters, ReplaySummary, _choose
+from processor.ops.replay import ReplayFilters, ReplaySummary, _choose
 
 SINCE = datetime(2025, 1, 1, tzinfo=UTC)
 AFTER = int(datetime(2025, 6, 1, tzinfo=UTC).timestamp() * 1000)

@@ -8,7 +8,7 @@ import pytest
 
 from processor.config import KafkaConfig
 from processor.errors import BrokerUnavailable, TopicsMissing
-from processor.kafka_clients import connect
+from processor.kafka.clients import connect
 from processor.shutdown import unless_stopped
 
 

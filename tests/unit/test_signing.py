@@ -11,7 +11,7 @@ from multidict import CIMultiDict
 
 from processor.config import IngressConfig, load_config
 from processor.errors import ConfigError
-from processor.signing import (
+from processor.ingress.signing import (
     HmacSha256Verifier,
     NoVerification,
     SignatureError,

@@ -11,7 +11,7 @@ import pytest
 from aiokafka import ConsumerRecord
 
 from processor.config import Config, load_config
-from processor.tail import RecordReader, Shown, TailOptions, text_line
+from processor.ops.tail import RecordReader, Shown, TailOptions, text_line
 from tests.deliveries import SPEC_EXAMPLE, integration_event
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,9 +12,9 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError, ProducerFenced
 from structlog.testing import capture_logs
 
-from processor.checkpoint import ProduceFailed
-from processor.publisher import RawRecord
-from processor.transactions import ExactlyOnce, transactional_id
+from processor.ingress.publisher import RawRecord
+from processor.worker.checkpoint import ProduceFailed
+from processor.worker.exactly_once import ExactlyOnce, transactional_id
 from tests.unit.fake_producer import FakeBatchProducer
 
 P0 = TopicPartition("webhooks.raw", 0)

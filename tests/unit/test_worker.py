@@ -19,12 +19,12 @@ from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaTimeoutError, TopicAuthorizationFailedError
 from structlog.testing import capture_logs
 
-from processor.checkpoint import CommitFailed, ProduceFailed
 from processor.config import Config
 from processor.errors import TopicsMissing
+from processor.kafka.topics import all_topics
 from processor.metrics import WorkerMetrics
-from processor.topics import all_topics
-from processor.worker import Worker
+from processor.worker.checkpoint import CommitFailed, ProduceFailed
+from processor.worker.loop import Worker
 from tests.deliveries import integration_event
 from tests.unit.worker_fakes import RAW, Batch, FakeConsumer, FakeGuarantee, Record
 

@@ -10,7 +10,7 @@ import pytest
 from processor.devtools.ports import free_port
 from processor.errors import ConfigError
 from processor.metrics import WorkerMetrics
-from processor.worker_http import Unready, serve_health_and_metrics
+from processor.worker.http import Unready, serve_health_and_metrics
 
 HOST = "127.0.0.1"
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from processor.batching import OutgoingRecord
+from processor.kafka.batching import OutgoingRecord
 
 RAW = "webhooks.raw"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from job import parse_job, wait_for_start
 
-import processor.worker  # noqa: F401 - imported before `ready`, as the peers import theirs
+import processor.worker.loop  # noqa: F401 - imported before `ready`, as the peers import theirs
 from processor.cli import main as processor_main
 
 CONFIG = Path(__file__).resolve().parents[3] / "config.yaml"

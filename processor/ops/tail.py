@@ -22,10 +22,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from processor.config import Config
-from processor.contract import topic_contracts
-from processor.errors import TopicsMissing
-from processor.events import BaseData, InvalidDelivery, decode_envelope, decode_event
-from processor.headers import (
+from processor.contract.headers import (
     DELIVERY_ID,
     ERROR_CLASS,
     ERROR_MESSAGE,
@@ -35,7 +32,10 @@ from processor.headers import (
     UID,
     timestamp_received_at,
 )
-from processor.kafka_clients import (
+from processor.contract.schema import topic_contracts
+from processor.errors import TopicsMissing
+from processor.events import BaseData, InvalidDelivery, decode_envelope, decode_event
+from processor.kafka.clients import (
     client_options,
     connect,
     partitions_of,

@@ -1,12 +1,12 @@
 """The HTTP door: verify a delivery, persist its exact bytes, and only then say 202.
 
-`POST <ingress.path>` checks, in order (processor.ingress_checks): declared size
+`POST <ingress.path>` checks, in order (processor.ingress.checks): declared size
 (413), Content-Type and Content-Encoding (415), the body read within its size and
 time bounds (413, 408; gzip and deflate inflated), signature (401), UTF-8 and the
 envelope's `id`, `event` and `data.uid` (400); then produces the body to the raw
 topic with acks=all and answers `202 {"id": ...}` once Kafka has acknowledged, or
 `503` + `Retry-After` so the provider retries. Every other answer is JSON
-(processor.ingress_errors). Full validation is the worker's job; the ingress stays
+(processor.ingress.responses). Full validation is the worker's job; the ingress stays
 thin so it is never the bottleneck.
 
 Throughput comes from concurrency, not from cutting corners: requests in flight hand
@@ -25,12 +25,17 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from processor.allocator import return_freed_memory
 from processor.config import Config
-from processor.connectivity import Connectivity
-from processor.headers import CONTENT_TYPE, DELIVERY_ID, EVENT, RECEIVED_AT, format_received_at
+from processor.contract.headers import (
+    CONTENT_TYPE,
+    DELIVERY_ID,
+    EVENT,
+    RECEIVED_AT,
+    format_received_at,
+)
 from processor.http_probes import probe_routes
-from processor.ingress_checks import (
+from processor.ingress.allocator import return_freed_memory
+from processor.ingress.checks import (
     Envelope,
     check_content_encoding,
     check_content_type,
@@ -39,19 +44,20 @@ from processor.ingress_checks import (
     decode,
     read_body,
 )
-from processor.ingress_errors import INGRESS_METRICS, Refusal, errors_as_json
-from processor.ingress_server import Listener, listen
-from processor.kafka.producers import RenewingProducer
-from processor.kafka_clients import (
+from processor.ingress.publisher import KafkaPublisher, NotReady, Publisher, RawRecord
+from processor.ingress.responses import INGRESS_METRICS, Refusal, errors_as_json
+from processor.ingress.server import Listener, listen
+from processor.ingress.signing import NoVerification, SignatureError, Verifier, build_verifier
+from processor.kafka.clients import (
     connect,
     ingress_producer_options,
     renewing_producer,
     wait_until_reachable,
 )
+from processor.kafka.connectivity import Connectivity
+from processor.kafka.producers import RenewingProducer
 from processor.metrics import IngressMetrics
-from processor.publisher import KafkaPublisher, NotReady, Publisher, RawRecord
 from processor.shutdown import stop_on_signals
-from processor.signing import NoVerification, SignatureError, Verifier, build_verifier
 
 __all__ = ["READY_TIMEOUT_S", "create_app", "run_ingress"]
 

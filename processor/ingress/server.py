@@ -34,7 +34,7 @@ from aiohttp.http_parser import RawRequestMessage
 
 from processor.config import IngressConfig
 from processor.http_probes import cannot_listen
-from processor.ingress_errors import INGRESS_METRICS, error_response
+from processor.ingress.responses import INGRESS_METRICS, error_response
 from processor.metrics import IngressMetrics
 
 _RequestFactory = Callable[..., web.BaseRequest]
@@ -102,7 +102,7 @@ async def listen(app: web.Application, settings: IngressConfig) -> Listener:
         # connection (or the last answer) until a request is complete.
         "keepalive_timeout": settings.keepalive_timeout_s,
         "lingering_time": settings.linger_timeout_s,
-        # Bodies arrive as sent: processor.ingress_checks inflates gzip and deflate within
+        # Bodies arrive as sent: processor.ingress.checks inflates gzip and deflate within
         # ingress.max_body_bytes, and answers 415 for any other encoding.
         "auto_decompress": False,
         "max_headers": settings.max_headers,

@@ -30,10 +30,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import KafkaError
 from tqdm import tqdm
 
-from processor.batching import produce_batch
 from processor.config import Config
-from processor.errors import ConfigError, TopicsMissing
-from processor.headers import (
+from processor.contract.headers import (
     CONTENT_TYPE,
     DELIVERY_ID,
     ERROR_CLASS,
@@ -42,14 +40,16 @@ from processor.headers import (
     REPLAY_COUNT,
     REPLAY_OF,
 )
-from processor.kafka_clients import (
+from processor.errors import ConfigError, TopicsMissing
+from processor.ingress.publisher import RawRecord
+from processor.kafka.batching import produce_batch
+from processor.kafka.clients import (
     client_options,
     connect,
     partitions_of,
     read_to_end,
     wait_until_reachable,
 )
-from processor.publisher import RawRecord
 
 __all__ = ["ReplayFilters", "ReplaySummary", "replay"]
 

@@ -29,8 +29,8 @@ import structlog
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError, ProducerClosed, ProducerFenced
 
-from processor.batching import OutgoingRecord, produce_batch
-from processor.checkpoint import ProduceFailed, Producer
+from processor.kafka.batching import OutgoingRecord, produce_batch
+from processor.worker.checkpoint import ProduceFailed, Producer
 
 __all__ = ["ExactlyOnce", "TransactionalProducer", "transactional_id"]
 

@@ -15,7 +15,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from processor.config import HEADROOM_BYTES, Config
 from processor.errors import BrokerUnavailable
-from processor.kafka_clients import client_options
+from processor.kafka.clients import client_options
 from processor.routing import Router
 
 __all__ = [

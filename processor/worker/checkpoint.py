@@ -29,7 +29,7 @@ from typing import Protocol
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError, ProducerFenced
 
-from processor.batching import BatchProducer, OutgoingRecord, produce_batch
+from processor.kafka.batching import BatchProducer, OutgoingRecord, produce_batch
 
 __all__ = [
     "AtLeastOnce",

@@ -4,7 +4,7 @@
 wrong and what to do, and never quotes the body. Our checks raise `Refusal`; what
 aiohttp's router raises (404, 405), a client that leaves and our own bugs go through
 `errors_as_json`; what aiohttp's HTTP parser refuses, through the connection class in
-processor.ingress_server.
+processor.ingress.server.
 """
 
 from __future__ import annotations

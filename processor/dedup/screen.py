@@ -32,7 +32,7 @@ import structlog
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from processor.idwindow import IdWindow, fingerprint, id_hash
+from processor.dedup.idwindow import IdWindow, fingerprint, id_hash
 from processor.routing import Routed
 
 __all__ = ["ChangelogReader", "ChangelogRecord", "Dedup", "Restored", "Screened", "pack_entry"]

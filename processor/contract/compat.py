@@ -10,7 +10,7 @@ under the old one while new ones arrive under the new one. So a change breaks it
 
 Additions pass: a new optional field or header, a new topic, and a required field
 becoming optional. Constraints within a type (lengths, patterns, bounds) are not
-compared. The schemas are the JSON Schemas `processor.contract` generates: `$ref`s
+compared. The schemas are the JSON Schemas `processor.contract.schema` generates: `$ref`s
 point into the same document, nullable fields are `anyOf`.
 """
 

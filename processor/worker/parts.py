@@ -14,20 +14,20 @@ from typing import Any, Protocol, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
-from processor.changelog import KafkaChangelog
-from processor.checkpoint import AtLeastOnce, Guarantee
 from processor.config import Config
-from processor.connectivity import Connectivity
-from processor.dedup import Dedup
+from processor.dedup.changelog import KafkaChangelog
+from processor.dedup.screen import Dedup
 from processor.kafka.aiokafka_internals import client_of
-from processor.kafka.producers import BoundedProducer
-from processor.kafka_clients import (
+from processor.kafka.clients import (
     renewing_producer,
     worker_consumer_options,
     worker_producer_options,
 )
+from processor.kafka.connectivity import Connectivity
+from processor.kafka.producers import BoundedProducer
 from processor.metrics import WorkerMetrics
-from processor.transactions import ExactlyOnce, TransactionalProducer
+from processor.worker.checkpoint import AtLeastOnce, Guarantee
+from processor.worker.exactly_once import ExactlyOnce, TransactionalProducer
 
 __all__ = ["Batch", "Consumer", "KafkaParts", "kafka_parts"]
 

@@ -9,7 +9,7 @@ client stops the partition for good, and aiokafka has no setting or hook to skip
 
 `install()` wraps the fetcher's `MemoryRecords` (one partition's fetched bytes) so
 that each batch is still read by aiokafka's fast reader and, only when that raises,
-again from the batch's own bytes by `processor.recordbatch`, which keeps every record
+again from the batch's own bytes by `processor.kafka.recordbatch`, which keeps every record
 it can read and marks the others with UNREADABLE_HEADER. Positions, commits and
 transactions stay aiokafka's: the fetcher sees ordinary records in offset order.
 """
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from typing import Any, Final
 
 from processor.kafka.aiokafka_internals import MemoryRecords, read_fetched_records_with
-from processor.recordbatch import read_batch, whole_batch
+from processor.kafka.recordbatch import read_batch, whole_batch
 
 __all__ = ["install"]
 
@@ -64,7 +64,7 @@ class _TolerantMemoryRecords:
 
 
 class _TolerantBatch:
-    """One batch: aiokafka's reader first, processor.recordbatch where it gives up."""
+    """One batch: aiokafka's reader first, processor.kafka.recordbatch where it gives up."""
 
     __slots__ = ("_batch", "_corrupt", "_end", "_raw", "_start")
 

@@ -21,7 +21,7 @@ from typing import NamedTuple, Protocol
 import structlog
 from aiokafka.errors import KafkaError
 
-from processor.batching import BatchProducer, produce_batch
+from processor.kafka.batching import BatchProducer, produce_batch
 from processor.kafka.producers import RenewingProducer
 
 __all__ = ["GroupPublisher", "KafkaPublisher", "NotReady", "Publisher", "RawRecord"]

@@ -4,10 +4,10 @@ One loop, batch in and batch out:
 
 1. `getmany` a batch from the partitions this member owns;
 2. route every record (pure, never raises) to exactly one destination;
-3. screen out provider retries (processor.dedup), when dedup is on;
+3. screen out provider retries (processor.dedup.screen), when dedup is on;
 4. hand the outputs, the dedup changelog and the batch's next offsets to a
    Checkpoint of the guarantee, which makes them durable together or fails:
-   at least once (processor.checkpoint) or exactly once (processor.transactions).
+   at least once (processor.worker.checkpoint) or exactly once (processor.worker.exactly_once).
 
 A failed produce seeks back to the failed partitions' first offsets and retries
 them, pausing longer while the failures last. A rebalance waits for the batch in
@@ -16,7 +16,7 @@ producer fences the previous owner, its remembered ids are restored) before any 
 its records is routed.
 
 The consumer, guarantee and dedup can be given (tests pass fakes); by default they
-are built from the config, with aiokafka (processor.worker_clients).
+are built from the config, with aiokafka (processor.worker.parts).
 """
 
 from __future__ import annotations
@@ -33,26 +33,26 @@ import structlog
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from processor import unreadable
-from processor.breaker import Breakers
-from processor.changelog import KafkaChangelog
-from processor.checkpoint import CommitFailed, Guarantee, ProduceFailed
 from processor.config import Config
-from processor.dedup import Dedup, Screened
-from processor.headers import ERROR_CLASS
-from processor.kafka_clients import (
+from processor.contract.headers import ERROR_CLASS
+from processor.dedup.changelog import KafkaChangelog
+from processor.dedup.screen import Dedup, Screened
+from processor.kafka import unreadable
+from processor.kafka.clients import (
     connect,
     group_instance_id,
     require_topics,
     wait_until_reachable,
 )
+from processor.kafka.topics import all_topics
 from processor.metrics import WorkerMetrics
-from processor.rebalance import Rebalance, partition_names
 from processor.routing import Routed, Router
 from processor.shutdown import stop_on_signals
-from processor.topics import all_topics
-from processor.worker_clients import Batch, Consumer, kafka_parts
-from processor.worker_http import Unready, serve_health_and_metrics
+from processor.worker.breaker import Breakers
+from processor.worker.checkpoint import CommitFailed, Guarantee, ProduceFailed
+from processor.worker.http import Unready, serve_health_and_metrics
+from processor.worker.parts import Batch, Consumer, kafka_parts
+from processor.worker.rebalance import Rebalance, partition_names
 
 __all__ = ["Worker", "run_worker"]
 
@@ -76,7 +76,7 @@ class Worker:
         dedup: Dedup | None = None,
     ) -> None:
         """Without `consumer` and `guarantee`, the worker makes its Kafka clients from
-        `config` (processor.worker_clients), dedup's included; given parts are used as
+        `config` (processor.worker.parts), dedup's included; given parts are used as
         they are, and dedup is then on only when given."""
         self._config = config
         self._metrics = WorkerMetrics() if metrics is None else metrics

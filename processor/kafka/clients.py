@@ -22,9 +22,9 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
 from processor.config import HEADROOM_BYTES, Config, KafkaConfig
-from processor.connectivity import Connectivity
 from processor.errors import BrokerUnavailable, ConfigError, TopicsMissing
 from processor.kafka.aiokafka_internals import client_of
+from processor.kafka.connectivity import Connectivity
 from processor.kafka.producers import BoundedProducer, RenewingProducer
 from processor.shutdown import unless_stopped
 
@@ -117,7 +117,7 @@ def worker_producer_options(config: Config) -> dict[str, Any]:
         "linger_ms": 0,
         # One Kafka batch per destination partition per worker batch, up to the topic limit.
         "max_batch_size": config.topics.max_message_bytes // 2,
-        # Derived topics take HEADROOM_BYTES more than the raw topic (processor.topics).
+        # Derived topics take HEADROOM_BYTES more than the raw topic (processor.kafka.topics).
         "max_request_size": config.topics.max_message_bytes + HEADROOM_BYTES,
     }
 

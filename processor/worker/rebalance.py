@@ -13,9 +13,9 @@ from collections.abc import Callable, Collection
 import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
-from processor.breaker import Breakers
-from processor.checkpoint import Guarantee
-from processor.dedup import Dedup
+from processor.dedup.screen import Dedup
+from processor.worker.breaker import Breakers
+from processor.worker.checkpoint import Guarantee
 
 __all__ = ["Rebalance", "partition_names"]
 

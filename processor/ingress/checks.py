@@ -16,7 +16,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDictProxy
 
 from processor.events import Envelope, InvalidDelivery, decode_envelope
-from processor.ingress_errors import Refusal
+from processor.ingress.responses import Refusal
 
 __all__ = [
     "Envelope",

@@ -3,7 +3,7 @@
 The worker drops a provider's retry when its delivery id is remembered here. A dict
 costs over 100 bytes an id, so ids live in a small log-structured merge tree: a dict
 for the newest ids, frozen into sorted numpy segments of 17 bytes an id
-(`processor.idsegments`), merged while neighbours are of a like size, so that
+(`processor.dedup.segments`), merged while neighbours are of a like size, so that
 O(log n) segments are searched, newest first (the latest write of an id wins), for a
 whole batch at once. A merge goes a slice of keys at a time within the calls that
 add ids: no call stalls the event loop, and no thread is needed. Expiry cuts only the
@@ -20,7 +20,7 @@ from typing import Final
 import numpy as np
 from xxhash import xxh3_64_intdigest
 
-from processor.idsegments import LOW32, Builder, Merge, Segment, built
+from processor.dedup.segments import LOW32, Builder, Merge, Segment, built
 
 __all__ = ["IdWindow", "fingerprint", "id_hash"]
 

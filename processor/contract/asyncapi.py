@@ -1,6 +1,6 @@
 """The subscriber's contract as an AsyncAPI 3.0 document (`processor schema --asyncapi`).
 
-The facts are `processor.contract`'s: a channel per topic, whose message has the
+The facts are `processor.contract.schema`'s: a channel per topic, whose message has the
 value's JSON Schema as payload, its headers as a schema and its key as a Kafka
 binding, with the routing rule as the channel's description; a server per bootstrap
 address. The document describes the pipeline (ingress and workers) as the AsyncAPI
@@ -16,7 +16,8 @@ from typing import Any, Final
 import yaml
 
 from processor.config import Config, KafkaConfig
-from processor.contract import (
+from processor.contract.headers import STATUS
+from processor.contract.schema import (
     Role,
     TopicContract,
     headers_schema,
@@ -25,7 +26,6 @@ from processor.contract import (
     topic_contracts,
     value_schema,
 )
-from processor.headers import STATUS
 
 __all__ = ["ASYNCAPI_VERSION", "asyncapi_document", "asyncapi_yaml"]
 

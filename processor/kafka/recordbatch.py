@@ -31,7 +31,7 @@ __all__ = [
 # The one header of a record that could not be read; its value says why. The name
 # holds a lone surrogate, which strict UTF-8 decoding (how aiokafka reads header
 # names) never produces: no record read from Kafka can carry it.
-UNREADABLE_HEADER: Final = "\udcffprocessor.unreadable"
+UNREADABLE_HEADER: Final = "\udcffprocessor.kafka.unreadable"
 
 # BaseOffset, Length, PartitionLeaderEpoch, Magic, CRC, Attributes, LastOffsetDelta,
 # FirstTimestamp, MaxTimestamp, ProducerId, ProducerEpoch, BaseSequence, record count.

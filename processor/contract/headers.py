@@ -50,7 +50,7 @@ SOURCE_OFFSET: Final = "source.offset"
 
 # What a header's UTF-8 value looks like: any text, an ISO 8601 moment, a decimal
 # whole number, or a record as `<topic>/<partition>/<offset>` (JSON Schema in
-# processor.contract).
+# processor.contract.schema).
 HeaderFormat = Literal["text", "date-time", "integer", "record"]
 
 

@@ -13,8 +13,8 @@ from typing import Final
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from processor.config import Config
-from processor.dedup import Restored
-from processor.kafka_clients import client_options, read_to_end
+from processor.dedup.screen import Restored
+from processor.kafka.clients import client_options, read_to_end
 
 __all__ = ["KafkaChangelog"]
 

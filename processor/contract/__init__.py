@@ -1,0 +1,1 @@
+"""The subscriber's contract as data: headers, topic names, JSON Schema, AsyncAPI, compatibility."""

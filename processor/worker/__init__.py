@@ -1,0 +1,1 @@
+"""The routing process: consume the raw topic, route, and commit per guarantee."""
