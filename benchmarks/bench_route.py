@@ -111,7 +111,7 @@ from processor.kafka.clients import (
 from processor.kafka.topics import all_topics, create_topics
 from processor.logging import configure_logging
 from processor.metrics import WorkerMetrics
-from processor.routing import Outcome
+from processor.outcomes import Outcome
 from processor.worker.loop import Worker
 
 RAW_PARTITIONS: Final = 6

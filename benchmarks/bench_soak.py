@@ -95,9 +95,8 @@ from processor.config import Config, LoggingConfig, load_config
 from processor.contract.headers import CONTENT_TYPE, DELIVERY_ID, EVENT, RECEIVED_AT
 from processor.devtools.broker import LocalBroker
 from processor.devtools.ports import free_port
-from processor.ingress.publisher import RawRecord
 from processor.ingress.signing import sign_hmac_sha256
-from processor.kafka.batching import produce_batch
+from processor.kafka.batching import RawRecord, produce_batch
 from processor.kafka.clients import client_options, worker_producer_options
 from processor.kafka.topics import all_topics, create_topics
 from processor.logging import configure_logging

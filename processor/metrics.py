@@ -20,7 +20,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from processor.routing import OUTCOMES
+from processor.outcomes import OUTCOMES
 
 __all__ = ["IngressMetrics", "WorkerMetrics", "render"]
 

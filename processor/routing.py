@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Final, Literal, NamedTuple, Protocol, get_args
+from typing import Final, Literal, NamedTuple, Protocol
 
 import msgspec
 
@@ -53,8 +53,9 @@ from processor.contract.headers import (
 from processor.contract.naming import normalise_status
 from processor.events import MAX_IDENTIFIER_LENGTH, InvalidDelivery, decode_delivery
 from processor.kafka.recordbatch import UNREADABLE_HEADER, unreadable_reason
+from processor.outcomes import Outcome
 
-__all__ = ["OUTCOMES", "Outcome", "Routed", "Router", "Rule", "SourceRecord"]
+__all__ = ["Routed", "Router", "Rule", "SourceRecord"]
 
 # A DLQ message is for a human reading logs; msgspec's are short, a bug's may not be.
 MAX_ERROR_MESSAGE_CHARS: Final = 1000
@@ -81,12 +82,6 @@ class SourceRecord(Protocol):
     def value(self) -> bytes | None: ...
     @property
     def headers(self) -> Sequence[tuple[str, bytes]]: ...
-
-
-# Where a record went: its derived topic, `webhooks.unrouted`, or the DLQ. Metrics and
-# benchmarks count by these.
-Outcome = Literal["routed", "unrouted", "dlq"]
-OUTCOMES: Final[tuple[Outcome, ...]] = get_args(Outcome)
 
 
 class Routed(msgspec.Struct, frozen=True, gc=False):

@@ -21,9 +21,10 @@ from prometheus_client import CollectorRegistry
 
 from processor.config import Config, LoggingConfig
 from processor.ingress.app import create_app
-from processor.ingress.publisher import Publisher, RawRecord
+from processor.ingress.publisher import Publisher
 from processor.ingress.server import listen
 from processor.ingress.signing import sign_hmac_sha256
+from processor.kafka.batching import RawRecord
 from processor.kafka.clients import ingress_producer_options, renewing_producer
 from processor.kafka.connectivity import Connectivity
 from processor.kafka.producers import RenewingProducer

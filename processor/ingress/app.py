@@ -44,10 +44,11 @@ from processor.ingress.checks import (
     decode,
     read_body,
 )
-from processor.ingress.publisher import KafkaPublisher, NotReady, Publisher, RawRecord
+from processor.ingress.publisher import KafkaPublisher, NotReady, Publisher
 from processor.ingress.responses import INGRESS_METRICS, Refusal, errors_as_json
 from processor.ingress.server import Listener, listen
 from processor.ingress.signing import NoVerification, SignatureError, Verifier, build_verifier
+from processor.kafka.batching import RawRecord
 from processor.kafka.clients import (
     connect,
     ingress_producer_options,

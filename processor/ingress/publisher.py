@@ -16,27 +16,17 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import AsyncIterator, Awaitable
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import structlog
 from aiokafka.errors import KafkaError
 
-from processor.kafka.batching import BatchProducer, produce_batch
+from processor.kafka.batching import BatchProducer, RawRecord, produce_batch
 from processor.kafka.producers import RenewingProducer
 
 __all__ = ["GroupPublisher", "KafkaPublisher", "NotReady", "Publisher", "RawRecord"]
 
 log = structlog.get_logger(__name__)
-
-
-class RawRecord(NamedTuple):
-    """One delivery for the raw topic, as produce_batch takes it."""
-
-    topic: str
-    key: bytes
-    value: bytes
-    headers: list[tuple[str, bytes]]
-    partition: int | None = None  # None: by key
 
 
 class NotReady(Exception):

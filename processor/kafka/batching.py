@@ -16,11 +16,11 @@ import asyncio
 import functools
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from aiokafka.partitioner import murmur2
 
-__all__ = ["BatchBuilder", "BatchProducer", "OutgoingRecord", "produce_batch"]
+__all__ = ["BatchBuilder", "BatchProducer", "OutgoingRecord", "RawRecord", "produce_batch"]
 
 
 class OutgoingRecord(Protocol):
@@ -36,6 +36,16 @@ class OutgoingRecord(Protocol):
     def headers(self) -> list[tuple[str, bytes]]: ...  # a list: aiokafka's C builder takes no other
     @property
     def partition(self) -> int | None: ...  # None: by key, as the Java client would
+
+
+class RawRecord(NamedTuple):
+    """One record to produce: what the ingress and replay write to the raw topic."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    partition: int | None = None  # None: by key
 
 
 class BatchBuilder(Protocol):

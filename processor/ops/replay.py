@@ -41,8 +41,7 @@ from processor.contract.headers import (
     REPLAY_OF,
 )
 from processor.errors import ConfigError, TopicsMissing
-from processor.ingress.publisher import RawRecord
-from processor.kafka.batching import produce_batch
+from processor.kafka.batching import RawRecord, produce_batch
 from processor.kafka.clients import (
     client_options,
     connect,

@@ -25,8 +25,7 @@ from aiokafka.errors import KafkaError, OutOfOrderSequenceNumber
 from prometheus_client import CollectorRegistry
 
 from processor.devtools.broker import LocalBroker
-from processor.ingress.publisher import RawRecord
-from processor.kafka.batching import produce_batch
+from processor.kafka.batching import RawRecord, produce_batch
 from processor.kafka.connectivity import Connectivity
 from processor.kafka.producers import BoundedProducer, RenewingProducer
 from tests.cluster import LocalCluster

@@ -15,8 +15,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from processor.ingress.publisher import RawRecord
-from processor.kafka.batching import produce_batch
+from processor.kafka.batching import RawRecord, produce_batch
 from tests.unit.fake_producer import Appended, FakeBatchProducer
 
 

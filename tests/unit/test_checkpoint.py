@@ -15,7 +15,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
-from processor.ingress.publisher import RawRecord
+from processor.kafka.batching import RawRecord
 from processor.worker.checkpoint import AtLeastOnce, CommitFailed, ProduceFailed
 from tests.unit.fake_producer import FakeBatchProducer
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaError, KafkaTimeoutError, NotEnoughReplicasError
 
-from processor.ingress.publisher import GroupPublisher, RawRecord
-from processor.kafka.batching import BatchProducer, OutgoingRecord, produce_batch
+from processor.ingress.publisher import GroupPublisher
+from processor.kafka.batching import BatchProducer, OutgoingRecord, RawRecord, produce_batch
 from tests.ingress_harness import captured_logs
 from tests.unit.fake_producer import FakeBatchProducer
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import pytest
 
-from processor.dedup.idwindow import IdWindow, fingerprint, id_hash
 from processor.dedup import idwindow
+from processor.dedup.idwindow import IdWindow, fingerprint, id_hash
 
 WINDOW = 100.0
 T0 = 1_700_000_000

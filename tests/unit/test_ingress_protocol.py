@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from processor.ingress.publisher import RawRecord
+from processor.kafka.batching import RawRecord
 from tests.ingress_harness import RecordingPublisher, Serve, Served, captured_logs, signed
 
 MARKER = b"BODY-MARKER-5b1e0c"

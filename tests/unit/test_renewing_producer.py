@@ -23,8 +23,7 @@ from aiokafka.errors import (
 )
 from structlog.testing import capture_logs
 
-from processor.ingress.publisher import RawRecord
-from processor.kafka.batching import produce_batch
+from processor.kafka.batching import RawRecord, produce_batch
 from processor.kafka.producers import (
     ProducerRenewing,
     RenewingProducer,

@@ -12,7 +12,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError, ProducerFenced
 from structlog.testing import capture_logs
 
-from processor.ingress.publisher import RawRecord
+from processor.kafka.batching import RawRecord
 from processor.worker.checkpoint import ProduceFailed
 from processor.worker.exactly_once import ExactlyOnce, transactional_id
 from tests.unit.fake_producer import FakeBatchProducer
