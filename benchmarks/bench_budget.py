@@ -53,12 +53,10 @@ from processor.kafka.batching import produce_batch
 from processor.kafka.topics import all_topics
 from processor.logging import configure_logging
 from processor.routing import Router
+from processor.testing import FakeConsumer
 from processor.worker.checkpoint import AtLeastOnce
 from processor.worker.loop import Worker
-
-# The unit tests' consumer stand-in hands the worker its fetches.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tests.unit.worker_fakes import FakeConsumer
+from processor.worker.parts import WorkerParts
 
 # Deliveries the ingress stamps within one millisecond, at ~20,000 a second.
 PER_MILLISECOND: Final = 20
@@ -218,7 +216,8 @@ async def run_worker(config: Config, batches: list[Fetch]) -> float:
         produce_timeout_s=30,
         commit_timeout_s=30,
     )
-    worker = Worker(config=config, consumer=consumer, guarantee=guarantee, dedup=new_dedup(config))
+    parts = WorkerParts(consumer=consumer, guarantee=guarantee, dedup=new_dedup(config))
+    worker = Worker(config=config, parts=parts)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     # Restore the partitions (empty) and warm the caches before the clock starts.

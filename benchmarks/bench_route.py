@@ -113,6 +113,7 @@ from processor.logging import configure_logging
 from processor.metrics import WorkerMetrics
 from processor.outcomes import Outcome
 from processor.worker.loop import Worker
+from processor.worker.parts import kafka_parts
 
 RAW_PARTITIONS: Final = 6
 USERS: Final = 1000
@@ -325,7 +326,7 @@ async def run_variant(
     variant: Variant, config: Config, stop: asyncio.Event, metrics: WorkerMetrics
 ) -> None:
     if variant.produce is None:
-        await Worker(config=config, metrics=metrics).run(stop)
+        await Worker(config=config, parts=kafka_parts(config, metrics), metrics=metrics).run(stop)
     else:
         await _pipe(config, stop, variant.produce)
 

@@ -21,7 +21,9 @@ from processor.config import Config
 from processor.kafka.batching import produce_batch
 from processor.kafka.clients import read_to_end
 from processor.kafka.topics import output_topics
+from processor.metrics import WorkerMetrics
 from processor.worker.loop import Worker
+from processor.worker.parts import kafka_parts
 from tests.deliveries import Delivery
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,13 +58,19 @@ async def produce_raw(config: Config, deliveries: list[Delivery]) -> None:
         await asyncio.gather(*await produce_batch(producer, records))
 
 
+def kafka_worker(config: Config, metrics: WorkerMetrics | None = None) -> Worker:
+    """A Worker on Kafka, made as `processor worker` makes it."""
+    metrics = WorkerMetrics() if metrics is None else metrics
+    return Worker(config=config, parts=kafka_parts(config, metrics), metrics=metrics)
+
+
 @contextlib.asynccontextmanager
 async def worker_running(
     config: Config, *, stop_timeout_s: float = 30
 ) -> AsyncIterator[asyncio.Task[None]]:
     """A `Worker` routing in this process for the block, then stopped as SIGTERM stops it."""
     stop = asyncio.Event()
-    task = asyncio.create_task(Worker(config=config).run(stop))
+    task = asyncio.create_task(kafka_worker(config).run(stop))
     try:
         yield task
     finally:

@@ -1,14 +1,18 @@
-"""The worker's Kafka side as the config asks for it: its consumer, its guarantee (at
-least once, or exactly once with a transactional producer per raw partition) and the
-dedup changelog reader, each watched for outages by one Connectivity.
+"""What a Worker is made of, and the one place that makes it from the config.
 
-The worker takes these as parts (`Consumer` says what it uses of its consumer);
-tests give it fakes instead.
+`WorkerParts` is everything the worker does I/O or keeps time with: its consumer, its
+guarantee (at least once, or exactly once with a transactional producer per raw
+partition), dedup and its changelog reader, how to wait for the cluster and whether it
+answers, and the clock. `kafka_parts` builds them with aiokafka, each client watched
+for outages by one Connectivity; tests and benchmarks hand the same constructor fakes
+(processor.testing), so there is one way to build a Worker.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
@@ -17,9 +21,11 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from processor.config import Config
 from processor.dedup.changelog import KafkaChangelog
 from processor.dedup.screen import Dedup
+from processor.kafka import unreadable
 from processor.kafka.aiokafka_internals import client_of
 from processor.kafka.clients import (
     renewing_producer,
+    wait_until_reachable,
     worker_consumer_options,
     worker_producer_options,
 )
@@ -29,7 +35,7 @@ from processor.metrics import WorkerMetrics
 from processor.worker.checkpoint import AtLeastOnce, Guarantee
 from processor.worker.exactly_once import ExactlyOnce, TransactionalProducer
 
-__all__ = ["Batch", "Consumer", "KafkaParts", "kafka_parts"]
+__all__ = ["Batch", "Consumer", "Service", "WorkerParts", "kafka_parts"]
 
 # What one getmany() returns: each partition's records, in offset order.
 Batch: TypeAlias = Mapping[TopicPartition, Sequence[Any]]
@@ -50,17 +56,36 @@ class Consumer(Protocol):
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
 
 
-@dataclass
-class KafkaParts:
+class Service(Protocol):
+    """A part with a life of its own: the dedup changelog reader."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+async def _nothing() -> None:
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerParts:
     consumer: Consumer
     guarantee: Guarantee
-    dedup: Dedup | None
-    changelog: KafkaChangelog | None
-    connectivity: Connectivity
+    dedup: Dedup | None = None
+    # Started after the consumer, stopped after it.
+    changelog: Service | None = None
+    # Awaited before anything starts: until a broker answers.
+    reach: Callable[[], Awaitable[None]] = _nothing
+    # Whether the cluster answers now (readiness).
+    reachable: Callable[[], bool] = lambda: True
+    # Wall-clock time, for the DLQ breaker's rests (dedup's window takes the same clock).
+    clock: Callable[[], float] = time.time
 
 
-def kafka_parts(config: Config, metrics: WorkerMetrics) -> KafkaParts:
-    """Every Kafka client a worker needs, unstarted."""
+def kafka_parts(config: Config, metrics: WorkerMetrics) -> WorkerParts:
+    """Every Kafka client a worker needs, unstarted, as the config asks for them."""
+    # A record aiokafka cannot read reaches the router marked, to be parked.
+    unreadable.install()
     connectivity = Connectivity(bootstrap=config.kafka.bootstrap_servers, registry=metrics.registry)
     consumer = AIOKafkaConsumer(**worker_consumer_options(config))
     connectivity.watch(client_of(consumer))
@@ -95,8 +120,19 @@ def kafka_parts(config: Config, metrics: WorkerMetrics) -> KafkaParts:
             commit_timeout_s=config.worker.commit_timeout_s,
         )
     changelog = dedup = None
+    clock = time.time
     if config.dedup.enabled:
         changelog = KafkaChangelog(config)
         connectivity.watch(client_of(changelog.consumer))
-        dedup = Dedup(topic=config.topics.dedup, window_s=config.dedup.window_s, reader=changelog)
-    return KafkaParts(consumer, guarantee, dedup, changelog, connectivity)
+        dedup = Dedup(
+            topic=config.topics.dedup, window_s=config.dedup.window_s, reader=changelog, clock=clock
+        )
+    return WorkerParts(
+        consumer=consumer,
+        guarantee=guarantee,
+        dedup=dedup,
+        changelog=changelog,
+        reach=functools.partial(wait_until_reachable, config.kafka),
+        reachable=lambda: connectivity.reachable,
+        clock=clock,
+    )

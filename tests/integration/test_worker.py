@@ -23,12 +23,12 @@ from processor.config import Config, KafkaConfig
 from processor.devtools.broker import LocalBroker
 from processor.devtools.ports import free_port
 from processor.kafka.topics import create_topics
-from processor.worker.loop import Worker
 from tests.deliveries import Delivery, integration_event, mixed_stream
 from tests.harness import (
     BATCH,
     SpawnWorker,
     assert_each_delivered,
+    kafka_worker,
     produce_raw,
     read_outputs,
     wait_exit,
@@ -66,7 +66,7 @@ async def test_worker_fails_fast_when_a_destination_topic_is_missing(config: Con
 
     # Nothing created: the first batch would stall on an unknown topic, so refuse to start.
     with pytest.raises(TopicsMissing, match=r"topics missing on .*`processor topics create`"):
-        await Worker(config=config).run(asyncio.Event())
+        await kafka_worker(config).run(asyncio.Event())
 
 
 # --- the worker as a process ------------------------------------------------------------

@@ -23,11 +23,11 @@ from processor.config import Config, KafkaConfig
 from processor.devtools.broker import LocalBroker
 from processor.kafka.topics import all_topics, create_topics
 from processor.metrics import WorkerMetrics
-from processor.worker.loop import Worker
 from tests.deliveries import mixed_stream
 from tests.harness import (
     SpawnWorker,
     assert_each_delivered,
+    kafka_worker,
     produce_raw,
     read_outputs,
     wait_exit,
@@ -182,7 +182,7 @@ async def test_sigterm_ends_the_pause_before_a_retry_at_once(config: Config) -> 
     await produce_raw(config, mixed_stream(50))
     metrics = WorkerMetrics()
     stop = asyncio.Event()
-    task = asyncio.create_task(Worker(config=config, metrics=metrics).run(stop))
+    task = asyncio.create_task(kafka_worker(config, metrics).run(stop))
     await until_a_batch_failed(metrics, task)
 
     stop.set()
@@ -200,7 +200,7 @@ async def test_the_pause_before_a_retry_does_not_hold_partitions_a_rebalance_wan
     await produce_raw(config, mixed_stream(50))
     metrics = WorkerMetrics()
     stop = asyncio.Event()
-    task = asyncio.create_task(Worker(config=config, metrics=metrics).run(stop))
+    task = asyncio.create_task(kafka_worker(config, metrics).run(stop))
     try:
         await until_a_batch_failed(metrics, task)
         joiner = AIOKafkaConsumer(

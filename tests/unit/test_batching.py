@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from processor.kafka.batching import RawRecord, produce_batch
-from tests.unit.fake_producer import Appended, FakeBatchProducer
+from processor.testing import Appended, FakeBatchProducer
 
 
 class Out(NamedTuple):

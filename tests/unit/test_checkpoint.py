@@ -16,8 +16,8 @@ from aiokafka.errors import (
 )
 
 from processor.kafka.batching import RawRecord
+from processor.testing import FakeBatchProducer
 from processor.worker.checkpoint import AtLeastOnce, CommitFailed, ProduceFailed
-from tests.unit.fake_producer import FakeBatchProducer
 
 RAW0 = TopicPartition("webhooks.raw", 0)
 RAW1 = TopicPartition("webhooks.raw", 1)

@@ -10,8 +10,8 @@ from processor.config import RoutingConfig, TopicsConfig
 from processor.dedup.idwindow import fingerprint, id_hash
 from processor.dedup.screen import ChangelogRecord, Dedup, Restored, pack_entry
 from processor.routing import Routed, Router
+from processor.testing import Record
 from tests.deliveries import integration_event
-from tests.unit.worker_fakes import Record
 
 P0 = TopicPartition("webhooks.raw", 0)
 P1 = TopicPartition("webhooks.raw", 1)

@@ -18,8 +18,8 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError, NotEnoughReplicasErro
 
 from processor.ingress.publisher import GroupPublisher
 from processor.kafka.batching import BatchProducer, OutgoingRecord, RawRecord, produce_batch
+from processor.testing import FakeBatchProducer
 from tests.ingress_harness import captured_logs
-from tests.unit.fake_producer import FakeBatchProducer
 
 Waiter = asyncio.Future[BaseException | None]
 

@@ -29,7 +29,7 @@ from processor.kafka.producers import (
     RenewingProducer,
     leaves_producer_unusable,
 )
-from tests.unit.fake_producer import FakeBatchProducer
+from processor.testing import FakeBatchProducer
 
 RECORD = RawRecord("raw", b"user_1", b"{}", [])
 

@@ -13,9 +13,9 @@ from aiokafka.errors import KafkaTimeoutError, ProducerFenced
 from structlog.testing import capture_logs
 
 from processor.kafka.batching import RawRecord
+from processor.testing import FakeBatchProducer
 from processor.worker.checkpoint import ProduceFailed
 from processor.worker.exactly_once import ExactlyOnce, transactional_id
-from tests.unit.fake_producer import FakeBatchProducer
 
 P0 = TopicPartition("webhooks.raw", 0)
 P1 = TopicPartition("webhooks.raw", 1)

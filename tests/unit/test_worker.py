@@ -23,10 +23,11 @@ from processor.config import Config
 from processor.errors import TopicsMissing
 from processor.kafka.topics import all_topics
 from processor.metrics import WorkerMetrics
+from processor.testing import RAW, Batch, FakeConsumer, FakeGuarantee, Record
 from processor.worker.checkpoint import CommitFailed, ProduceFailed
 from processor.worker.loop import Worker
+from processor.worker.parts import WorkerParts
 from tests.deliveries import integration_event
-from tests.unit.worker_fakes import RAW, Batch, FakeConsumer, FakeGuarantee, Record
 
 P0 = TopicPartition(RAW, 0)
 P1 = TopicPartition(RAW, 1)
@@ -73,8 +74,7 @@ class Running:
         self.worker = Worker(
             config=self.config,
             metrics=self.metrics,
-            consumer=self.consumer,
-            guarantee=self.guarantee,
+            parts=WorkerParts(consumer=self.consumer, guarantee=self.guarantee),
         )
         self.task = asyncio.create_task(self.worker.run(self.stop))
 
@@ -330,14 +330,13 @@ async def test_a_tripped_breaker_is_logged_once_with_the_error_classes_and_the_w
     config = settings(dlq_max_consecutive=2, dlq_pause_s=30)
     bad = [Record(0, offset, b"not json") for offset in range(3)]
     with capture_logs() as logs:
+        consumer = FakeConsumer(topics=all_topics(config))
         worker = Worker(
-            config=config,
-            consumer=FakeConsumer(topics=all_topics(config)),
-            guarantee=FakeGuarantee(),
+            config=config, parts=WorkerParts(consumer=consumer, guarantee=FakeGuarantee())
         )
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop))
-        worker._consumer.batches.put_nowait({P0: bad})  # type: ignore[attr-defined]
+        consumer.batches.put_nowait({P0: bad})
         await until(lambda: unready_partitions(worker) == ("webhooks.raw/0",))
         stop.set()
         await asyncio.wait_for(task, 5)
