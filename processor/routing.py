@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from functools import lru_cache
 from typing import Final, Literal, NamedTuple, Protocol
 
@@ -48,6 +48,7 @@ from processor.contract.headers import (
     STATUS,
     UID,
     format_received_at,
+    parse_received_at,
     timestamp_received_at,
 )
 from processor.contract.naming import normalise_status
@@ -293,17 +294,14 @@ def _timestamp_header(timestamp_ms: int) -> bytes | None:
 
 def _moment(value: bytes) -> bytes | None:
     """`value` in format_received_at's form, or None when it is not an aware moment."""
-    try:
-        moment = datetime.fromisoformat(value.decode("ascii"))
-    except (ValueError, UnicodeDecodeError):  # 2025-02-30 has the shape, not the date
+    moment = parse_received_at(value)
+    if moment is None:
         return None
     # The ingress's own form, as every ingress record has it: YYYY-MM-DDTHH:MM:SS.mmmZ.
     # Its digits are checked by the parse, so the separators are what is left to check
     # (cheaper than a regular expression, on every record).
     if len(value) == 24 and value[4:20:3] == b"--T::." and value[23:] == b"Z":
         return value
-    if moment.tzinfo is None:
-        return None
     return format_received_at(moment.astimezone(UTC)).encode()
 
 

@@ -143,6 +143,16 @@ def format_received_at(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def parse_received_at(value: bytes) -> datetime | None:
+    """The moment a `received-at` value names, or None: not ISO 8601, or naive (a time
+    without a zone names no moment on the timeline; a record's own time stands in)."""
+    try:
+        moment = datetime.fromisoformat(value.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):  # 2025-02-30 has the shape, not the date
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 

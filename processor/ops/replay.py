@@ -39,6 +39,7 @@ from processor.contract.headers import (
     RECEIVED_AT,
     REPLAY_COUNT,
     REPLAY_OF,
+    parse_received_at,
 )
 from processor.errors import ConfigError, TopicsMissing
 from processor.kafka.batching import RawRecord, produce_batch
@@ -244,14 +245,8 @@ def _moment(headers: Mapping[str, bytes], timestamp: int) -> datetime | None:
     """When the ingress received it (`received-at`), else the record's own time: as the
     worker does, a header that names no moment on the timeline (naive) is not one."""
     received = headers.get(RECEIVED_AT)
-    if received is not None:
-        try:
-            moment = datetime.fromisoformat(received.decode())
-        except (ValueError, UnicodeDecodeError):
-            pass
-        else:
-            if moment.tzinfo is not None:
-                return moment
+    if received is not None and (moment := parse_received_at(received)) is not None:
+        return moment
     return datetime.fromtimestamp(timestamp / 1000, UTC) if timestamp >= 0 else None
 
 
