@@ -328,9 +328,16 @@ def decode_json(decoder: msgspec.json.Decoder[_T], raw: bytes) -> _T:
         raise InvalidDelivery("DecodeError", "nested too deeply") from None
 
 
+def error_path(message: str) -> tuple[str, str]:
+    """msgspec's "<what> - at `$.a.b`" as ("<what>", ".a.b"); ("<what>", "") for a
+    message that names no path (an error about the whole document)."""
+    head, sep, where = message.rpartition(" - at `$")
+    if not sep:
+        return message, ""
+    return head, where.removesuffix("`")
+
+
 def _under_data(message: str) -> str:
     """Re-root a path from a decode of `data` alone: `$.status` -> `$.data.status`."""
-    head, sep, path = message.rpartition(" - at `$")
-    if sep:
-        return f"{head} - at `$.data{path}"
-    return f"{message} - at `$.data`"
+    head, path = error_path(message)
+    return f"{head} - at `$.data{path}`"

@@ -26,6 +26,7 @@ import yaml
 from processor.config.model import HEADROOM_BYTES, SECTIONS, Config, Route, RoutingConfig
 from processor.contract.naming import illegal_topic, normalise_status, uses_status
 from processor.errors import ConfigError
+from processor.events import error_path
 
 __all__ = ["ENV_PREFIX", "load_config"]
 
@@ -131,8 +132,8 @@ def _takes_string(section: type[msgspec.Struct], key: str) -> bool:
 
 def _describe(exc: msgspec.ValidationError) -> tuple[str, str]:
     """msgspec's "... - at `$.worker.port`" as a key path users know, and that path."""
-    message, _, where = str(exc).partition(" - at `$")
-    path = where.rstrip("`").lstrip(".")
+    message, where = error_path(str(exc))
+    path = where.lstrip(".")
     if unknown := _UNKNOWN_FIELD.fullmatch(message):
         key = f"{path}.{unknown['key']}" if path else unknown["key"]
         return f"unknown key {key}: remove it or check its spelling", key
