@@ -164,6 +164,10 @@ async def test_a_dry_run_reports_what_it_would_replay_and_writes_nothing(
     assert len(dry.first_ids) == 10
     assert '"would_replay":12' in dry.json()
     assert real.replayed == 12, "the dry run committed nothing"
+    # A committed transaction's markers are written after the commit returns.
+    async with asyncio.timeout(30):
+        while await raw_count(config) < raw_before + 12:
+            await asyncio.sleep(0.2)
     assert await raw_count(config) == raw_before + 12
 
 
