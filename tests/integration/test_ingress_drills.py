@@ -85,8 +85,12 @@ async def test_sigterm_while_kafka_is_still_being_reached_ends_the_ingress_at_on
         KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
         PROCESSOR_INGRESS__PORT=str(free_port()),
     ) as process:
-        await asyncio.sleep(2)  # importing, then trying to reach a Kafka that is not there
-        assert process.poll() is None
+        # Until it says it is waiting for a Kafka that is not there (however slow its
+        # imports on a busy machine): its signal handlers are in place by then.
+        async with asyncio.timeout(30):
+            while "kafka.waiting" not in [e["event"] for e in entries(log)]:
+                assert process.poll() is None, log.read_text()
+                await asyncio.sleep(0.05)
         process.send_signal(signal.SIGTERM)
         started = time.monotonic()
         async with asyncio.timeout(10):
