@@ -26,7 +26,7 @@ $(NODE_STAMP): $(SPECS)/package.json $(SPECS)/package-lock.json
 lint: setup
 	$(BIN)/ruff check processor tests benchmarks deploy
 	$(BIN)/ruff format --check processor tests benchmarks deploy
-	$(BIN)/mypy --strict processor deploy/check.py
+	$(BIN)/mypy --strict processor tests benchmarks deploy/check.py
 
 # deploy/ rendered and checked against the Kubernetes, Strimzi, KEDA and Compose schemas,
 # and the Dockerfile linted, all offline. The first run builds kustomize (pinned in

@@ -211,7 +211,7 @@ async def run_worker(config: Config, batches: list[Fetch]) -> float:
     """CPU seconds of Worker.run routing `batches`, from the first fetch to the last commit."""
     consumer = CountingConsumer(config)
     guarantee = AtLeastOnce(
-        producer=Acknowledging(),  # type: ignore[arg-type]
+        producer=Acknowledging(),
         consumer=consumer,
         produce_timeout_s=30,
         commit_timeout_s=30,
@@ -279,7 +279,7 @@ def stages(
     async def build_all() -> None:
         producer = Acknowledging()
         for outgoing in screened:
-            await asyncio.gather(*await produce_batch(producer, outgoing))  # type: ignore[arg-type]
+            await asyncio.gather(*await produce_batch(producer, outgoing))
 
     return {
         "read": best(repeats, lambda: read(fetches)),

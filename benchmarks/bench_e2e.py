@@ -832,8 +832,8 @@ def print_results(results: Sequence[PhaseResult], duration: float) -> None:
     rows += [(name, [_pair(r.stages_ms[name]) for r in results]) for name in results[0].stages_ms]
     rows.append(("end to end", [_pair(r.latency_ms) for r in results]))
     print(f"{'':32}" + "".join(f"{f'{r.rate:,}/s':>20}" for r in results))
-    for label, cells in rows:
-        print(f"{label:32}" + "".join(f"{cell:>20}" for cell in cells))
+    for label, row in rows:
+        print(f"{label:32}" + "".join(f"{cell:>20}" for cell in row))
     per_batch = [
         f"{r.batches.count / duration:.0f}, {r.load['ok'] / max(r.batches.count, 1):.1f}"
         for r in results

@@ -78,8 +78,10 @@ class Store(Protocol):
 
 
 def packed_values(fingerprints: bytes, seen_at: bytes) -> np.ndarray[Any, np.dtype[np.uint64]]:
-    values = np.frombuffer(fingerprints, "<u4").astype(np.uint64) << 32
-    return values | np.frombuffer(seen_at, "<u4")
+    values: np.ndarray[Any, np.dtype[np.uint64]] = np.frombuffer(fingerprints, "<u4").astype(
+        np.uint64
+    ) << np.uint64(32)
+    return values | np.frombuffer(seen_at, "<u4").astype(np.uint64)
 
 
 class DictWindow:

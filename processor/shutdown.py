@@ -31,7 +31,7 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
             loop.remove_signal_handler(signum)
 
 
-async def unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
+async def unless_stopped(work: Awaitable[object], stop: asyncio.Event) -> bool:
     """Run `work` until it ends (True; its error passes through) or `stop` is set
     first (False: `work` is cancelled). Cancelled itself, it cancels `work` too."""
     task = asyncio.ensure_future(work)

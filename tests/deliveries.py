@@ -47,6 +47,7 @@ class Delivery:
 
     def expected_topic(self, config: Config) -> str:
         template = config.routing.routes["integration"]
+        assert isinstance(template, str), "tests route integration events by a template"
         if self.kind.startswith("routed:"):
             return template.format(status=normalise_status(self.kind.removeprefix("routed:")))
         if self.kind == "other":
@@ -121,3 +122,10 @@ def with_retries(
         placed.extend((rng.uniform(position + 0.5, len(stream)), delivery) for _ in range(retries))
     placed.sort(key=lambda item: item[0])
     return [delivery for _, delivery in placed]
+
+
+def status_topic(config: Config, status: str) -> str:
+    """The derived topic of integration events with `status` (already normalised)."""
+    template = config.routing.routes["integration"]
+    assert isinstance(template, str), "tests route integration events by a template"
+    return template.format(status=status)

@@ -97,7 +97,8 @@ def users_per_partition(partitions: int = PARTITIONS, per_partition: int = 8) ->
 
 
 def partition_of(uid: str, partitions: int = PARTITIONS) -> int:
-    return (murmur2(uid.encode()) & 0x7FFFFFFF) % partitions
+    hashed: int = murmur2(uid.encode())
+    return (hashed & 0x7FFFFFFF) % partitions
 
 
 def log_entries(path: Path) -> list[dict[str, Any]]:
@@ -346,7 +347,7 @@ async def accepted_again(
     session: aiohttp.ClientSession, provider: Provider, *, within_s: float
 ) -> dict[int, float]:
     """Seconds until each raw partition took a fresh delivery (a probe per partition)."""
-    uids = {}
+    uids: dict[int, str] = {}
     for uid in provider.users:
         uids.setdefault(partition_of(uid), uid)
     started = time.monotonic()

@@ -168,7 +168,7 @@ def _ssl_context(config: KafkaConfig) -> ssl.SSLContext:
 
 
 async def connect(
-    start: Callable[[], Awaitable[None]], *, config: KafkaConfig, stop: asyncio.Event
+    start: Callable[[], Awaitable[object]], *, config: KafkaConfig, stop: asyncio.Event
 ) -> bool:
     """Run `start` (waiting for the cluster, starting clients, their first requests)
     within kafka.connect_timeout_s.

@@ -236,7 +236,9 @@ async def test_kafka_outage_is_503_with_retry_after_then_recovers(
 
         async def post(n: str) -> aiohttp.ClientResponse:
             body = delivery(n)
-            response = await client.post("/webhooks", data=body, headers=signed(body))
+            response: aiohttp.ClientResponse = await client.post(
+                "/webhooks", data=body, headers=signed(body)
+            )
             if response.status == 202:
                 accepted.append(f"whd_{n}")
             return response

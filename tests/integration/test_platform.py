@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.cluster import LocalCluster
+from tests.conftest import CreateTopics
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +34,7 @@ async def consume_all(
         **options,
     )
     await consumer.start()
-    records = []
+    records: list[tuple[bytes | None, bytes | None, tuple[tuple[str, bytes], ...]]] = []
     try:
         async with asyncio.timeout(20):
             while len(records) < expected:
@@ -48,7 +49,7 @@ async def consume_all(
 
 
 async def test_keys_headers_and_committed_offsets_survive_a_round_trip(
-    kafka_bootstrap: str, create_topics: Callable[..., object], unique_name: Callable[[str], str]
+    kafka_bootstrap: str, create_topics: CreateTopics, unique_name: Callable[[str], str]
 ) -> None:
     topic, group = unique_name("roundtrip"), unique_name("group")
     await create_topics(topic, partitions=3)
@@ -73,7 +74,7 @@ async def test_keys_headers_and_committed_offsets_survive_a_round_trip(
 
 
 async def test_records_of_one_key_keep_their_order(
-    kafka_bootstrap: str, create_topics: Callable[..., object], unique_name: Callable[[str], str]
+    kafka_bootstrap: str, create_topics: CreateTopics, unique_name: Callable[[str], str]
 ) -> None:
     topic = unique_name("order")
     await create_topics(topic, partitions=4)
@@ -91,7 +92,7 @@ async def test_records_of_one_key_keep_their_order(
 
 
 async def test_committed_transaction_is_visible_and_aborted_one_is_not(
-    kafka_bootstrap: str, create_topics: Callable[..., object], unique_name: Callable[[str], str]
+    kafka_bootstrap: str, create_topics: CreateTopics, unique_name: Callable[[str], str]
 ) -> None:
     source, sink, group = unique_name("tx-in"), unique_name("tx-out"), unique_name("tx-group")
     await create_topics(source, sink)

@@ -58,12 +58,12 @@ async def routed(kafka_bootstrap: str) -> Config:
     """A pipeline's topics, with `stream()` routed by a worker, shared by the module."""
     name = uuid.uuid4().hex[:10]
     base = Config()
-    topics = {key: f"{key}.{name}" for key in ("raw", "unrouted", "dlq", "dedup")}
+    raw, unrouted, dlq, dedup = (f"{key}.{name}" for key in ("raw", "unrouted", "dlq", "dedup"))
     routes = {"integration": f"status.{name}.{{status}}"}
     config = msgspec.structs.replace(
         base,
         kafka=KafkaConfig(bootstrap_servers=kafka_bootstrap),
-        topics=TopicsConfig(**topics, partitions=3),
+        topics=TopicsConfig(raw=raw, unrouted=unrouted, dlq=dlq, dedup=dedup, partitions=3),
         routing=msgspec.structs.replace(base.routing, routes=routes),
         worker=msgspec.structs.replace(base.worker, group_id=f"group.{name}"),
     )

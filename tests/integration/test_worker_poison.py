@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from processor.config import Config
 from tests import kafka_wire as wire
-from tests.deliveries import integration_event
+from tests.deliveries import integration_event, status_topic
 from tests.harness import Output, count_outputs, read_all_outputs, worker_running
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("topics")]
@@ -68,7 +68,7 @@ async def test_a_header_name_that_is_not_utf8_is_parked_and_the_partition_moves_
     assert parked.headers["error.class"] == b"RecordError"
     assert parked.headers["error.message"] == b"the name of header 0 is not UTF-8"
     assert parked.headers["source.offset"] == b"2"
-    active = config.routing.routes["integration"].format(status="active")
+    active = status_topic(config, "active")
     routed = by_topic(outputs, active)
     assert [o.value for o in routed] == sorted(delivery(i) for i in (1, 2, 4, 5))
 
@@ -85,7 +85,7 @@ async def test_records_compressed_with_any_codec_are_routed(config: Config, code
     async with worker_running(config) as task:
         outputs = await outputs_when(config, len(values), task)
 
-    completed = config.routing.routes["integration"].format(status="completed")
+    completed = status_topic(config, "completed")
     assert sorted(o.value for o in by_topic(outputs, completed)) == sorted(values)
     assert len(outputs) == len(values)
 
@@ -111,7 +111,7 @@ async def test_a_codec_this_process_lacks_parks_its_batch_instead_of_stopping(
         b"record batch at offsets 0..2: zstd data cannot be decompressed"
     )
     assert parked.headers["source.offset"] == b"2"
-    active = config.routing.routes["integration"].format(status="active")
+    active = status_topic(config, "active")
     assert [o.value for o in by_topic(outputs, active)] == [delivery(9)]
 
 
@@ -188,5 +188,5 @@ async def test_fuzzed_records_are_each_routed_or_parked_and_the_worker_goes_on(
     parked = by_topic(outputs, config.topics.dlq)
     sources = {(o.headers["source.partition"], o.headers["source.offset"]) for o in parked}
     assert len(sources) == len(parked), "a record was parked twice"
-    completed = config.routing.routes["integration"].format(status="completed")
+    completed = status_topic(config, "completed")
     assert sentinel in {o.value for o in by_topic(outputs, completed)}

@@ -75,7 +75,8 @@ def workload(manifests: list[dict[str, Any]], component: str) -> dict[str, Any]:
 
 def container(manifests: list[dict[str, Any]], component: str) -> dict[str, Any]:
     (found,) = workload(manifests, component)["spec"]["template"]["spec"]["containers"]
-    return found
+    container: dict[str, Any] = found
+    return container
 
 
 def plain_env(spec: dict[str, Any]) -> dict[str, str]:
@@ -514,7 +515,7 @@ def test_ingress_probes_hit_the_ingress_routes(
         config=load_config(None, env={"WEBHOOK_SECRET": "probe-test-signing-secret"}),
         publisher=RecordingPublisher(),  # routing only: nothing is published
     )
-    routes = {r.resource.canonical for r in app.router.routes() if r.method == "GET"}
+    routes = {r.resource.canonical for r in app.router.routes() if r.method == "GET" and r.resource}
     ingress = container(manifests, "ingress")
     assert ingress["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert ingress["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -555,7 +556,7 @@ def test_worker_liveness_probe_and_scrape_hit_the_port_its_config_serves(
     (port,) = worker["ports"]
     assert port["containerPort"] == loaded.worker.metrics_port
     app = worker_http.create_app(WorkerMetrics())
-    routes = {r.resource.canonical for r in app.router.routes() if r.method == "GET"}
+    routes = {r.resource.canonical for r in app.router.routes() if r.method == "GET" and r.resource}
     probe = worker["livenessProbe"]
     assert probe["httpGet"] == {"path": "/healthz", "port": port["name"]}
     assert "/healthz" in routes

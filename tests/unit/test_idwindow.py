@@ -346,7 +346,8 @@ def test_evict_drops_a_merge_under_way_of_a_segment_that_expired_whole(
 
     assert window.evict(T0 + WINDOW + 1) == 4
 
-    assert (window._merge, segment_sizes(window)) == (None, [4])
+    assert window._merge is None  # evict finished the merge
+    assert segment_sizes(window) == [4]
     assert window.lookup_many([1, 5, 8], T0 + WINDOW + 1) == [None, 50, 80]
 
 

@@ -126,6 +126,10 @@ async def harness() -> AsyncIterator[Harness]:
     await harness.producer.stop()
 
 
+def renewed(harness: Harness, times: int) -> Callable[[], bool]:
+    return lambda: harness.renewals == times
+
+
 async def until(condition: Callable[[], object], timeout: float = 1) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
@@ -260,7 +264,7 @@ async def test_a_producer_stuck_again_after_a_replacement_waits_twice_as_long(
         await asyncio.sleep(0.05)
         assert harness.renewals == renewal - 1, f"renewed before {wait} s"
         harness.clock.now += 2
-        await until(lambda renewal=renewal: harness.renewals == renewal)
+        await until(renewed(harness, renewal))
 
     await harness.send()
     harness.factory.current.sent[-1].ack.set_result(None)  # a write went through

@@ -101,6 +101,10 @@ async def running(config: Config | None = None) -> AsyncIterator[Running]:
         await asyncio.wait_for(state.task, 5)
 
 
+def begun(worker: Running, count: int) -> Callable[[], bool]:
+    return lambda: len(worker.guarantee.checkpoints) >= count
+
+
 def committed(worker: Running, index: int) -> bool:
     checkpoints = worker.guarantee.checkpoints
     return len(checkpoints) > index and checkpoints[index].committed is not None
@@ -366,7 +370,7 @@ async def test_readiness_says_commit_failing_until_an_offsets_commit_succeeds() 
             worker.guarantee.failures = [CommitFailed(CommitFailedError()) for _ in range(2)]
             for index in range(3):
                 worker.consumer.batches.put_nowait({P0: [Record(0, 5 + index, delivery(1))]})
-                await until(lambda index=index: len(worker.guarantee.checkpoints) > index)
+                await until(begun(worker, index + 1))
                 if index < 2:
                     await until(lambda: worker.unready() == "commit_failing")
             await until(lambda: committed(worker, 2))

@@ -25,7 +25,8 @@ MAX_BATCH_BYTES = 1024 * 1024  # a batch's records to one partition fit one Kafk
 @lru_cache(maxsize=65_536)
 def partition_for(key: bytes, partitions: int) -> int:
     # murmur2 is pure Python in aiokafka; users repeat, so the cache saves most calls.
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    hashed: int = murmur2(key)
+    return (hashed & 0x7FFFFFFF) % partitions
 
 
 Grouped = dict[tuple[str, int], list[tuple[Any, ...]]]  # (topic, partition) -> records
