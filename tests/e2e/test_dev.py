@@ -22,19 +22,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from processor.devtools.ports import free_port
+from tests.readme import readme_block
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.usefixtures("kafka_jars")]
 
 REPO = Path(__file__).resolve().parents[2]
-README = (REPO / "README.md").read_text()
 SECRET = "readme-example-secret"
-
-
-def readme_block(name: str) -> str:
-    """The fenced block right after `<!-- readme-test: name -->` in the README."""
-    match = re.search(rf"<!-- readme-test: {name} -->\n```\w+\n(.*?)```", README, re.DOTALL)
-    assert match, f"README has no block marked readme-test: {name}"
-    return match.group(1)
 
 
 @dataclass

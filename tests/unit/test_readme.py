@@ -1,8 +1,10 @@
-"""The README says what the code does: its header tables come from processor.contract.headers."""
+"""The README and docs/ say what the code does: the header tables come from
+processor.contract.headers, the layout table names every module there is and no other."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,21 +12,9 @@ from pathlib import Path
 import pytest
 
 from processor.contract.headers import DERIVED_HEADERS, DLQ_HEADERS, RAW_HEADERS, Header
-from tests.readme import README, readme_commands
+from tests.readme import readme_commands, table_after
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def table_after(marker: str) -> list[str]:
-    """The rows of the Markdown table right after `<!-- marker -->`, header rows excluded."""
-    _, found, rest = README.partition(f"<!-- {marker} -->\n")
-    assert found, f"README has no <!-- {marker} --> table"
-    rows = []
-    for line in rest.splitlines()[2:]:
-        if not line.startswith("|"):
-            break
-        rows.append(line)
-    return rows
 
 
 @pytest.mark.parametrize(
@@ -41,17 +31,19 @@ def test_readme_header_tables_match_processor_headers(
     assert table_after(marker) == [f"| `{h.name}` | {h.value} |" for h in headers]
 
 
-def test_readme_layout_names_every_module_of_processor() -> None:
-    root = Path(__file__).resolve().parents[2]
+def test_the_layout_table_names_every_module_of_processor_and_no_other() -> None:
     named = "\n".join(table_after("layout"))
-    for path in sorted((root / "processor").rglob("*.py")):
+    listed = set(re.findall(r"`(processor/[\w/]+\.py)`", named))
+    for path in sorted((ROOT / "processor").rglob("*.py")):
+        relative = path.relative_to(ROOT)
         if path.name == "__init__.py":
             continue
-        relative = path.relative_to(root)
         if relative.parts[1] in ("config", "devtools"):  # one row per package
-            assert f"`{path.name}`" in named, f"README's layout omits {relative}"
+            assert f"`{path.name}`" in named, f"the layout table omits {relative}"
         else:
-            assert f"`{relative}`" in named, f"README's layout omits {relative}"
+            assert str(relative) in listed, f"the layout table omits {relative}"
+    missing = [name for name in listed if not (ROOT / name).exists()]
+    assert missing == [], f"the layout table names modules that do not exist: {missing}"
 
 
 def test_readme_schema_commands_work_on_the_default_config(tmp_path: Path) -> None:
