@@ -45,9 +45,9 @@ from aiokafka.structs import ConsumerRecord
 from bench_route import RAW_PARTITIONS, make_deliveries
 
 from processor.config import Config, LoggingConfig
-from processor.contract.headers import RECEIVED_AT, format_received_at
 from processor.dedup.screen import Dedup, Restored
 from processor.events import decode_delivery
+from processor.headers import RECEIVED_AT, format_received_at
 from processor.kafka import unreadable
 from processor.kafka.batching import produce_batch
 from processor.kafka.topics import all_topics

@@ -75,10 +75,10 @@ from bench_route import DOCUMENTED_SPELLINGS, UNKNOWN_STATUSES, integration_even
 from prometheus_client.parser import text_string_to_metric_families
 
 from processor.config import Config, load_config
-from processor.contract.headers import RECEIVED_AT
 from processor.devtools.broker import LocalBroker
 from processor.devtools.dev import stop_processes
 from processor.devtools.ports import free_port
+from processor.headers import RECEIVED_AT
 from processor.ingress.signing import sign_hmac_sha256
 from processor.kafka.clients import client_options, partitions_of
 from processor.kafka.topics import all_topics, output_topics

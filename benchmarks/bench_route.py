@@ -99,8 +99,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import GroupCoordinatorNotAvailableError
 
 from processor.config import Config, KafkaConfig, LoggingConfig, TopicsConfig
-from processor.contract.headers import DELIVERY_ID
 from processor.devtools.broker import LocalBroker
+from processor.headers import DELIVERY_ID
 from processor.kafka.batching import produce_batch
 from processor.kafka.clients import (
     client_options,

@@ -92,9 +92,9 @@ from bench_ingress import WRK_POOL
 from prometheus_client.parser import text_string_to_metric_families
 
 from processor.config import Config, LoggingConfig, load_config
-from processor.contract.headers import CONTENT_TYPE, DELIVERY_ID, EVENT, RECEIVED_AT
 from processor.devtools.broker import LocalBroker
 from processor.devtools.ports import free_port
+from processor.headers import CONTENT_TYPE, DELIVERY_ID, EVENT, RECEIVED_AT
 from processor.ingress.signing import sign_hmac_sha256
 from processor.kafka.batching import RawRecord, produce_batch
 from processor.kafka.clients import client_options, worker_producer_options

@@ -33,7 +33,8 @@ from typing import Final, Literal, NamedTuple, Protocol
 import msgspec
 
 from processor.config import RoutingConfig, TopicsConfig
-from processor.contract.headers import (
+from processor.events import MAX_IDENTIFIER_LENGTH, InvalidDelivery, decode_delivery
+from processor.headers import (
     CONTENT_TYPE,
     DELIVERY_ID,
     ERROR_CLASS,
@@ -47,13 +48,13 @@ from processor.contract.headers import (
     SOURCE_TOPIC,
     STATUS,
     UID,
+    UNREADABLE_HEADER,
     format_received_at,
     parse_received_at,
     timestamp_received_at,
+    unreadable_reason,
 )
-from processor.contract.naming import normalise_status
-from processor.events import MAX_IDENTIFIER_LENGTH, InvalidDelivery, decode_delivery
-from processor.kafka.recordbatch import UNREADABLE_HEADER, unreadable_reason
+from processor.naming import normalise_status
 from processor.outcomes import Outcome
 
 __all__ = ["Routed", "Router", "Rule", "SourceRecord"]

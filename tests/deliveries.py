@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import msgspec
 
 from processor.config import Config
-from processor.contract.naming import normalise_status
+from processor.naming import normalise_status
 
 # The provider's own example payload (spec/webhook-events.md), byte for byte.
 SPEC_EXAMPLE = b"""{

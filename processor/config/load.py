@@ -24,9 +24,9 @@ import msgspec.inspect
 import yaml
 
 from processor.config.model import HEADROOM_BYTES, SECTIONS, Config, Route, RoutingConfig
-from processor.contract.naming import illegal_topic, normalise_status, uses_status
 from processor.errors import ConfigError
 from processor.events import error_path
+from processor.naming import illegal_topic, normalise_status, uses_status
 
 __all__ = ["ENV_PREFIX", "load_config"]
 

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from processor.contract.naming import uses_status
+from processor.naming import uses_status
 
 __all__ = [
     "HEADROOM_BYTES",

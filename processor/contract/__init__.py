@@ -1,1 +1,3 @@
-"""The subscriber's contract as data: headers, topic names, JSON Schema, AsyncAPI, compatibility."""
+"""The subscriber's contract as documents: JSON Schema, AsyncAPI, and which changes break
+it. Made from its parts, which everything else uses too: `processor.events` (the
+models), `processor.headers` (the headers), `processor.naming` (topic names)."""

@@ -16,7 +16,6 @@ from typing import Any, Final
 import yaml
 
 from processor.config import Config, KafkaConfig
-from processor.contract.headers import STATUS
 from processor.contract.schema import (
     Role,
     TopicContract,
@@ -26,6 +25,7 @@ from processor.contract.schema import (
     topic_contracts,
     value_schema,
 )
+from processor.headers import STATUS
 
 __all__ = ["ASYNCAPI_VERSION", "asyncapi_document", "asyncapi_yaml"]
 

@@ -26,7 +26,7 @@ import structlog
 from aiohttp import web
 
 from processor.config import Config
-from processor.contract.headers import (
+from processor.headers import (
     CONTENT_TYPE,
     DELIVERY_ID,
     EVENT,

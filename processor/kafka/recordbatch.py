@@ -15,23 +15,18 @@ batch's own bytes as its value, so that nothing is thrown away.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Final, NamedTuple
 
 from aiokafka import codec
 
+from processor.headers import UNREADABLE_HEADER
+
 __all__ = [
-    "UNREADABLE_HEADER",
     "BatchRecord",
     "read_batch",
-    "unreadable_reason",
     "whole_batch",
 ]
-
-# The one header of a record that could not be read; its value says why. The name
-# holds a lone surrogate, which strict UTF-8 decoding (how aiokafka reads header
-# names) never produces: no record read from Kafka can carry it.
-UNREADABLE_HEADER: Final = "\udcffprocessor.kafka.unreadable"
 
 # BaseOffset, Length, PartitionLeaderEpoch, Magic, CRC, Attributes, LastOffsetDelta,
 # FirstTimestamp, MaxTimestamp, ProducerId, ProducerEpoch, BaseSequence, record count.
@@ -49,7 +44,8 @@ _DECOMPRESS: Final[dict[int, tuple[str, Callable[[bytes], bytes]]]] = {
 class BatchRecord(NamedTuple):
     """A record as read, with the attributes aiokafka's fetcher reads of a record.
 
-    A record that could not be read in full has the one header UNREADABLE_HEADER.
+    A record that could not be read in full has the one header UNREADABLE_HEADER
+    (processor.headers).
     """
 
     offset: int
@@ -59,13 +55,6 @@ class BatchRecord(NamedTuple):
     value: bytes | None
     headers: list[tuple[str, bytes | None]]
     checksum: None = None
-
-
-def unreadable_reason(headers: Sequence[tuple[str, bytes | None]]) -> str | None:
-    """Why a record could not be read, or None for a record read in full."""
-    if headers and headers[0][0] == UNREADABLE_HEADER:
-        return (headers[0][1] or b"").decode("utf-8", "replace")
-    return None
 
 
 def _unreadable(reason: str) -> list[tuple[str, bytes | None]]:

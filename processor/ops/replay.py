@@ -31,7 +31,8 @@ from aiokafka.errors import KafkaError
 from tqdm import tqdm
 
 from processor.config import Config
-from processor.contract.headers import (
+from processor.errors import ConfigError, TopicsMissing
+from processor.headers import (
     CONTENT_TYPE,
     DELIVERY_ID,
     ERROR_CLASS,
@@ -41,7 +42,6 @@ from processor.contract.headers import (
     REPLAY_OF,
     parse_received_at,
 )
-from processor.errors import ConfigError, TopicsMissing
 from processor.kafka.batching import RawRecord, produce_batch
 from processor.kafka.clients import (
     client_options,

@@ -22,7 +22,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from processor.config import Config
-from processor.contract.headers import (
+from processor.contract.schema import topic_contracts
+from processor.errors import TopicsMissing
+from processor.events import BaseData, InvalidDelivery, decode_envelope, decode_event
+from processor.headers import (
     DELIVERY_ID,
     ERROR_CLASS,
     ERROR_MESSAGE,
@@ -32,9 +35,6 @@ from processor.contract.headers import (
     UID,
     timestamp_received_at,
 )
-from processor.contract.schema import topic_contracts
-from processor.errors import TopicsMissing
-from processor.events import BaseData, InvalidDelivery, decode_envelope, decode_event
 from processor.kafka.clients import (
     client_options,
     connect,

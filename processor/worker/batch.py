@@ -16,8 +16,8 @@ from typing import Any
 import structlog
 from aiokafka import TopicPartition
 
-from processor.contract.headers import ERROR_CLASS
 from processor.dedup.screen import Screened
+from processor.headers import ERROR_CLASS
 from processor.routing import Routed
 
 __all__ = ["Share", "log_breaker_open", "log_committed", "tally"]

@@ -1,5 +1,5 @@
 """The README and docs/ say what the code does: the header tables come from
-processor.contract.headers, the layout table names every module there is and no other."""
+processor.headers, the layout table names every module there is and no other."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from processor.contract.headers import DERIVED_HEADERS, DLQ_HEADERS, RAW_HEADERS, Header
+from processor.headers import DERIVED_HEADERS, DLQ_HEADERS, RAW_HEADERS, Header
 from tests.readme import readme_commands, table_after
 
 ROOT = Path(__file__).resolve().parents[2]

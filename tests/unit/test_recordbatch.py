@@ -14,8 +14,9 @@ from aiokafka.consumer.fetcher import PartitionRecords
 from aiokafka.structs import TopicPartition
 
 from processor.config import RoutingConfig, TopicsConfig
+from processor.headers import UNREADABLE_HEADER, unreadable_reason
 from processor.kafka import unreadable
-from processor.kafka.recordbatch import UNREADABLE_HEADER, read_batch, unreadable_reason
+from processor.kafka.recordbatch import read_batch
 from processor.routing import Router
 from tests import kafka_wire as wire
 from tests.deliveries import SPEC_EXAMPLE

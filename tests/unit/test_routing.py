@@ -11,7 +11,7 @@ import pytest
 
 import processor.routing
 from processor.config import Route, RoutingConfig, TopicsConfig
-from processor.contract.naming import normalise_status
+from processor.naming import normalise_status
 from processor.routing import Routed, Router
 from tests.deliveries import SPEC_EXAMPLE
 

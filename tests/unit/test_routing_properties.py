@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processor.config import RoutingConfig, TopicsConfig
-from processor.contract.naming import normalise_status
+from processor.naming import normalise_status
 from processor.routing import Routed, Router
 
 ROUTER = Router(routing=RoutingConfig(), topics=TopicsConfig())

@@ -177,5 +177,5 @@ def _aware(value: object) -> bool:
 
 @lru_cache(maxsize=1024)
 def _normalise(status: str) -> str:
-    """As processor.contract.naming.normalise_status: "PARTIALLY SYNCED" -> "partially_synced"."""
+    """As processor.naming.normalise_status: "PARTIALLY SYNCED" -> "partially_synced"."""
     return _NOT_TOPIC.sub("_", status.lower()).strip("_")

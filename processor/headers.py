@@ -7,6 +7,7 @@ the README to these tuples). No I/O.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal, NamedTuple
 
@@ -27,10 +28,12 @@ __all__ = [
     "SOURCE_TOPIC",
     "STATUS",
     "UID",
+    "UNREADABLE_HEADER",
     "Header",
     "HeaderFormat",
     "format_received_at",
     "timestamp_received_at",
+    "unreadable_reason",
 ]
 
 DELIVERY_ID: Final = "delivery-id"
@@ -133,6 +136,19 @@ DLQ_HEADERS: Final = (
     Header(SOURCE_PARTITION, "its partition", True, "integer"),
     Header(SOURCE_OFFSET, "its offset", True, "integer"),
 )
+
+
+# The one header of a record that could not be read; its value says why. The name
+# holds a lone surrogate, which strict UTF-8 decoding (how aiokafka reads header
+# names) never produces: no record read from Kafka can carry it.
+UNREADABLE_HEADER: Final = "\udcffprocessor.unreadable"
+
+
+def unreadable_reason(headers: Sequence[tuple[str, bytes | None]]) -> str | None:
+    """Why a record could not be read, or None for a record read in full."""
+    if headers and headers[0][0] == UNREADABLE_HEADER:
+        return (headers[0][1] or b"").decode("utf-8", "replace")
+    return None
 
 
 def format_received_at(moment: datetime) -> str:
