@@ -6,6 +6,7 @@ them with what `processor` itself would do with the same settings.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -325,9 +326,22 @@ def module_file(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def runtime_modules() -> list[str]:
-    """The `processor` modules of the runtime commands: the CLI imports worker, ingress
-    and topics at its top, so a fresh interpreter that imports it has loaded them all."""
-    listing = "import sys, processor.cli; print(*sys.modules)"
+    """The `processor` modules of the runtime commands: what a fresh interpreter has
+    loaded once it imported the CLI and every module the CLI imports, at its top or
+    lazily inside a command (replay, tail, schema), the dev tooling's aside."""
+    tree = ast.parse((ROOT / "processor/cli.py").read_text())
+    lazy = sorted(
+        {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.startswith("processor")
+            and not node.module.startswith("processor.devtools")
+        }
+    )
+    assert "processor.ops.replay" in lazy, "the CLI's lazy imports were not found"
+    listing = f"import sys, processor.cli, {', '.join(lazy)}; print(*sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", listing], capture_output=True, text=True, check=True, timeout=60
     )
