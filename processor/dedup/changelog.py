@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from processor.config import Config
 from processor.dedup.screen import Restored
-from processor.kafka.clients import client_options, read_to_end
+from processor.kafka.clients import read_to_end, reader_options
 
 __all__ = ["KafkaChangelog"]
 
@@ -30,9 +30,7 @@ class KafkaChangelog:
     def __init__(self, config: Config) -> None:
         self._topic = config.topics.dedup
         self.consumer = AIOKafkaConsumer(
-            **client_options(config.kafka),
-            enable_auto_commit=False,
-            isolation_level="read_committed",
+            **reader_options(config),
             max_partition_fetch_bytes=FETCH_BYTES,
             fetch_max_bytes=FETCH_BYTES,
             # A restore reads to a known end: never wait for more to arrive.

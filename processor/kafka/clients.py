@@ -35,6 +35,7 @@ __all__ = [
     "ingress_producer_options",
     "partitions_of",
     "read_to_end",
+    "reader_options",
     "renewing_producer",
     "require_topics",
     "wait_until_reachable",
@@ -98,6 +99,19 @@ def worker_consumer_options(config: Config) -> dict[str, Any]:
         "max_poll_interval_ms": config.worker.max_poll_interval_ms,
         "session_timeout_ms": config.worker.session_timeout_ms,
         "heartbeat_interval_ms": config.worker.heartbeat_interval_ms,
+    }
+
+
+def reader_options(config: Config, *, group_id: str | None = None) -> dict[str, Any]:
+    """A consumer that reads what is committed and commits nothing by itself: `tail` (no
+    group: a guest nobody notices), `replay` (a group of its own, committed in its
+    transactions) and dedup's changelog restore."""
+    return {
+        **client_options(config.kafka),
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        # Never a record some transactional producer aborted (a worker's, a replay's).
+        "isolation_level": "read_committed",
     }
 
 

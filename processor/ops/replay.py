@@ -48,8 +48,11 @@ from processor.kafka.clients import (
     connect,
     partitions_of,
     read_to_end,
+    reader_options,
     wait_until_reachable,
 )
+from processor.kafka.producers import BoundedProducer
+from processor.shutdown import stop_on_signals
 
 __all__ = ["ReplayFilters", "ReplaySummary", "replay"]
 
@@ -126,23 +129,28 @@ async def replay(
     limit: int | None = None,
     dry_run: bool = False,
     progress: TextIO | None = None,
+    stop: asyncio.Event | None = None,
 ) -> ReplaySummary:
-    """Replay what `filters` select, at most `limit` records. Raises ConfigError for a
+    """Replay what `filters` select, at most `limit` records, until `stop` is set (then
+    after the batch in flight: a run again goes on from there). Raises ConfigError for a
     source that is neither the DLQ nor the unrouted topic, BrokerUnavailable when Kafka
     cannot be reached. With `progress` (a terminal), a progress bar is drawn on it."""
+    stop = asyncio.Event() if stop is None else stop
     if filters.source not in (config.topics.dlq, config.topics.unrouted):
         raise ConfigError(
             f"--from {filters.source}: replay reads the DLQ ({config.topics.dlq}) or the "
             f"unrouted topic ({config.topics.unrouted}) only"
         )
     group = filters.group_id()
-    consumer = AIOKafkaConsumer(
+    consumer = AIOKafkaConsumer(**reader_options(config, group_id=group))
+    # Bounded: a stop while Kafka is away still ends (the transaction is aborted by the
+    # next run's producer, which resumes from the last committed batch).
+    producer = BoundedProducer(
         **client_options(config.kafka),
-        group_id=group,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
+        acks="all",
+        transactional_id=group,
+        flush_timeout_s=config.kafka.request_timeout_ms / 1000,
     )
-    producer = AIOKafkaProducer(**client_options(config.kafka), acks="all", transactional_id=group)
 
     async def start() -> None:
         await wait_until_reachable(config.kafka)
@@ -152,7 +160,8 @@ async def replay(
 
     summary = ReplaySummary(filters.source, filters.target, dry_run)
     try:
-        await connect(start, config=config.kafka, stop=asyncio.Event())
+        if not await connect(start, config=config.kafka, stop=stop):
+            return summary
         partitions = await partitions_of(consumer, filters.source)
         if not partitions:
             raise TopicsMissing(
@@ -174,7 +183,7 @@ async def replay(
                     # Up to the last record looked at: the rest is the next run's.
                     next_offset = records[scanned - 1].offset + 1
                     await _commit(producer, group, tp, next_offset, chosen)
-                if room is not None and len(chosen) >= room:
+                if (room is not None and len(chosen) >= room) or stop.is_set():
                     break
     finally:
         await consumer.stop()
@@ -274,10 +283,16 @@ def run_replay(
 ) -> int:
     """The command: a progress bar on a terminal, one JSON summary line at the end."""
     progress = sys.stderr if sys.stderr.isatty() else None
+
+    async def replaying() -> ReplaySummary:
+        stop = asyncio.Event()
+        with stop_on_signals(stop):
+            return await replay(
+                config, filters, limit=limit, dry_run=dry_run, progress=progress, stop=stop
+            )
+
     try:
-        summary = asyncio.run(
-            replay(config, filters, limit=limit, dry_run=dry_run, progress=progress)
-        )
+        summary = asyncio.run(replaying())
     except KafkaError as exc:
         out(f"processor: replay stopped ({type(exc).__name__}: {exc}); run it again to go on")
         return 1

@@ -36,10 +36,10 @@ from processor.headers import (
     timestamp_received_at,
 )
 from processor.kafka.clients import (
-    client_options,
     connect,
     partitions_of,
     read_to_end,
+    reader_options,
     wait_until_reachable,
 )
 from processor.shutdown import stop_on_signals, unless_stopped
@@ -193,12 +193,7 @@ async def tail(config: Config, options: TailOptions, out: Output, *, stop: async
     when Kafka cannot be reached.
     """
     reader = RecordReader(config, options.topic)
-    consumer = AIOKafkaConsumer(
-        **client_options(config.kafka),
-        group_id=None,  # a guest: no group, nothing committed
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-    )
+    consumer = AIOKafkaConsumer(**reader_options(config))
 
     async def start() -> None:
         await wait_until_reachable(config.kafka)

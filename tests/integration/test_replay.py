@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
+from pathlib import Path
 
 import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from processor.config import Config
+from processor.devtools.ports import free_port
 from processor.kafka.clients import partitions_of, read_to_end
 from processor.kafka.topics import create_topics
 from processor.ops.replay import ReplayFilters, replay
@@ -237,3 +242,37 @@ async def test_the_command_prints_one_json_summary_line(config: Config) -> None:
     summary = json.loads(result.stdout.decode().strip().splitlines()[-1])
     assert summary["event"] == "replay.summary"
     assert (summary["dry_run"], summary["would_replay"], summary["scanned"]) == (True, 0, 0)
+
+
+def spawn_replay(log: Path, **env: str) -> subprocess.Popen[bytes]:
+    """`processor replay --from webhooks.dlq` as a process, logging JSON to `log`."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "processor.cli", "--config", str(REPO / "config.yaml"),
+             "replay", "--from", "webhooks.dlq"],
+            env=os.environ | {"PROCESSOR_LOGGING__FORMAT": "json"} | env,
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+async def test_sigterm_ends_a_replay_at_once_even_while_kafka_is_being_reached(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "replay.log"
+    process = spawn_replay(log, KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}")
+    try:
+        async with asyncio.timeout(30):  # until it is waiting for a Kafka that is not there
+            while "kafka.waiting" not in log.read_text():
+                assert process.poll() is None, log.read_text()
+                await asyncio.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = await asyncio.to_thread(process.wait, 10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert time.monotonic() - started < 3
+    assert code == 0, log.read_text()
+    assert '"replayed":0' in log.read_text().replace(" ", "")
