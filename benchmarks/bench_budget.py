@@ -45,7 +45,8 @@ from aiokafka.structs import ConsumerRecord
 from bench_route import RAW_PARTITIONS, make_deliveries
 
 from processor.config import Config, LoggingConfig
-from processor.dedup.screen import Dedup, Restored
+from processor.dedup.record import Restored
+from processor.dedup.screen import Dedup
 from processor.events import decode_delivery
 from processor.headers import RECEIVED_AT, format_received_at
 from processor.kafka import unreadable

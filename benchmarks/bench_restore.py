@@ -30,7 +30,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from processor.config import Config, KafkaConfig, TopicsConfig
 from processor.dedup.changelog import KafkaChangelog
 from processor.dedup.idwindow import id_hash
-from processor.dedup.screen import ChangelogRecord, Dedup, pack_entry
+from processor.dedup.record import changelog_record
+from processor.dedup.screen import Dedup
 from processor.kafka.batching import produce_batch
 
 TOPIC: Final = "bench.dedup.restore"
@@ -51,8 +52,11 @@ async def load(config: Config, count: int) -> None:
             records = []
             for index in range(first, min(first + CHUNK, count)):
                 delivery_id = f"whd_{index:012d}"
-                value = pack_entry(id_hash(delivery_id), index & 0xFFFFFFFF)
-                records.append(ChangelogRecord(TOPIC, 0, delivery_id.encode(), value, []))
+                records.append(
+                    changelog_record(
+                        TOPIC, 0, delivery_id, id_hash(delivery_id), index & 0xFFFFFFFF
+                    )
+                )
             await asyncio.gather(*await produce_batch(producer, records))
 
 

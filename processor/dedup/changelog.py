@@ -6,14 +6,12 @@ an aborted exactly-once batch leaves no remembered id behind.
 
 from __future__ import annotations
 
-import sys
-from array import array
 from typing import Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from processor.config import Config
-from processor.dedup.screen import Restored
+from processor.dedup.record import Restored, RestoredBuilder
 from processor.kafka.clients import read_to_end, reader_options
 
 __all__ = ["KafkaChangelog"]
@@ -21,7 +19,6 @@ __all__ = ["KafkaChangelog"]
 # A changelog record is ~70 bytes on the wire: big fetches make the restore fast.
 FETCH_BYTES: Final = 8 * 1024 * 1024
 FETCH_WAIT_MS: Final = 10
-_VALUE_BYTES: Final = 12
 
 
 class KafkaChangelog:
@@ -48,24 +45,15 @@ class KafkaChangelog:
         # Offsets first, with nothing assigned: no fetch is in flight to wait behind.
         begin = (await self.consumer.beginning_offsets([tp]))[tp]
         end = (await self.consumer.end_offsets([tp]))[tp]
-        hashes = bytearray()
-        prints = bytearray()
-        seen_at = array("I")
+        restored = RestoredBuilder()
         if begin < end:
             self.consumer.assign([tp])
             self.consumer.seek(tp, begin)
             try:
                 async for _, records in read_to_end(self.consumer, [tp], ends={tp: end}):
                     for record in records:
-                        value = record.value
-                        if value is None or len(value) != _VALUE_BYTES:
-                            continue  # not written by a worker: nothing to restore
-                        hashes += value[:8]
-                        prints += value[8:]
-                        seen_at.append(record.timestamp // 1000)
+                        restored.add(record.value, record.timestamp)
             finally:
                 # Nothing assigned between restores: no idle fetching.
                 self.consumer.assign([])
-        if sys.byteorder == "big":
-            seen_at.byteswap()
-        return Restored(bytes(hashes), bytes(prints), seen_at.tobytes())
+        return restored.build()

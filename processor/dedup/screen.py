@@ -22,52 +22,25 @@ records (`assigned`, from the rebalance listener).
 
 from __future__ import annotations
 
-import struct
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Final, NamedTuple, Protocol
+from typing import Final, Protocol
 
 import structlog
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from processor.dedup.idwindow import IdWindow, fingerprint, id_hash
+from processor.dedup.record import ChangelogRecord, Restored, changelog_record
 from processor.routing import Routed
 
-__all__ = ["ChangelogReader", "ChangelogRecord", "Dedup", "Restored", "Screened", "pack_entry"]
+__all__ = ["ChangelogReader", "Dedup", "Screened"]
 
 log = structlog.get_logger(__name__)
 
-_ENTRY: Final = struct.Struct("<QI")
 # Eviction of expired ids runs at most this often per partition; ids expire by the day.
 EVICT_EVERY_S: Final = 60.0
-
-
-def pack_entry(id_hash_: int, fingerprint_: int) -> bytes:
-    """A changelog record's value."""
-    return _ENTRY.pack(id_hash_, fingerprint_)
-
-
-class ChangelogRecord(NamedTuple):
-    """One remembered id, as produce_batch takes it: to the raw partition's number."""
-
-    topic: str
-    partition: int
-    key: bytes
-    value: bytes
-    headers: list[tuple[str, bytes]]
-
-
-class Restored(NamedTuple):
-    """A partition's changelog, packed as IdWindow.restore takes it."""
-
-    id_hashes: bytes
-    fingerprints: bytes
-    seen_at: bytes
-
-    def __len__(self) -> int:
-        return len(self.id_hashes) // 8
 
 
 class ChangelogReader(Protocol):
@@ -186,13 +159,7 @@ class Dedup:
             pending[key] = print_
             screened.outputs.append(record)
             screened.changelog.append(
-                ChangelogRecord(
-                    self._topic,
-                    partition.partition,
-                    record.delivery_id.encode(),
-                    pack_entry(key, print_),
-                    [],
-                )
+                changelog_record(self._topic, partition.partition, record.delivery_id, key, print_)
             )
         screened.hashes = list(pending)
         screened.fingerprints = list(pending.values())

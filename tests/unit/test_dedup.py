@@ -8,7 +8,8 @@ from aiokafka import TopicPartition
 
 from processor.config import RoutingConfig, TopicsConfig
 from processor.dedup.idwindow import fingerprint, id_hash
-from processor.dedup.screen import ChangelogRecord, Dedup, Restored, pack_entry
+from processor.dedup.record import ChangelogRecord, Restored, RestoredBuilder
+from processor.dedup.screen import Dedup
 from processor.routing import Routed, Router
 from processor.testing import Record
 from tests.deliveries import integration_event
@@ -27,24 +28,21 @@ class Clock:
 
 
 class Changelog:
-    """What a partition's changelog holds, as the reader hands it back."""
+    """What a partition's changelog holds (values and timestamps, as Kafka keeps them),
+    read back as the real reader reads it."""
 
     def __init__(self) -> None:
-        self.entries: dict[int, list[tuple[int, int, int]]] = {}
+        self.entries: dict[int, list[tuple[bytes, int]]] = {}
 
     def write(self, partition: int, records: list[ChangelogRecord], seen_at: float) -> None:
         for record in records:
-            hashed = int.from_bytes(record.value[:8], "little")
-            print_ = int.from_bytes(record.value[8:], "little")
-            self.entries.setdefault(partition, []).append((hashed, print_, int(seen_at)))
+            self.entries.setdefault(partition, []).append((record.value, int(seen_at * 1000)))
 
     async def read(self, partition: int) -> Restored:
-        entries = self.entries.get(partition, [])
-        return Restored(
-            b"".join(h.to_bytes(8, "little") for h, _, _ in entries),
-            b"".join(p.to_bytes(4, "little") for _, p, _ in entries),
-            b"".join(t.to_bytes(4, "little") for _, _, t in entries),
-        )
+        restored = RestoredBuilder()
+        for value, timestamp_ms in self.entries.get(partition, []):
+            restored.add(value, timestamp_ms)
+        return restored.build()
 
 
 ROUTER = Router(routing=RoutingConfig(), topics=TopicsConfig())
@@ -144,7 +142,7 @@ async def test_the_changelog_record_is_keyed_by_id_on_the_raw_partitions_number(
         "webhooks.dedup",
         1,
         b"whd_00000007",
-        pack_entry(id_hash("whd_00000007"), fingerprint(value)),
+        id_hash("whd_00000007").to_bytes(8, "little") + fingerprint(value).to_bytes(4, "little"),
         [],
     )
 
