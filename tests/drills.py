@@ -28,14 +28,12 @@ from typing import Any
 
 import aiohttp
 import msgspec
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 
 from processor.config import Config, KafkaConfig, TopicsConfig
 from processor.devtools.ports import free_port
 from processor.kafka.topics import create_topics
-from tests.harness import REPO, read_all_outputs, read_topic
+from tests.harness import REPO, read_all_outputs, read_topic, until_drained
 from tests.ingress_harness import SECRET, delivery, signed
 
 PARTITIONS = 3
@@ -371,27 +369,6 @@ async def raw_ids(bootstrap: str, topic: str) -> Counter[str]:
     return Counter(dict(r.headers)["delivery-id"].decode() for r in records)
 
 
-async def until_drained(bootstrap: str, group: Config, *, timeout: float) -> None:
-    """Until the group has committed every raw partition up to its end: nothing more
-    will arrive in its outputs (a fact, not a pause)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await admin.start()
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(group.topics.raw, p) for p in range(PARTITIONS)]
-        ends = await consumer.end_offsets(partitions)
-        async with asyncio.timeout(timeout):
-            while True:
-                committed = await admin.list_consumer_group_offsets(group.worker.group_id)
-                if all(tp in committed and committed[tp].offset >= end for tp, end in ends.items()):
-                    return
-                await asyncio.sleep(0.5)
-    finally:
-        await consumer.stop()
-        await admin.close()
-
-
 async def routed_ids(group: Config) -> Counter[str]:
     """Delivery ids in the group's outputs (read_committed), with how often each."""
     return Counter(o.headers["delivery-id"].decode() for o in await read_all_outputs(group))
@@ -432,7 +409,7 @@ async def settle(pipeline: Pipeline) -> Outcome:
     """Once both groups have routed everything: what is in the topics, then the
     processes stopped as an orchestrator stops them, and what they logged."""
     for group in pipeline.groups:
-        await until_drained(pipeline.bootstrap, group, timeout=120)
+        await until_drained(group, timeout=120)
     raw = await raw_ids(pipeline.bootstrap, pipeline.raw)
     at_least_once, exactly_once = [await routed_ids(group) for group in pipeline.groups]
     await pipeline.stop()

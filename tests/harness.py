@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from processor.config import Config
 from processor.kafka.batching import produce_batch
-from processor.kafka.clients import read_to_end
+from processor.kafka.clients import partitions_of, read_to_end
 from processor.kafka.topics import output_topics
 from processor.metrics import WorkerMetrics
 from processor.worker.loop import Worker
@@ -97,45 +98,35 @@ async def read_topic(
         await consumer.stop()
 
 
-async def read_outputs(config: Config, expected: int, *, settle_s: float = 1.0) -> list[Output]:
-    """Every record in the output topics once `expected` arrived and `settle_s` brought no more."""
-    outputs = output_topics(config)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=config.kafka.bootstrap_servers,
-        enable_auto_commit=False,
-        # Exactly-once outputs are transactional: an aborted batch must not count.
-        isolation_level="read_committed",
-    )
+async def until_drained(config: Config, *, timeout: float = 120) -> None:
+    """Until the worker group has committed every raw partition up to where it ends now:
+    nothing more of it will arrive in the outputs (a fact, not a pause)."""
+    bootstrap = config.kafka.bootstrap_servers
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await admin.start()
     await consumer.start()
-    found: list[Output] = []
     try:
-        partitions = [
-            TopicPartition(t, p) for t in outputs for p in consumer.partitions_for_topic(t) or ()
-        ]
-        if len(partitions) < len(outputs):
-            await consumer._client.force_metadata_update()  # topics created moments ago
-            partitions = [
-                TopicPartition(t, p) for t in outputs for p in consumer.partitions_for_topic(t)
-            ]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning()
-        async with asyncio.timeout(120):
-            quiet_since: float | None = None
+        ends = await consumer.end_offsets(await partitions_of(consumer, config.topics.raw))
+        async with asyncio.timeout(timeout):
             while True:
-                batch = await consumer.getmany(timeout_ms=200)
-                for tp, records in batch.items():
-                    found.extend(
-                        Output(tp.topic, tp.partition, r.offset, r.key, r.value, dict(r.headers))
-                        for r in records
-                    )
-                now = asyncio.get_running_loop().time()
-                # Distinct values: after a crash, duplicates can reach the count early.
-                if batch or len({o.value for o in found}) < expected:
-                    quiet_since = now
-                elif quiet_since is not None and now - quiet_since >= settle_s:
-                    return found
+                committed = await admin.list_consumer_group_offsets(config.worker.group_id)
+                if all(tp in committed and committed[tp].offset >= end for tp, end in ends.items()):
+                    return
+                await asyncio.sleep(0.2)
     finally:
         await consumer.stop()
+        await admin.close()
+
+
+async def read_outputs(config: Config, expected: int, *, timeout: float = 120) -> list[Output]:
+    """Every output record, once the group has routed and committed all of the raw topic;
+    at least `expected` distinct ones, or the test says what is missing at once."""
+    await until_drained(config, timeout=timeout)
+    found = await read_all_outputs(config)
+    distinct = len({o.value for o in found})
+    assert distinct >= expected, f"{distinct} distinct outputs once drained, {expected} expected"
+    return found
 
 
 async def read_all_outputs(config: Config) -> list[Output]:
@@ -165,16 +156,6 @@ async def read_all_outputs(config: Config) -> list[Output]:
         return found
     finally:
         await consumer.stop()
-
-
-async def read_outputs_when(config: Config, count: int, *, timeout: float = 120) -> list[Output]:
-    """Every output record once the read_committed view holds `count` of them (copies
-    included) and a second brought no more."""
-    async with asyncio.timeout(timeout):
-        while len(found := await read_all_outputs(config)) < count:
-            await asyncio.sleep(1)
-        await asyncio.sleep(1)
-        return await read_all_outputs(config) if found else found
 
 
 def assert_each_delivered(

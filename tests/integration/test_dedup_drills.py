@@ -33,7 +33,6 @@ from tests.harness import (
     assert_each_delivered,
     produce_raw,
     read_outputs,
-    read_outputs_when,
     wait_exit,
     wait_for_outputs,
     wait_for_partitions,
@@ -213,7 +212,8 @@ async def test_a_worker_restarted_after_its_window_partly_expired(
     valid = [d for d in stream if d.kind != "dlq"]
     await produce_raw(config, valid)  # every valid delivery retried once
     expired = sum(1 for d in old if d.kind != "dlq")
-    outputs = await read_outputs_when(config, len(stream) + expired)
+    outputs = await read_outputs(config, len(stream))
+    assert len(outputs) >= len(stream) + expired
 
     written = Counter(o.value for o in outputs)
     assert {written[d.value] for d in old if d.kind != "dlq"} == {2}, "expired ids route again"

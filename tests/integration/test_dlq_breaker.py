@@ -14,7 +14,14 @@ import pytest
 from processor.config import Config
 from processor.devtools.ports import free_port
 from tests.deliveries import Delivery, integration_event
-from tests.harness import SpawnWorker, produce_raw, read_outputs, wait_exit, wait_for_outputs
+from tests.harness import (
+    SpawnWorker,
+    produce_raw,
+    read_all_outputs,
+    read_outputs,
+    wait_exit,
+    wait_for_outputs,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -60,8 +67,12 @@ async def test_a_stream_turning_bad_is_held_not_dead_lettered_and_reported_until
                 await asyncio.sleep(0.2)
         async with session.get("/healthz") as response:
             assert response.status == 200, "a data problem is not a liveness problem"
-    await asyncio.sleep(1)
-    held = await read_outputs(config, 600)
+    async with asyncio.timeout(30):  # every good delivery before the held ones routed
+        while True:
+            held = await read_all_outputs(config)
+            if sum(o.topic != config.topics.dlq for o in held) >= 600:
+                break
+            await asyncio.sleep(0.2)
     guarded.send_signal(signal.SIGTERM)
     assert await wait_exit(guarded, 30) == 0
 

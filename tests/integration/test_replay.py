@@ -30,6 +30,7 @@ from tests.harness import (
     produce_raw,
     read_all_outputs,
     read_outputs,
+    until_drained,
     worker_env,
     worker_running,
 )
@@ -79,11 +80,13 @@ async def records_of(config: Config, topic: str) -> list[Output]:
 
 
 async def until_in(config: Config, topic: str, count: int) -> list[Output]:
+    """The records of `topic` once the group has routed all of the raw topic, and at
+    least `count` of them are there."""
     async with asyncio.timeout(60):
-        while len(await records_of(config, topic)) < count:
+        while len(found := await records_of(config, topic)) < count:
             await asyncio.sleep(0.3)
-    await asyncio.sleep(1)
-    return await records_of(config, topic)
+    await until_drained(config)
+    return await records_of(config, topic) if found else found
 
 
 async def test_unrouted_deliveries_move_once_into_a_new_route_and_a_second_run_replays_nothing(
