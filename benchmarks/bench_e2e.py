@@ -72,6 +72,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError
 from bench_route import DOCUMENTED_SPELLINGS, UNKNOWN_STATUSES, integration_event
+from harness import cpu_seconds
 from prometheus_client.parser import text_string_to_metric_families
 
 from processor.config import Config, load_config
@@ -504,12 +505,6 @@ async def _group_assigned(config: Config) -> bool:
     return (
         bool(state == "Stable" and len(members) == WORKERS) and assigned == config.topics.partitions
     )
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_busy_seconds() -> float:

@@ -44,6 +44,7 @@ import aiohttp
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from harness import cpu_seconds
 
 from processor.config import Config, IngressConfig, KafkaConfig, LoggingConfig, TopicsConfig
 from processor.devtools.broker import LocalBroker
@@ -227,12 +228,6 @@ async def load_with_python(
 
 
 # --- the run ------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def measure(

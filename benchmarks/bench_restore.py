@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import statistics
 import time
-from collections.abc import Iterator
 from typing import Final
 
 import msgspec
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from harness import broker
 
 from processor.config import Config, KafkaConfig, TopicsConfig
 from processor.dedup.changelog import KafkaChangelog
@@ -88,17 +87,6 @@ async def bench(bootstrap: str, count: int, rounds: int) -> None:
         print(f"  restore: {wall:6.2f} s wall, {cpu:6.2f} s CPU, {count / wall:>12,.0f} ids/s")
     median = statistics.median(wall for wall, _, _ in runs)
     print(f"median: {count / median:,.0f} ids/s ({median:.2f} s for {count:,} ids)")
-
-
-@contextlib.contextmanager
-def broker(bootstrap: str | None) -> Iterator[str]:
-    if bootstrap:
-        yield bootstrap
-        return
-    from processor.devtools.broker import LocalBroker
-
-    with LocalBroker.temporary() as local:
-        yield local.bootstrap
 
 
 def main() -> None:

@@ -89,6 +89,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupCoordinatorNotAvailableError
 from bench_ingress import WRK_POOL
+from harness import cpu_seconds, memory
 from prometheus_client.parser import text_string_to_metric_families
 
 from processor.config import Config, LoggingConfig, load_config
@@ -203,14 +204,8 @@ class Memory:
 
     @classmethod
     def of(cls, pid: int) -> Memory:
-        fields: dict[str, int] = {}
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name in ("VmRSS", "VmHWM", "RssAnon"):
-                fields[name] = int(value.split()[0]) * 1024
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        cpu_s = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-        return cls(fields["VmRSS"], fields["VmHWM"], fields["RssAnon"], cpu_s)
+        fields = memory(pid)
+        return cls(fields["VmRSS"], fields["VmHWM"], fields["RssAnon"], cpu_seconds(pid))
 
 
 def clean_env(**overrides: str) -> dict[str, str]:

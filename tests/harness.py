@@ -17,6 +17,7 @@ from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from processor.config import Config
 from processor.kafka.batching import produce_batch
@@ -99,19 +100,36 @@ async def read_topic(
 
 
 async def until_drained(config: Config, *, timeout: float = 120) -> None:
-    """Until the worker group has committed every raw partition up to where it ends now:
-    nothing more of it will arrive in the outputs (a fact, not a pause)."""
+    """Until the worker group has committed every record of the raw topic there is now:
+    nothing more of it will arrive in the outputs (a fact, not a pause). Read, not
+    compared: transaction markers (a replay's) take offsets no commit covers."""
     bootstrap = config.kafka.bootstrap_servers
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    )
     await admin.start()
     await consumer.start()
     try:
-        ends = await consumer.end_offsets(await partitions_of(consumer, config.topics.raw))
+        partitions = await partitions_of(consumer, config.topics.raw)
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
         async with asyncio.timeout(timeout):
             while True:
-                committed = await admin.list_consumer_group_offsets(config.worker.group_id)
-                if all(tp in committed and committed[tp].offset >= end for tp, end in ends.items()):
+                try:
+                    committed = await admin.list_consumer_group_offsets(config.worker.group_id)
+                except KafkaError as exc:  # the group's coordinator still loading, say
+                    if not exc.retriable:
+                        raise
+                    await asyncio.sleep(0.2)
+                    continue
+                for tp in partitions:
+                    if tp in committed:
+                        consumer.seek(tp, committed[tp].offset)
+                    else:
+                        await consumer.seek_to_beginning(tp)
+                left = [batch async for batch in read_to_end(consumer, partitions, ends=ends)]
+                if not left:
                     return
                 await asyncio.sleep(0.2)
     finally:

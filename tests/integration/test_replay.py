@@ -110,7 +110,7 @@ async def test_unrouted_deliveries_move_once_into_a_new_route_and_a_second_run_r
     async with worker_running(routed):
         moved = await until_in(routed, routed.routing.routes["wallet"], 200)  # type: ignore[arg-type]
         second = await replay(routed, filters)
-        await asyncio.sleep(2)
+        await until_drained(routed)
         after = await records_of(routed, routed.routing.routes["wallet"])  # type: ignore[arg-type]
 
     assert (first.replayed, first.skipped_max_attempts) == (200, 0)
