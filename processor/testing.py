@@ -56,10 +56,17 @@ Batch = dict[TopicPartition, list[Record]]
 
 
 class FakeConsumer:
-    """Hands out the batches put in `batches`; remembers seeks, commits and its listener."""
+    """Hands out the batches put in `batches`, one per `getmany`, as Kafka hands out
+    fetches. A `seek` back hands that partition's records out again from there, before
+    any new batch; a paused partition's records wait until it is resumed: what Kafka
+    does (tests/integration/test_consumer_behaviour.py holds the two to the same
+    behaviour). Remembers seeks, commits, pauses and its rebalance listener."""
 
     def __init__(self, *, topics: Collection[str]) -> None:
         self.batches: asyncio.Queue[Batch] = asyncio.Queue()
+        self._handed: dict[TopicPartition, list[Record]] = {}  # by partition, in order
+        self._rewound: dict[TopicPartition, int] = {}  # partition -> offset to hand from
+        self._held: dict[TopicPartition, list[Record]] = {}  # fetched while paused
         self.assigned: set[TopicPartition] = set()
         self.seeks: list[tuple[TopicPartition, int]] = []
         self.commits: list[dict[TopicPartition, int]] = []
@@ -82,17 +89,44 @@ class FakeConsumer:
         self.listener = listener
 
     async def getmany(self, *, timeout_ms: int, max_records: int) -> Batch:
-        try:
-            async with asyncio.timeout(timeout_ms / 1000):
-                return await self.batches.get()
-        except TimeoutError:
-            return {}
+        batch = self._again()
+        while not batch:
+            try:
+                async with asyncio.timeout(timeout_ms / 1000):
+                    fetched = await self.batches.get()
+            except TimeoutError:
+                return {}
+            for partition, records in fetched.items():
+                if partition in self.paused:
+                    self._held.setdefault(partition, []).extend(records)
+                else:
+                    batch[partition] = records
+        for partition, records in batch.items():
+            self._handed.setdefault(partition, []).extend(records)
+        return batch
+
+    def _again(self) -> dict[TopicPartition, list[Record]]:
+        """What seeks back have made due again, and what waited for a resume, of
+        partitions not paused."""
+        batch: dict[TopicPartition, list[Record]] = {}
+        for partition in [p for p in self._held if p not in self.paused]:
+            batch[partition] = self._held.pop(partition)
+        for partition, offset in list(self._rewound.items()):
+            if partition in self.paused:
+                continue
+            del self._rewound[partition]
+            handed = self._handed.get(partition, [])
+            self._handed[partition] = [r for r in handed if r.offset < offset]
+            if again := [r for r in handed if r.offset >= offset]:
+                batch[partition] = again + batch.get(partition, [])
+        return batch
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.assigned)
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self.seeks.append((partition, offset))
+        self._rewound[partition] = offset
 
     def pause(self, *partitions: TopicPartition) -> None:
         self.paused.update(partitions)
