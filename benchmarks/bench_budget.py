@@ -35,6 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Final
 
 from aiokafka import TopicPartition
@@ -43,6 +44,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import ConsumerRecord
 from bench_route import RAW_PARTITIONS, make_deliveries
+from harness import write_results
 
 from processor.config import Config, LoggingConfig
 from processor.dedup.record import Restored
@@ -292,7 +294,7 @@ def stages(
     }
 
 
-def print_budget(seconds: dict[str, float], records: int) -> None:
+def print_budget(seconds: dict[str, float], records: int) -> dict[str, float]:
     us = {stage: value / records * 1e6 for stage, value in seconds.items()}
     own = us["worker"] - us["route"] - us["dedup"] - us["build"]
     rows: Sequence[tuple[str, float]] = [
@@ -308,12 +310,16 @@ def print_budget(seconds: dict[str, float], records: int) -> None:
     for name, value in rows:
         print(f"{name:58} {value:10.2f} {value / total:6.0%}")
     print(f"{'total without Kafka I/O':58} {total:10.2f}")
+    return {name.split(" ")[0]: round(value, 3) for name, value in rows} | {"total": total}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=100_000, help="distinct deliveries")
     parser.add_argument("--repeats", type=int, default=5, help="passes per stage; the best counts")
+    parser.add_argument(
+        "--results", type=Path, help="also write the results to DIR/bench_budget.json"
+    )
     args = parser.parse_args()
     configure_logging(LoggingConfig(format="json"), stream=open(os.devnull, "w"))  # noqa: SIM115
     config = Config()
@@ -324,7 +330,8 @@ def main() -> None:
         f"{len(fetches)} fetches, best of {args.repeats}; processor from "
         f"{os.path.dirname(os.path.dirname(sys.modules['processor'].__file__ or ''))}"
     )
-    print_budget(stages(config, fetches, args.repeats), records)
+    budget = print_budget(stages(config, fetches, args.repeats), records)
+    write_results(args.results, "bench_budget", {"records": records, "cpu_us_per_record": budget})
 
 
 if __name__ == "__main__":

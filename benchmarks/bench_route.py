@@ -97,6 +97,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import GroupCoordinatorNotAvailableError
+from harness import write_results
 
 from processor.config import Config, KafkaConfig, LoggingConfig, TopicsConfig
 from processor.devtools.broker import LocalBroker
@@ -789,6 +790,21 @@ async def bench(args: argparse.Namespace, bootstrap: str) -> None:
         if results:
             print()
             print_results(results, deliveries)
+            write_results(
+                args.results,
+                "bench_route",
+                [
+                    {
+                        "variant": r.variant,
+                        "round": r.round,
+                        "records": r.records,
+                        "rec_per_s": round(r.rate),
+                        "cpu_us_per_record": round(r.cpu_us_per_record, 2),
+                        "ms_per_batch": r.ms_per_batch,
+                    }
+                    for r in results
+                ],
+            )
         if args.profile:
             profile = cProfile.Profile()
             result = await bench.measure(args.profile_variant, 0, ends, profile)
@@ -820,6 +836,9 @@ def parse_args() -> argparse.Namespace:
         help=f"comma-separated subset of: {', '.join(VARIANTS)}",
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of the generated deliveries")
+    parser.add_argument(
+        "--results", type=Path, help="also write the results to DIR/bench_route.json"
+    )
     parser.add_argument("--profile", type=Path, help="also profile one run into FILE")
     parser.add_argument(
         "--profile-variant",
