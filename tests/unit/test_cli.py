@@ -146,3 +146,14 @@ def test_the_worker_and_ingress_do_not_import_the_subscriber_tools() -> None:
         "processor.contract.compat",
     ):
         assert lazy not in loaded
+
+
+def test_the_ingress_imports_nothing_of_the_worker_or_the_router() -> None:
+    loaded = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, processor.ingress.app; print(' '.join(sorted(sys.modules)))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+
+    worker_side = ("processor.worker", "processor.dedup", "processor.routing", "processor.ops")
+    assert [name for name in loaded if name.startswith(worker_side)] == []
