@@ -130,6 +130,7 @@ def test_tail_refuses_options_that_do_not_fit(
     assert exited.value.code == 2
 
 
+@pytest.mark.slow  # a Python process of its own
 def test_the_worker_and_ingress_do_not_import_the_subscriber_tools() -> None:
     loaded = subprocess.run(
         [sys.executable, "-c",
@@ -148,6 +149,7 @@ def test_the_worker_and_ingress_do_not_import_the_subscriber_tools() -> None:
         assert lazy not in loaded
 
 
+@pytest.mark.slow  # a Python process of its own
 def test_the_ingress_imports_nothing_of_the_worker_or_the_router() -> None:
     loaded = subprocess.run(
         [sys.executable, "-c",

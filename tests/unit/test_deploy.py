@@ -348,6 +348,7 @@ def runtime_modules() -> list[str]:
     return [name for name in result.stdout.split() if name.partition(".")[0] == "processor"]
 
 
+@pytest.mark.slow  # a Python process of its own
 def test_runtime_commands_never_import_the_dev_tooling(runtime_modules: list[str]) -> None:
     assert {
         "processor.cli",
@@ -358,6 +359,7 @@ def test_runtime_commands_never_import_the_dev_tooling(runtime_modules: list[str
     assert [name for name in runtime_modules if name.startswith("processor.devtools")] == []
 
 
+@pytest.mark.slow  # a Python process of its own
 def test_image_gets_every_runtime_module_and_no_dev_tooling(runtime_modules: list[str]) -> None:
     # The reading of .dockerignore agrees with Docker on paths whose fate is known.
     assert sent_to_docker("config.yaml")
@@ -383,6 +385,7 @@ def test_image_gets_every_runtime_module_and_no_dev_tooling(runtime_modules: lis
         assert not source.startswith(("processor/devtools", "deploy/")), source
 
 
+@pytest.mark.slow  # a Python process of its own
 def test_the_images_files_run_the_runtime_cli_and_refuse_the_dev_commands(
     tmp_path: Path,
 ) -> None:

@@ -46,6 +46,7 @@ def test_the_layout_table_names_every_module_of_processor_and_no_other() -> None
     assert missing == [], f"the layout table names modules that do not exist: {missing}"
 
 
+@pytest.mark.slow  # a Python process of its own
 def test_readme_schema_commands_work_on_the_default_config(tmp_path: Path) -> None:
     shutil.copy(ROOT / "config.yaml", tmp_path)
     (tmp_path / "docs").mkdir()
