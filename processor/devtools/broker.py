@@ -48,6 +48,7 @@ class LocalBroker(Quorum):
         port: int | None = None,
         controller_port: int | None = None,
         tie_to_parent: bool = False,
+        port_option: str = "--port",
     ) -> None:
         directory = Path(directory).resolve()
         saved = saved_ports(directory)
@@ -59,6 +60,8 @@ class LocalBroker(Quorum):
         self.nodes = (self.node,)
         # Tests tie the JVM's life to theirs; `processor broker start` leaves it running.
         self.tie_to_parent = tie_to_parent
+        # The command-line option that picks the port, named when it is taken.
+        self.port_option = port_option
 
     @classmethod
     @contextlib.contextmanager
@@ -103,7 +106,7 @@ class LocalBroker(Quorum):
             if port_in_use(port):
                 raise BrokerError(
                     f"port {port} on 127.0.0.1 is already in use: stop what listens there, "
-                    "pick another with --port, or set KAFKA_BOOTSTRAP_SERVERS to use "
+                    f"pick another with {self.port_option}, or set KAFKA_BOOTSTRAP_SERVERS to use "
                     "the Kafka that is already running"
                 )
         quorum = {"controller.quorum.bootstrap.servers": f"127.0.0.1:{self.node.controller_port}"}

@@ -68,7 +68,12 @@ def run_dev(config: Config, options: DevOptions) -> int:
     if bootstrap := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         _say(f"using the Kafka at {bootstrap} (KAFKA_BOOTSTRAP_SERVERS)")
         return asyncio.run(_run_pipeline(config, options, bootstrap))
-    broker = LocalBroker(directory=options.broker_dir, port=options.kafka_port, tie_to_parent=True)
+    broker = LocalBroker(
+        directory=options.broker_dir,
+        port=options.kafka_port,
+        tie_to_parent=True,
+        port_option="--kafka-port",
+    )
     if (status := broker.status()).bootstrap is not None:
         _say(f"using the broker already running from {options.broker_dir}: {status}")
         return asyncio.run(_run_pipeline(config, options, status.bootstrap))

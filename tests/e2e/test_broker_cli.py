@@ -99,3 +99,20 @@ def test_broker_start_on_a_taken_port_says_what_to_do(tmp_path: Path) -> None:
     assert f"port {port}" in result.stderr
     assert "KAFKA_BOOTSTRAP_SERVERS" in result.stderr
     assert kafka_pids(tmp_path / "b") == []
+
+
+def test_dev_on_a_taken_kafka_port_names_its_own_option(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = processor(
+            "dev", "--kafka-port", str(port), "--port", str(free_port()),
+            "--dir", str(tmp_path / "b"),
+        )  # fmt: skip
+    assert result.returncode == 2
+    assert f"port {port}" in result.stderr
+    assert "pick another with --kafka-port" in result.stderr, result.stderr
+    assert kafka_pids(tmp_path / "b") == []
