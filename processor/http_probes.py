@@ -4,13 +4,28 @@ is reported. Used by the ingress's port and the worker's metrics port alike.
 
 from __future__ import annotations
 
+from typing import Final
+
 from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry
 
 from processor.errors import ConfigError
 from processor.metrics import render
 
-__all__ = ["cannot_listen", "probe_routes"]
+__all__ = ["SERVER", "cannot_listen", "hide_versions", "probe_routes"]
+
+# What a response says of its server: aiohttp's default names its and Python's exact
+# versions to anyone who asks, which helps only someone looking for a known flaw.
+SERVER: Final = "processor"
+
+
+async def _name_server(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers[hdrs.SERVER] = SERVER
+
+
+def hide_versions(app: web.Application) -> None:
+    """Every response `app` routes says `Server: processor`, no versions."""
+    app.on_response_prepare.append(_name_server)
 
 
 def probe_routes(registry: CollectorRegistry) -> list[web.RouteDef]:

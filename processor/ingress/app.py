@@ -33,7 +33,7 @@ from processor.headers import (
     RECEIVED_AT,
     format_received_at,
 )
-from processor.http_probes import probe_routes
+from processor.http_probes import hide_versions, probe_routes
 from processor.ingress.allocator import return_freed_memory
 from processor.ingress.checks import (
     Envelope,
@@ -239,6 +239,7 @@ def create_app(
     metrics = IngressMetrics() if metrics is None else metrics
     ingress = _Ingress(config=config, publisher=publisher, verifier=verifier, metrics=metrics)
     app = web.Application(middlewares=[errors_as_json(webhook_path=config.ingress.path)])
+    hide_versions(app)
     app[INGRESS_METRICS] = metrics
     app.cleanup_ctx.append(lambda _: publisher.running())
     app.add_routes(

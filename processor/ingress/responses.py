@@ -17,6 +17,7 @@ import structlog
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
+from processor.http_probes import SERVER
 from processor.metrics import IngressMetrics
 
 __all__ = ["INGRESS_METRICS", "Refusal", "error_response", "errors_as_json"]
@@ -63,6 +64,8 @@ def error_response(
     status: int, error: str, detail: str, *, headers: dict[str, str] | None = None
 ) -> web.Response:
     body = _encode_json({"error": error, "detail": detail})
+    # Also answers requests refused before routing, which the app's signals never see.
+    headers = {hdrs.SERVER: SERVER, **(headers or {})}
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 

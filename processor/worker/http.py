@@ -17,7 +17,7 @@ from typing import Final
 import structlog
 from aiohttp import web
 
-from processor.http_probes import cannot_listen, probe_routes
+from processor.http_probes import cannot_listen, hide_versions, probe_routes
 from processor.metrics import WorkerMetrics
 
 __all__ = ["CLOSE_TIMEOUT_S", "Unready", "create_app", "serve_health_and_metrics"]
@@ -64,6 +64,7 @@ def create_app(
         return web.json_response(body, status=503)
 
     app = web.Application()
+    hide_versions(app)
     app.add_routes([*probe_routes(metrics.registry), web.get("/readyz", readyz)])
     return app
 

@@ -445,3 +445,25 @@ def _length(head: bytes) -> int:
         if name.strip().lower() == "content-length":
             return int(value)
     return 0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        post(BODY),  # the webhook, answered by its handler
+        b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n",
+        b"GET /nowhere HTTP/1.1\r\nHost: test\r\n\r\n",
+        b"GET /metrics HTTP/2.0\r\nHost: test\r\n\r\n",  # refused before routing
+        MARKER + b" /webhooks HTTP/1.1\r\nHost: test\r\n\r\n",  # refused by the parser
+    ],
+    ids=["webhook", "probe", "not-found", "another-version", "malformed"],
+)
+async def test_no_answer_names_the_server_software_or_its_version(
+    serve: Serve, data: bytes
+) -> None:
+    client = await serve()
+    answer = await exchange(client, data, wait=0.5)
+
+    assert answer.responses
+    for response in answer.responses:
+        assert response.headers.get("server") == "processor", response.headers

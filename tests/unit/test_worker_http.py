@@ -26,6 +26,7 @@ async def test_serves_healthz_and_the_workers_metrics_then_closes_the_port() -> 
         async with session.get("/healthz") as response:
             assert response.status == 200
             assert await response.json() == {"status": "ok"}
+            assert response.headers["Server"] == "processor", "no versions given away"
         async with session.get("/metrics") as response:
             assert response.status == 200
             assert response.headers["Content-Type"].startswith("text/plain")
