@@ -13,6 +13,7 @@ hours later. Environment variables override the file:
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -98,11 +99,9 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str
             continue
         section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
         if section not in SECTIONS:
-            known = ", ".join(sorted(SECTIONS))
-            raise ConfigError(f"{name}: unknown section {section!r}; sections are {known}")
+            raise ConfigError(f"{name}: unknown section {section!r}; {_known('', section)}")
         if key not in SECTIONS[section].__struct_fields__:
-            known = ", ".join(SECTIONS[section].__struct_fields__)
-            raise ConfigError(f"{name}: unknown key {section}.{key}; keys are {known}")
+            raise ConfigError(f"{name}: unknown key {section}.{key}; {_known(section, key)}")
         target = raw.setdefault(section, {})
         if not isinstance(target, dict):
             raise ConfigError(f"section {section!r} must be a mapping")
@@ -136,8 +135,18 @@ def _describe(exc: msgspec.ValidationError) -> tuple[str, str]:
     path = where.lstrip(".")
     if unknown := _UNKNOWN_FIELD.fullmatch(message):
         key = f"{path}.{unknown['key']}" if path else unknown["key"]
-        return f"unknown key {key}: remove it or check its spelling", key
+        hint = _known(path, unknown["key"])
+        return f"unknown key {key}: remove it or check its spelling; {hint}", key
     return (f"{path}: {message}" if path else message), path
+
+
+def _known(section: str, unknown: str) -> str:
+    """The keys `section` has (the sections, for the top level), the likeliest first."""
+    names = list(SECTIONS[section].__struct_fields__) if section in SECTIONS else sorted(SECTIONS)
+    what = f"keys of {section} are" if section in SECTIONS else "sections are"
+    likely = difflib.get_close_matches(unknown, names, n=1)
+    guess = f"did you mean {likely[0]}? " if likely else ""
+    return f"{guess}{what} {', '.join(names)}"
 
 
 def _check(config: Config, source: str) -> None:

@@ -33,8 +33,15 @@ def test_default_statuses_cover_both_provider_documents() -> None:
 
 def test_unknown_key_is_an_error_naming_the_key(tmp_path: Path) -> None:
     path = write(tmp_path, "worker:\n  group_idd: x\n")
-    with pytest.raises(ConfigError, match=r"unknown key worker\.group_idd"):
+    with pytest.raises(ConfigError, match=r"unknown key worker\.group_idd") as raised:
         load_config(path, env={})
+    # The keys it could have meant, the likeliest first, as the environment's error says.
+    assert "did you mean group_id? keys of worker are group_id, guarantee," in str(raised.value)
+
+
+def test_an_unknown_key_from_the_environment_lists_the_keys_too() -> None:
+    with pytest.raises(ConfigError, match=r"did you mean metrics_port\? keys of worker are"):
+        load_config(None, env={"PROCESSOR_WORKER__METRICS_PROT": "9100"})
 
 
 def test_unknown_section_is_an_error_naming_it(tmp_path: Path) -> None:
