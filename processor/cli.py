@@ -193,6 +193,12 @@ def _moment(text: str) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number, 0 or more")
+    return int(text)
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
@@ -293,7 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     start = tail_parser.add_mutually_exclusive_group()
     start.add_argument("--from-beginning", action="store_true", help="every record the topic holds")
     start.add_argument(
-        "--last", type=_positive, metavar="N", help="the last N records that match (default: 10)"
+        "--last",
+        type=_count,
+        metavar="N",
+        help="the last N records that match (default: 10); with --follow, 0 shows new ones only",
     )
     tail_parser.add_argument("--uid", help="only this user's records (data.uid, else the key)")
     tail_parser.add_argument(

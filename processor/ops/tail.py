@@ -237,11 +237,14 @@ async def _show(
                 emit(records)
             return
     else:
-        last = options.last or DEFAULT_LAST
-        found = [await _last_of(consumer, tp, begins[tp], ends[tp], last, reader, options)
-                 for tp in partitions]  # fmt: skip
-        newest = sorted((r for rs in found for r in rs), key=lambda r: (r.timestamp, r.partition))
-        emit(newest[-last:])
+        last = DEFAULT_LAST if options.last is None else options.last
+        if last:
+            found = [await _last_of(consumer, tp, begins[tp], ends[tp], last, reader, options)
+                     for tp in partitions]  # fmt: skip
+            newest = sorted(
+                (r for rs in found for r in rs), key=lambda r: (r.timestamp, r.partition)
+            )
+            emit(newest[-last:])
         if not options.follow:
             return
         for tp in partitions:

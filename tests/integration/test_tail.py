@@ -242,3 +242,37 @@ async def test_the_readme_tail_commands_work(routed: Config) -> None:
         )  # fmt: skip
         assert result.returncode == 0, f"{line}\n{result.stderr}"
         assert result.stdout.strip(), f"{line} printed nothing"
+
+
+async def test_last_0_with_follow_shows_only_what_is_written_after_it_started(
+    routed: Config, kafka_bootstrap: str
+) -> None:
+    topic = completed(routed)
+    process = await asyncio.create_subprocess_exec(
+        *command(routed, topic, "--last", "0", "--follow", "--json"),
+        env=worker_env(routed),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    try:
+        async with AIOKafkaProducer(bootstrap_servers=kafka_bootstrap) as producer:
+            late = integration_event(index=778, uid="user_0", status="COMPLETED")
+            async with asyncio.timeout(30):
+                while True:  # until it reads: what was there before is never shown
+                    await producer.send_and_wait(topic, late, key=b"user_0")
+                    try:
+                        async with asyncio.timeout(1):
+                            line = await process.stdout.readline()
+                    except TimeoutError:
+                        continue
+                    break
+        assert json.loads(line)["delivery_id"] == "whd_00000778"
+        process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
