@@ -47,7 +47,13 @@ from processor.ingress.checks import (
 from processor.ingress.publisher import KafkaPublisher, NotReady, Publisher
 from processor.ingress.responses import INGRESS_METRICS, Refusal, errors_as_json
 from processor.ingress.server import Listener, listen
-from processor.ingress.signing import NoVerification, SignatureError, Verifier, build_verifier
+from processor.ingress.signing import (
+    NoVerification,
+    SignatureError,
+    Verifier,
+    build_verifier,
+    short_secrets,
+)
 from processor.kafka.batching import RawRecord
 from processor.kafka.clients import (
     connect,
@@ -230,6 +236,15 @@ def create_app(
     Raises ConfigError when the signature scheme cannot work.
     """
     verifier = build_verifier(config.ingress)
+    for short in short_secrets(config.ingress):
+        log.warning(
+            "ingress.short_secret",
+            secret=short,
+            detail="a signing secret under 16 bytes (128 bits) could be found by trying "
+            "keys against a few signed deliveries, and then anyone could sign: ask the "
+            "provider for a longer secret if it offers one, and keep this ingress's "
+            "deliveries (and its logs) away from anyone who need not see them",
+        )
     if isinstance(verifier, NoVerification):
         log.warning(
             "ingress.unverified",

@@ -35,6 +35,7 @@ __all__ = [
     "StandardWebhooksVerifier",
     "Verifier",
     "build_verifier",
+    "short_secrets",
     "sign_hmac_sha256",
 ]
 
@@ -210,19 +211,35 @@ def build_verifier(config: IngressConfig, *, now: Callable[[], float] = time.tim
 
 
 def _checked_keys(keys: Sequence[bytes], *, decoded: bool = False) -> tuple[bytes, ...]:
-    """`keys` if each is long enough to be a key; ValueError naming the first that is not.
-
-    The message says which secret and what is wrong with it, never its value.
-    """
-    rule = f"a signing secret must be at least {MIN_SECRET_BYTES} bytes, so it cannot be guessed"
+    """`keys` if none is empty; ValueError naming the first that is. The message says
+    which secret and what is wrong with it, never its value."""
     for position, key in enumerate(keys, 1):
-        where = f"secret {position} of {len(keys)}"
         if not key:
-            raise ValueError(f"{where} is empty; {rule}")
-        if len(key) < MIN_SECRET_BYTES:
             once = " once decoded from base64" if decoded else ""
-            raise ValueError(f"{where} is shorter than {MIN_SECRET_BYTES} bytes{once}; {rule}")
+            raise ValueError(f"secret {position} of {len(keys)} is empty{once}")
     return tuple(keys)
+
+
+def short_secrets(config: IngressConfig) -> list[str]:
+    """What to warn of: each secret shorter than MIN_SECRET_BYTES, by its position and
+    length, never its value. The provider issues the secret, so a short one is not
+    refused (the ingress could then verify nothing); it is said once at start."""
+    if config.signature_scheme == "none":
+        return []
+    decoded = config.signature_scheme == "standard-webhooks"
+    found = []
+    for position, secret in enumerate(config.secrets, 1):
+        try:
+            key = _decode_whsec(secret) if decoded else secret.encode()
+        except ValueError:
+            continue  # build_verifier refuses it
+        if 0 < len(key) < MIN_SECRET_BYTES:
+            once = " once decoded from base64" if decoded else ""
+            found.append(
+                f"secret {position} of {len(config.secrets)} is {len(key)} bytes{once}, "
+                f"shorter than {MIN_SECRET_BYTES}"
+            )
+    return found
 
 
 def _decode_whsec(secret: str) -> bytes:

@@ -120,7 +120,7 @@ def test_schema_check_of_a_file_that_is_no_contract_says_so_and_exits_2(
 
 @pytest.mark.parametrize(
     "argv",
-    [["tail", "t", "--last", "0"], ["tail", "t", "--last", "3", "--from-beginning"], ["tail"]],
+    [["tail", "t", "--last", "-1"], ["tail", "t", "--last", "3", "--from-beginning"], ["tail"]],
 )
 def test_tail_refuses_options_that_do_not_fit(
     argv: list[str], capsys: pytest.CaptureFixture[str]

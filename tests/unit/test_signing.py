@@ -5,20 +5,25 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import io
+import json
 
 import pytest
 from multidict import CIMultiDict
 
-from processor.config import IngressConfig, load_config
+from processor.config import Config, IngressConfig, load_config
 from processor.errors import ConfigError
+from processor.ingress.app import create_app
 from processor.ingress.signing import (
     HmacSha256Verifier,
     NoVerification,
     SignatureError,
     StandardWebhooksVerifier,
     build_verifier,
+    short_secrets,
     sign_hmac_sha256,
 )
+from tests.ingress_harness import RecordingPublisher, captured_logs
 
 BODY = b'{"id":"whd_1","event":"integration.created","data":{"uid":"user_1"}}'
 OLD_SECRET = "old-signing-secret-1"
@@ -261,32 +266,53 @@ def test_build_verifier_passes_the_clock_and_tolerance() -> None:
 
 
 @pytest.mark.parametrize(
-    ("scheme", "secret", "problem"),
+    ("scheme", "secret"),
+    [("hmac-sha256", ""), ("standard-webhooks", "whsec_")],
+    ids=["hmac-empty", "sw-empty"],
+)
+def test_build_verifier_refuses_an_empty_secret(scheme: str, secret: str) -> None:
+    known = NEW_SECRET if scheme == "hmac-sha256" else WHSEC_A
+    config = IngressConfig(signature_scheme=scheme, secrets=(known, secret))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"ingress\.secrets: secret 2 of 2 is empty") as caught:
+        build_verifier(config)
+    assert "WEBHOOK_SECRET" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "secret", "said"),
     [
-        ("hmac-sha256", "", "is empty"),
-        ("hmac-sha256", "fifteen-bytes!!", "is shorter than 16 bytes;"),
-        ("hmac-sha256", "\u00e9" * 7, "is shorter than 16 bytes;"),  # 7 characters, 14 bytes
-        ("standard-webhooks", "whsec_", "is empty"),
+        ("hmac-sha256", "fifteen-bytes!!", "secret 2 of 2 is 15 bytes, shorter than 16"),
+        ("hmac-sha256", "\u00e9" * 7, "secret 2 of 2 is 14 bytes, shorter than 16"),  # UTF-8
         (
             "standard-webhooks",
             "whsec_" + base64.b64encode(b"k" * 15).decode(),
-            "is shorter than 16 bytes once decoded",
+            "secret 2 of 2 is 15 bytes once decoded from base64, shorter than 16",
         ),
     ],
-    ids=["hmac-empty", "hmac-15", "hmac-14-bytes-utf8", "sw-empty", "sw-decodes-to-15"],
+    ids=["hmac-15", "hmac-14-bytes-utf8", "sw-decodes-to-15"],
 )
-def test_build_verifier_refuses_an_empty_or_short_secret_without_echoing_it(
-    scheme: str, secret: str, problem: str
+def test_a_short_secret_is_taken_and_named_for_a_warning_without_its_value(
+    scheme: str, secret: str, said: str
 ) -> None:
-    config = IngressConfig(signature_scheme=scheme, secrets=(NEW_SECRET, secret))  # type: ignore[arg-type]
-    if scheme == "standard-webhooks":
-        config = IngressConfig(signature_scheme="standard-webhooks", secrets=(WHSEC_A, secret))
-    with pytest.raises(ConfigError, match=f"ingress.secrets: secret 2 of 2 {problem}") as caught:
-        build_verifier(config)
-    message = str(caught.value)
-    assert "WEBHOOK_SECRET" in message
-    if secret:
-        assert secret not in message
+    # The provider issues the secret: refusing a short one would leave nothing verified.
+    known = NEW_SECRET if scheme == "hmac-sha256" else WHSEC_A
+    config = IngressConfig(signature_scheme=scheme, secrets=(known, secret))  # type: ignore[arg-type]
+    build_verifier(config)
+
+    assert short_secrets(config) == [said]
+    assert secret not in said
+
+
+def test_the_ingress_warns_once_at_start_of_a_short_secret() -> None:
+    config = Config(ingress=IngressConfig(secrets=(NEW_SECRET, "fifteen-bytes!!")))
+    buffer = io.StringIO()
+    with captured_logs(buffer):
+        create_app(config=config, publisher=RecordingPublisher())
+
+    logs = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    warned = [entry for entry in logs if entry["event"] == "ingress.short_secret"]
+    assert [entry["level"] for entry in warned] == ["warning"]
+    assert "fifteen-bytes" not in buffer.getvalue()
 
 
 @pytest.mark.parametrize(
@@ -318,24 +344,20 @@ def test_build_verifier_refuses_a_published_placeholder_secret(secret: str) -> N
     assert secret.strip() not in str(caught.value)
 
 
-@pytest.mark.parametrize(
-    "env",
-    [
-        {"PROCESSOR_INGRESS__SECRETS": '[""]'},
-        {"PROCESSOR_INGRESS__SECRETS": "[short]"},
-        {"WEBHOOK_SECRET": "short"},
-    ],
-)
-def test_an_empty_or_short_secret_from_the_environment_stops_the_ingress(
-    env: dict[str, str],
-) -> None:
-    with pytest.raises(ConfigError, match="at least 16 bytes"):
+def test_an_empty_secret_from_the_environment_stops_the_ingress() -> None:
+    env = {"PROCESSOR_INGRESS__SECRETS": '[""]'}
+    with pytest.raises(ConfigError, match=r"secret 1 of 1 is empty"):
         build_verifier(load_config(None, env=env).ingress)
 
 
-@pytest.mark.parametrize("key", [b"", b"k" * 15])
-def test_verifiers_refuse_short_keys_however_they_are_built(key: bytes) -> None:
+def test_a_short_secret_from_the_environment_is_taken_and_warned_of() -> None:
+    config = load_config(None, env={"WEBHOOK_SECRET": "short"}).ingress
+    build_verifier(config)
+    assert short_secrets(config) == ["secret 1 of 1 is 5 bytes, shorter than 16"]
+
+
+def test_verifiers_refuse_an_empty_key_however_they_are_built() -> None:
     with pytest.raises(ValueError, match="secret 1 of 1"):
-        HmacSha256Verifier(secrets=[key.decode()])
+        HmacSha256Verifier(secrets=[""])
     with pytest.raises(ValueError, match="secret 1 of 1"):
-        StandardWebhooksVerifier(secrets=["whsec_" + base64.b64encode(key).decode()])
+        StandardWebhooksVerifier(secrets=["whsec_"])
