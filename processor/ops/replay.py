@@ -144,18 +144,21 @@ async def replay(
     group = filters.group_id()
     consumer = AIOKafkaConsumer(**reader_options(config, group_id=group))
     # Bounded: a stop while Kafka is away still ends (the transaction is aborted by the
-    # next run's producer, which resumes from the last committed batch).
-    producer = BoundedProducer(
-        **client_options(config.kafka),
-        acks="all",
-        transactional_id=group,
-        flush_timeout_s=config.kafka.request_timeout_ms / 1000,
-    )
+    # next run's producer, which resumes from the last committed batch). A dry run
+    # writes nothing: no producer at all.
+    producer = None
+    if not dry_run:
+        producer = BoundedProducer(
+            **client_options(config.kafka),
+            acks="all",
+            transactional_id=group,
+            flush_timeout_s=config.kafka.request_timeout_ms / 1000,
+        )
 
     async def start() -> None:
         await wait_until_reachable(config.kafka)
         await consumer.start()
-        if not dry_run:
+        if producer is not None:
             await producer.start()  # fences a run of the same filters still going
 
     summary = ReplaySummary(filters.source, filters.target, dry_run)
@@ -179,7 +182,7 @@ async def replay(
                 )
                 summary.replayed += len(chosen)
                 bar.update(scanned)
-                if not dry_run and scanned:
+                if producer is not None and scanned:
                     # Up to the last record looked at: the rest is the next run's.
                     next_offset = records[scanned - 1].offset + 1
                     await _commit(producer, group, tp, next_offset, chosen)
@@ -187,7 +190,7 @@ async def replay(
                     break
     finally:
         await consumer.stop()
-        if not dry_run:
+        if producer is not None:
             await producer.stop()
     return summary
 

@@ -31,6 +31,7 @@ from processor.headers import (
     ERROR_MESSAGE,
     EVENT,
     RECEIVED_AT,
+    REPLAY_COUNT,
     STATUS,
     UID,
     timestamp_received_at,
@@ -170,6 +171,8 @@ def text_line(shown: Shown) -> str:
     ]
     if shown.status is not None:
         parts.append(f"status={shown.status}")
+    if (replays := shown.headers.get(REPLAY_COUNT)) is not None:
+        parts.append(f"replayed={replays}")  # a copy `processor replay` sent back
     if shown.error_class is not None or shown.error_message is not None:
         parts.append(f"{shown.error_class or '?'}: {shown.error_message or ''}")
     if shown.invalid is not None:

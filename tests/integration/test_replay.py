@@ -247,12 +247,14 @@ async def test_the_command_prints_one_json_summary_line(config: Config) -> None:
     assert (summary["dry_run"], summary["would_replay"], summary["scanned"]) == (True, 0, 0)
 
 
-def spawn_replay(log: Path, **env: str) -> subprocess.Popen[bytes]:
-    """`processor replay --from webhooks.dlq` as a process, logging JSON to `log`."""
+def spawn_replay(
+    log: Path, *args: str, source: str = "webhooks.dlq", **env: str
+) -> subprocess.Popen[bytes]:
+    """`processor replay --from SOURCE ARGS` as a process, logging JSON to `log`."""
     with log.open("wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "processor.cli", "--config", str(REPO / "config.yaml"),
-             "replay", "--from", "webhooks.dlq"],
+             "replay", "--from", source, *args],
             env=os.environ | {"PROCESSOR_LOGGING__FORMAT": "json"} | env,
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -279,3 +281,24 @@ async def test_sigterm_ends_a_replay_at_once_even_while_kafka_is_being_reached(
     assert time.monotonic() - started < 3
     assert code == 0, log.read_text()
     assert '"replayed":0' in log.read_text().replace(" ", "")
+
+
+async def test_a_dry_run_ends_cleanly_without_a_producer_left_unclosed(
+    config: Config, tmp_path: Path
+) -> None:
+    await create_topics(config)
+    log = tmp_path / "replay.log"
+    process = spawn_replay(
+        log,
+        "--dry-run",
+        source=config.topics.dlq,
+        KAFKA_BOOTSTRAP_SERVERS=config.kafka.bootstrap_servers,
+        PROCESSOR_TOPICS__DLQ=config.topics.dlq,
+    )
+    code = await asyncio.to_thread(process.wait, 60)
+
+    output = log.read_text()
+    assert code == 0, output
+    assert '"dry_run":true' in output.replace(" ", "")
+    assert "Unclosed" not in output
+    assert '"level":"error"' not in output.replace(" ", "")

@@ -89,6 +89,18 @@ def test_a_dlq_record_shows_its_error_headers_and_the_bytes_as_text(config: Conf
                          "invalid character (byte 0)")  # fmt: skip
 
 
+def test_a_dlq_record_a_replay_sent_back_says_how_often_it_was_replayed(config: Config) -> None:
+    headers = [
+        ("error.class", b"ValidationError"),
+        ("error.message", b"Object missing required field `timestamp`"),
+        ("replay-of", b"webhooks.dlq/0/7"),
+        ("replay-count", b"2"),
+    ]
+    line = text_line(show(config, record("webhooks.dlq", b"{}", headers=headers)))
+
+    assert "  replayed=2  ValidationError: " in line
+
+
 def test_a_record_that_breaks_its_topics_contract_says_why(config: Config) -> None:
     broken = integration_event(index=1, uid="u", status="ok").replace(b'"ok"', b"3")
     shown = show(config, record("integration.status.other", broken))
