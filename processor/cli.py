@@ -1,7 +1,8 @@
 """The `processor` command: one entry point for every process of the pipeline.
 
 Each subcommand loads the configuration once (`--config PATH`, default
-`config.yaml`), sets up logging and hands the frozen `Config` down. The development
+`config.yaml`), sets up logging and hands the frozen `Config` down. What users read
+(--help's descriptions and examples) is in _ABOUT, _EXAMPLES and _COMMANDS. The development
 commands (`broker`, `dev`) import `processor.devtools` only when they run: the
 production image ships without it, and the runtime commands never need it.
 """
@@ -11,8 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.metadata
 import json
 import sys
+import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -218,8 +221,95 @@ def dev(args: argparse.Namespace, config: Config) -> int:
     return run_dev(config, options)
 
 
+_ABOUT = """\
+Webhook deliveries in, Kafka topics out: the ingress verifies each delivery and writes
+its exact bytes to webhooks.raw; workers route each one to exactly one topic.
+
+Every command reads config.yaml (--config PATH), and the environment over it:
+KAFKA_BOOTSTRAP_SERVERS, WEBHOOK_SECRET, PROCESSOR_<SECTION>__<KEY>."""
+
+_EXAMPLES = """\
+examples:
+  processor dev                                   # the whole pipeline on this machine
+  processor tail integration.status.completed     # the last 10 records, decoded
+  processor replay --from webhooks.dlq --dry-run  # what a replay would move back
+  processor worker --help                         # more on one command"""
+
+# Per command: what it does (its --help description) and an example (its epilog).
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "worker": (
+        "A member of the routing consumer group: reads topics.raw, writes each delivery "
+        "to its status topic, webhooks.unrouted or webhooks.dlq, then commits "
+        "(worker.guarantee: at_least_once or exactly_once). Runs until SIGTERM or "
+        "Ctrl-C, finishing the batch in flight. Start as many as topics.partitions; "
+        "worker.metrics_port serves /healthz, /readyz and /metrics.",
+        "PROCESSOR_WORKER__METRICS_PORT=9100 processor worker",
+    ),
+    "ingress": (
+        "The HTTP door: POST ingress.path (/webhooks) verifies the provider's signature "
+        "and answers 202 once Kafka has the delivery; /healthz, /readyz and /metrics on "
+        "the same port (ingress.port, 8080). Needs WEBHOOK_SECRET. Runs until SIGTERM "
+        "or Ctrl-C, answering the requests in flight.",
+        "WEBHOOK_SECRET=$(cat secret) processor ingress",
+    ),
+    "topics": ("The pipeline's topics.", "processor topics create"),
+    "create": (
+        "Create every topic the configuration names (raw, derived, unrouted, DLQ, the "
+        "dedup changelog) with topics.partitions and topics.replication_factor; reports "
+        "existing ones that differ, and never changes them.",
+        "KAFKA_BOOTSTRAP_SERVERS=kafka:9092 processor topics create",
+    ),
+    "replay": (
+        "Move DLQ or unrouted records back to the raw topic, each once: resumable with "
+        "the same filters, a progress bar on a terminal, one JSON summary line at the end.",
+        "processor replay --from webhooks.dlq --error-class ValidationError --dry-run",
+    ),
+    "schema": (
+        "The subscriber's contract: every topic's value (JSON Schema), key and headers, "
+        "or the same as AsyncAPI 3.0; --check says whether a change breaks subscribers.",
+        "processor schema --check docs/contract.json",
+    ),
+    "tail": (
+        "Show a topic's records decoded with the contract, a line each (or JSON), as "
+        "tail(1) shows a file; joins no consumer group and commits nothing.",
+        "processor tail webhooks.dlq --last 5 --json",
+    ),
+    "dev": (
+        "The whole pipeline in one terminal, for development: the local Kafka, the "
+        "topics, the ingress and workers; prints the URL, the secret and commands to "
+        "try. Ctrl-C stops everything.",
+        "processor dev --workers 3 --port 8081",
+    ),
+    "broker": ("The local Apache Kafka for development and tests.", "processor broker status"),
+}
+
+
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    **options: object,
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help says what it does and shows an example."""
+    description, example = _COMMANDS[name]
+    return commands.add_parser(
+        name,
+        help=summary,
+        description=textwrap.fill(description, width=88),
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **options,  # type: ignore[arg-type]
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="processor", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="processor",
+        description=_ABOUT,
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"processor {_version()}")
     parser.add_argument(
         "--config",
         default="config.yaml",
@@ -232,24 +322,26 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser(
-        "worker", parents=[common], help="route webhooks.raw until SIGTERM"
-    ).set_defaults(handler=worker)
-    commands.add_parser(
-        "ingress", parents=[common], help="serve POST /webhooks until SIGTERM"
+    _command(commands, "worker", "route webhooks.raw until SIGTERM", parents=[common]).set_defaults(
+        handler=worker
+    )
+    _command(
+        commands, "ingress", "serve POST /webhooks until SIGTERM", parents=[common]
     ).set_defaults(handler=ingress)
-    topics = commands.add_parser("topics", help="the pipeline's topics")
+    topics = _command(commands, "topics", "the pipeline's topics")
     topics_commands = topics.add_subparsers(dest="action", required=True, metavar="ACTION")
-    topics_commands.add_parser(
+    _command(
+        topics_commands,
         "create",
+        "create every topic as configured; report those that differ",
         parents=[common],
-        help="create every topic as configured; report those that differ",
     ).set_defaults(handler=topics_create)
 
-    replay_parser = commands.add_parser(
+    replay_parser = _command(
+        commands,
         "replay",
+        "move DLQ or unrouted records back to the raw topic, each once (resumable)",
         parents=[common],
-        help="move DLQ or unrouted records back to the raw topic, each once (resumable)",
     )
     replay_parser.add_argument(
         "--from", dest="source", required=True, help="webhooks.dlq or webhooks.unrouted"
@@ -273,10 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay_parser.set_defaults(handler=replay)
 
-    schema_parser = commands.add_parser(
+    schema_parser = _command(
+        commands,
         "schema",
+        "every topic's value, key and headers as JSON Schema (or AsyncAPI)",
         parents=[common],
-        help="every topic's value, key and headers as JSON Schema (or AsyncAPI)",
     )
     schema_form = schema_parser.add_mutually_exclusive_group()
     schema_form.add_argument(
@@ -290,10 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schema_parser.set_defaults(handler=schema)
 
-    tail_parser = commands.add_parser(
+    tail_parser = _command(
+        commands,
         "tail",
+        "show a topic's records decoded: the last 10, or more (no consumer group)",
         parents=[common],
-        help="show a topic's records decoded: the last 10, or more (no consumer group)",
     )
     tail_parser.add_argument("topic", metavar="TOPIC")
     start = tail_parser.add_mutually_exclusive_group()
@@ -316,10 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tail_parser.set_defaults(handler=tail)
 
-    dev_parser = commands.add_parser(
+    dev_parser = _command(
+        commands,
         "dev",
+        "broker + topics + ingress + workers in one terminal (development)",
         parents=[common],
-        help="broker + topics + ingress + workers in one terminal (development)",
     )
     dev_parser.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
     dev_parser.add_argument("--port", type=int, help="ingress port (default: ingress.port, 8080)")
@@ -331,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev_parser.set_defaults(handler=dev)
 
-    broker = commands.add_parser("broker", help="the local Apache Kafka for development and tests")
+    broker = _command(commands, "broker", "the local Apache Kafka for development and tests")
     broker_commands = broker.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, handler, help_text in (
         ("start", broker_start, "fetch the jars once, start a KRaft node in the background"),
@@ -350,6 +445,13 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.set_defaults(handler=handler)
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("processor")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -159,3 +160,34 @@ def test_the_ingress_imports_nothing_of_the_worker_or_the_router() -> None:
 
     worker_side = ("processor.worker", "processor.dedup", "processor.routing", "processor.ops")
     assert [name for name in loaded if name.startswith(worker_side)] == []
+
+
+def test_help_says_what_the_pipeline_is_with_examples_and_no_developer_notes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "Webhook deliveries in, Kafka topics out" in text
+    assert "examples:\n  processor dev" in text
+    assert "frozen" not in text, "a developer's note"
+
+
+@pytest.mark.parametrize("command", ["worker", "ingress", "replay", "tail", "dev", "schema"])
+def test_each_commands_help_says_what_it_does_and_shows_an_example(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    description = text.split("\n\n")[1]
+    assert len(description) > 80, text  # more than the one-line summary
+    assert "example:\n  " in text
+    assert f"processor {command}" in text.split("example:")[1]
+
+
+def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert re.fullmatch(r"processor \d+\.\d+\.\d+\n", capsys.readouterr().out)
