@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import structlog
+
 from processor.config import Config, load_config
 from processor.errors import ContractError, DevToolsMissing, ProcessorError
 from processor.ingress.app import run_ingress
@@ -37,6 +39,10 @@ __all__ = ["main"]
 DEFAULT_BROKER_DIR = Path(".kafka") / "broker"
 # `processor dev` keeps its own broker, so it never disturbs one started by hand.
 DEFAULT_DEV_DIR = Path(".kafka") / "dev"
+# Read when it is here and no --config says otherwise.
+DEFAULT_CONFIG = Path("config.yaml")
+
+log = structlog.get_logger(__name__)
 
 Command = Callable[[argparse.Namespace, Config], int]
 
@@ -94,13 +100,11 @@ def broker_status(args: argparse.Namespace, config: Config) -> int:
 
 
 def worker(args: argparse.Namespace, config: Config) -> int:
-    configure_logging(config.logging)
     asyncio.run(run_worker(config))
     return 0
 
 
 def ingress(args: argparse.Namespace, config: Config) -> int:
-    configure_logging(config.logging)
     asyncio.run(run_ingress(config))
     return 0
 
@@ -132,7 +136,6 @@ def replay(args: argparse.Namespace, config: Config) -> int:
         since=args.since,
         until=args.until,
     )
-    configure_logging(config.logging)
     return run_replay(config, filters, limit=args.limit, dry_run=args.dry_run)
 
 
@@ -181,7 +184,6 @@ def tail(args: argparse.Namespace, config: Config) -> int:
         event=args.event,
         follow=args.follow,
     )
-    configure_logging(config.logging)
     return run_tail(config, options, as_json=args.json)
 
 
@@ -312,9 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"processor {_version()}")
     parser.add_argument(
         "--config",
-        default="config.yaml",
+        default=None,
         type=Path,
-        help="configuration file (default: %(default)s)",
+        help="configuration file (default: config.yaml here if there is one, else every "
+        "setting's default)",
     )
     # `--config` is also taken after the command (`processor worker --config x.yaml`);
     # SUPPRESS keeps a subcommand from resetting a value given before it.
@@ -457,7 +460,18 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = load_config(args.config)
+        # An explicit --config must exist; without one, config.yaml here is optional.
+        path: Path | None = args.config
+        if path is None and DEFAULT_CONFIG.exists():
+            path = DEFAULT_CONFIG
+        config = load_config(path)
+        configure_logging(config.logging)
+        if path is None:
+            log.debug(
+                "config.defaults",
+                detail="no --config and no config.yaml here: every setting takes its "
+                "default, and the environment's overrides",
+            )
         handler: Command = args.handler
         return handler(args, config)
     except ProcessorError as exc:

@@ -14,9 +14,10 @@ aiohttp) are rendered the same way by a formatter on the root logger.
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
-from typing import Any, TextIO
+from typing import Any, Final, TextIO, cast
 
 import msgspec
 import structlog
@@ -45,8 +46,9 @@ def _logger_name(logger: WrappedLogger, method: str, event: EventDict) -> EventD
 
 
 def configure_logging(config: LoggingConfig, *, stream: TextIO | None = None) -> None:
-    """Send structlog and the standard library (aiokafka, aiohttp) to one stream."""
-    out = stream if stream is not None else sys.stderr
+    """Send structlog and the standard library (aiokafka, aiohttp) to one stream,
+    standard error by default (whatever sys.stderr is when a line is written)."""
+    out = stream if stream is not None else _STDERR
     level = logging.getLevelName(config.level)
     as_json = config.format == "json" or (config.format == "auto" and not out.isatty())
 
@@ -86,6 +88,23 @@ def configure_logging(config: LoggingConfig, *, stream: TextIO | None = None) ->
     # DEBUG, only its warnings and errors pass, less the retry lines (Connectivity
     # reports the outage they describe once).
     logging.getLogger("aiokafka").setLevel(max(level, logging.WARNING))
+
+
+class _CurrentStderr(io.TextIOBase):
+    """sys.stderr as it is at each write, not as it was when logging was configured: a
+    test that captures it, then restores it, leaves no logger writing to a closed one."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
+_STDERR: Final = cast(TextIO, _CurrentStderr())
 
 
 class _Output:

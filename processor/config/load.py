@@ -65,7 +65,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(
-            f"config file {path} not found: pass --config PATH, or run from the repository root"
+            f"config file {path} not found: check the path, or leave --config out to use "
+            "config.yaml in this directory, or every setting's default where there is none"
         ) from None
     try:
         data = yaml.safe_load(text)

@@ -42,7 +42,7 @@ EXAMPLE_BODY = (
 
 @dataclass(frozen=True, kw_only=True)
 class DevOptions:
-    config_path: Path
+    config_path: Path | None  # None: the defaults, as this `processor dev` runs with
     workers: int
     ingress_port: int
     kafka_port: int
@@ -112,7 +112,9 @@ async def _run_children(
     )
     await create_topics(config)
 
-    command = [sys.executable, "-m", "processor.cli", "--config", str(options.config_path)]
+    command = [sys.executable, "-m", "processor.cli"]
+    if options.config_path is not None:
+        command += ["--config", str(options.config_path)]
     children = [await _spawn("ingress", [*command, "ingress"], env)]
     try:
         children += [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -21,7 +22,6 @@ CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["worker"], "config.yaml"),
         (["--config", "a.yaml", "worker"], "a.yaml"),
         (["worker", "--config", "b.yaml"], "b.yaml"),
         (["ingress", "--config", "c.yaml"], "c.yaml"),
@@ -36,11 +36,15 @@ def test_every_command_takes_config_before_or_after_it(argv: list[str], expected
     assert build_parser().parse_args(argv).config == Path(expected)
 
 
+def test_without_config_the_command_looks_for_config_yaml_itself() -> None:
+    assert build_parser().parse_args(["worker"]).config is None
+
+
 def test_a_missing_config_file_is_a_clear_error_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["worker", "--config", str(tmp_path / "absent.yaml")]) == 2
-    assert "not found: pass --config PATH" in capsys.readouterr().err
+    assert "absent.yaml not found: check the path" in capsys.readouterr().err
 
 
 def test_a_bad_setting_is_a_clear_error_and_exit_2(
@@ -191,3 +195,22 @@ def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]
         main(["--version"])
     assert exited.value.code == 0
     assert re.fullmatch(r"processor \d+\.\d+\.\d+\n", capsys.readouterr().out)
+
+
+def test_without_config_yaml_here_every_command_takes_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in [n for n in os.environ if n.startswith("PROCESSOR_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+
+    assert main(["schema"]) == 0
+    assert json.loads(capsys.readouterr().out)["topics"]["webhooks.raw"]
+
+
+def test_an_explicit_config_that_does_not_exist_is_still_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--config", str(tmp_path / "nowhere.yaml"), "schema"]) == 2
+    assert "nowhere.yaml not found" in capsys.readouterr().err
