@@ -333,20 +333,25 @@ async def run_worker(config: Config) -> None:
 
     With worker.metrics_port set, /healthz and /metrics answer from before the worker
     connects to Kafka until after it has left the group, so a slow start is not taken
-    for a dead process. Raises ConfigError when that port is taken.
+    for a dead process. Raises ConfigError when that port is taken, before any Kafka
+    client exists (one made and never closed is an ERROR at exit).
     """
     metrics = WorkerMetrics()
-    worker = Worker(config=config, parts=kafka_parts(config, metrics), metrics=metrics)
+    worker: Worker | None = None
+
+    def not_ready() -> Unready | None:
+        if worker is None:
+            return Unready("starting", "the worker has not made its Kafka clients yet")
+        return worker.not_ready()
+
     port = config.worker.metrics_port
     http: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
     if port is not None:
         http = serve_health_and_metrics(
-            host=config.worker.metrics_host,
-            port=port,
-            metrics=metrics,
-            not_ready=worker.not_ready,
+            host=config.worker.metrics_host, port=port, metrics=metrics, not_ready=not_ready
         )
     stop = asyncio.Event()
     with stop_on_signals(stop):
         async with http:
+            worker = Worker(config=config, parts=kafka_parts(config, metrics), metrics=metrics)
             await worker.run(stop)

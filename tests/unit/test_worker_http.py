@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 
 import aiohttp
 import pytest
@@ -43,6 +46,22 @@ async def test_a_taken_port_is_a_config_error_naming_the_setting() -> None:
         with pytest.raises(ConfigError, match=r"PROCESSOR_WORKER__METRICS_PORT"):
             async with serve_health_and_metrics(host=HOST, port=port, metrics=WorkerMetrics()):
                 pass
+
+
+@pytest.mark.slow  # a Python process of its own
+def test_a_worker_on_a_taken_port_stops_before_making_a_kafka_client() -> None:
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        env = os.environ | {"PROCESSOR_WORKER__METRICS_PORT": str(taken.getsockname()[1])}
+        exited = subprocess.run(
+            [sys.executable, "-m", "processor.cli", "worker"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    assert exited.returncode == 2
+    assert "PROCESSOR_WORKER__METRICS_PORT" in exited.stderr
+    assert "Unclosed" not in exited.stderr, exited.stderr
 
 
 async def test_readyz_is_503_naming_the_paused_partitions_while_healthz_stays_200() -> None:
