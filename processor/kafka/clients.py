@@ -195,12 +195,17 @@ async def connect(
         async with asyncio.timeout(config.connect_timeout_s):
             return await unless_stopped(start(), stop)
     except (TimeoutError, KafkaError) as exc:
-        raise BrokerUnavailable(
-            f"cannot reach Kafka at {config.bootstrap_servers} within "
-            f"{config.connect_timeout_s:g} s ({type(exc).__name__}): start it "
-            "(`processor broker start`), or fix kafka.bootstrap_servers / "
-            "KAFKA_BOOTSTRAP_SERVERS and the TLS/SASL settings"
-        ) from None
+        raise unreachable(config, exc) from None
+
+
+def unreachable(config: KafkaConfig, exc: BaseException) -> BrokerUnavailable:
+    """What to say when no broker took a start within kafka.connect_timeout_s."""
+    return BrokerUnavailable(
+        f"cannot reach Kafka at {config.bootstrap_servers} within "
+        f"{config.connect_timeout_s:g} s ({type(exc).__name__}): start it "
+        "(`processor broker start`), or fix kafka.bootstrap_servers / "
+        "KAFKA_BOOTSTRAP_SERVERS and the TLS/SASL settings"
+    )
 
 
 async def wait_until_reachable(config: KafkaConfig) -> None:

@@ -11,11 +11,16 @@ import asyncio
 from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import (
+    InvalidReplicationFactorError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    for_code,
+)
 
 from processor.config import HEADROOM_BYTES, Config
-from processor.errors import BrokerUnavailable
-from processor.kafka.clients import client_options
+from processor.errors import BrokerUnavailable, ConfigError
+from processor.kafka.clients import client_options, unreachable, wait_until_reachable
 from processor.routing import Router
 
 __all__ = [
@@ -79,6 +84,16 @@ def changelog_configs(config: Config) -> dict[str, str]:
 
 
 async def create_topics(config: Config) -> TopicsReport:
+    """Create the missing topics; waits up to kafka.connect_timeout_s for a broker.
+
+    Raises BrokerUnavailable when none answers, or the cluster fails a request;
+    ConfigError when it has fewer brokers than topics.replication_factor.
+    """
+    try:
+        async with asyncio.timeout(config.kafka.connect_timeout_s):
+            await wait_until_reachable(config.kafka)
+    except TimeoutError as exc:
+        raise unreachable(config.kafka, exc) from None
     wanted = all_topics(config)
     admin = AIOKafkaAdminClient(**client_options(config.kafka))
     report = TopicsReport()
@@ -100,9 +115,7 @@ async def create_topics(config: Config) -> TopicsReport:
             if missing:
                 response = await admin.create_topics(missing)
                 for name, code, message in response.topic_errors:
-                    if (
-                        code == TopicAlreadyExistsError.errno
-                    ):  # created by another process meanwhile
+                    if code == TopicAlreadyExistsError.errno:  # created by another meanwhile
                         report.existing.append(name)
                     elif code:
                         raise for_code(code)(f"{name}: {message}")
@@ -113,11 +126,20 @@ async def create_topics(config: Config) -> TopicsReport:
                     count = len(description["partitions"])
                     if count != config.topics.partitions:
                         report.mismatched[description["topic"]] = (count, config.topics.partitions)
-    except (TimeoutError, KafkaError) as exc:
+    except InvalidReplicationFactorError as exc:
+        raise ConfigError(
+            f"{config.kafka.bootstrap_servers} refused a topic ({exc}): it has fewer brokers "
+            f"than topics.replication_factor ({config.topics.replication_factor}); lower it"
+        ) from None
+    except TimeoutError:
         raise BrokerUnavailable(
-            f"cannot create topics on {config.kafka.bootstrap_servers} ({type(exc).__name__}: "
-            f"{exc}); check that the broker is up and the replication factor "
-            f"({config.topics.replication_factor}) is not above the number of brokers"
+            f"{config.kafka.bootstrap_servers} did not answer the topic requests within "
+            f"{ADMIN_TIMEOUT_S:g} s; see the broker's log"
+        ) from None
+    except KafkaError as exc:
+        raise BrokerUnavailable(
+            f"{config.kafka.bootstrap_servers} refused to create the topics ({exc}); see "
+            "the broker's log, and whether this client may create topics (ACLs)"
         ) from None
     finally:
         await admin.close()

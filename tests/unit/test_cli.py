@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import yaml
 from processor.cli import build_parser, main
 from processor.config import load_config
 from processor.contract.schema import contract_json
+from processor.devtools.ports import free_port
 
 CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
 
@@ -214,3 +216,31 @@ def test_an_explicit_config_that_does_not_exist_is_still_an_error(
 ) -> None:
     assert main(["--config", str(tmp_path / "nowhere.yaml"), "schema"]) == 2
     assert "nowhere.yaml not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a Python process of its own
+@pytest.mark.parametrize("command", [["topics", "create"], ["dev"]])
+def test_an_unreachable_kafka_is_waited_for_then_named_with_what_to_do(
+    command: list[str], tmp_path: Path
+) -> None:
+    if command == ["dev"]:
+        command += ["--dir", str(tmp_path), "--port", str(free_port())]
+        command += ["--metrics-port", str(free_port())]
+    env = os.environ | {
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+        "PROCESSOR_KAFKA__CONNECT_TIMEOUT_S": "2",
+    }
+    started = time.monotonic()
+    exited = subprocess.run(
+        [sys.executable, "-m", "processor.cli", *command],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+    assert time.monotonic() - started >= 2, "it gave up before kafka.connect_timeout_s"
+    assert exited.returncode == 2
+    error = exited.stderr.splitlines()[-1]
+    assert error.startswith(f"processor: cannot reach Kafka at {env['KAFKA_BOOTSTRAP_SERVERS']}")
+    assert "processor broker start" in error
+    assert "replication" not in exited.stderr
+    assert "Unable connect" not in exited.stderr + exited.stdout, "aiokafka's own line leaked"
+    assert exited.stderr.count("kafka.waiting") == 1, "the wait is said once"
