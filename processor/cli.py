@@ -39,6 +39,8 @@ __all__ = ["main"]
 DEFAULT_BROKER_DIR = Path(".kafka") / "broker"
 # `processor dev` keeps its own broker, so it never disturbs one started by hand.
 DEFAULT_DEV_DIR = Path(".kafka") / "dev"
+# Where `processor dev`'s workers answer when worker.metrics_port is not set.
+DEFAULT_DEV_METRICS_PORT = 9100
 # Read when it is here and no --config says otherwise.
 DEFAULT_CONFIG = Path("config.yaml")
 
@@ -217,6 +219,7 @@ def dev(args: argparse.Namespace, config: Config) -> int:
         config_path=args.config,
         workers=args.workers,
         ingress_port=args.port or config.ingress.port,
+        metrics_port=args.metrics_port or config.worker.metrics_port or DEFAULT_DEV_METRICS_PORT,
         kafka_port=args.kafka_port,
         broker_dir=args.dir,
     )
@@ -419,8 +422,16 @@ def build_parser() -> argparse.ArgumentParser:
         "broker + topics + ingress + workers in one terminal (development)",
         parents=[common],
     )
-    dev_parser.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
+    dev_parser.add_argument(
+        "--workers", type=_positive, default=2, help="worker processes (default: 2)"
+    )
     dev_parser.add_argument("--port", type=int, help="ingress port (default: ingress.port, 8080)")
+    dev_parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help="worker-1's /healthz /readyz /metrics port, worker-N's N - 1 above "
+        f"(default: worker.metrics_port, else {DEFAULT_DEV_METRICS_PORT})",
+    )
     dev_parser.add_argument(
         "--kafka-port", type=int, default=9092, help="local broker port (default: %(default)s)"
     )

@@ -12,6 +12,7 @@ __all__ = [
     "BrokerUnavailable",
     "ConfigError",
     "ContractError",
+    "DevConflict",
     "DevToolsMissing",
     "ProcessorError",
     "TopicsMissing",
@@ -44,6 +45,10 @@ class TopicsMissing(ProcessorError):
 
 class BrokerError(ProcessorError):
     """The local development broker cannot be fetched, started or stopped."""
+
+
+class DevConflict(ProcessorError):
+    """`processor dev` would collide with another one, or a port it needs is taken."""
 
 
 class DevToolsMissing(ProcessorError):

@@ -5,18 +5,26 @@ ingress and N workers as child processes, exactly the commands production runs,
 with their output prefixed by process name. Ctrl-C (or SIGTERM) stops the
 children gracefully, then the broker it started; a child that dies on its own is
 reported and brings the rest down, so a broken pipeline never looks healthy.
+
+One `processor dev` per broker directory: a second is refused before it starts
+anything (its workers, of the same static group members, would take over the first
+one's), as is one whose ingress or worker ports are taken. "pipeline is up" is said
+once every child has said it listens on its own port and answers /readyz there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import secrets
+import shlex
+import shutil
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -24,12 +32,14 @@ import msgspec
 
 from processor.config import Config
 from processor.devtools.broker import LocalBroker
+from processor.devtools.ports import port_in_use
+from processor.errors import DevConflict
 from processor.kafka.topics import all_topics, create_topics
 from processor.shutdown import stop_on_signals
 
 __all__ = ["DevOptions", "run_dev", "stop_processes"]
 
-# The ingress needs a moment to import, connect and bind; a slower start is a failure.
+# Every child needs a moment to import, connect and bind; a slower start is a failure.
 READY_TIMEOUT_S = 60.0
 # Children get this long after SIGTERM (their own bounded shutdowns fit in it).
 CHILD_STOP_TIMEOUT_S = 45.0
@@ -45,6 +55,7 @@ class DevOptions:
     config_path: Path | None  # None: the defaults, as this `processor dev` runs with
     workers: int
     ingress_port: int
+    metrics_port: int  # worker-1's /healthz /readyz /metrics; worker-N's is N - 1 above
     kafka_port: int
     broker_dir: Path
 
@@ -53,37 +64,82 @@ class DevOptions:
 class _Child:
     name: str
     process: asyncio.subprocess.Process
-    pump: asyncio.Task[None]
+    url: str  # where it answers /readyz
+    listening: asyncio.Event = field(default_factory=asyncio.Event)  # it said so itself
+    pump: asyncio.Task[None] | None = None
 
 
 def run_dev(config: Config, options: DevOptions) -> int:
     """Run until Ctrl-C or a child's death; returns the exit code for the shell.
 
-    The broker is started here, on the main thread, before the event loop: its JVM
-    is tied to this process (it gets SIGTERM if we die), and a Ctrl-C during its
-    start-up still stops it.
+    Raises DevConflict, before starting anything, when another `processor dev` runs
+    from the same directory or a port this one needs is taken. The broker is started
+    here, on the main thread, before the event loop: its JVM is tied to this process
+    (it gets SIGTERM if we die), and a Ctrl-C during its start-up still stops it.
     """
-    # Only an explicit KAFKA_BOOTSTRAP_SERVERS means "use that cluster, start none":
-    # config.yaml's default address would otherwise stop dev from starting its broker.
-    if bootstrap := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        _say(f"using the Kafka at {bootstrap} (KAFKA_BOOTSTRAP_SERVERS)")
-        return asyncio.run(_run_pipeline(config, options, bootstrap))
-    broker = LocalBroker(
-        directory=options.broker_dir,
-        port=options.kafka_port,
-        tie_to_parent=True,
-        port_option="--kafka-port",
-    )
-    if (status := broker.status()).bootstrap is not None:
-        _say(f"using the broker already running from {options.broker_dir}: {status}")
-        return asyncio.run(_run_pipeline(config, options, status.bootstrap))
-    _say(f"starting Kafka on 127.0.0.1:{options.kafka_port} (data in {options.broker_dir})")
-    try:
-        bootstrap = broker.start()
-        return asyncio.run(_run_pipeline(config, options, bootstrap))
-    finally:
-        _say("stopping Kafka")
-        broker.stop()
+    with _the_only_dev(options.broker_dir):
+        _check_ports(config, options)
+        # Only an explicit KAFKA_BOOTSTRAP_SERVERS means "use that cluster, start none":
+        # config.yaml's default address would otherwise stop dev from starting its broker.
+        if bootstrap := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+            _say(f"using the Kafka at {bootstrap} (KAFKA_BOOTSTRAP_SERVERS)")
+            return asyncio.run(_run_pipeline(config, options, bootstrap))
+        broker = LocalBroker(
+            directory=options.broker_dir,
+            port=options.kafka_port,
+            tie_to_parent=True,
+            port_option="--kafka-port",
+        )
+        if (status := broker.status()).bootstrap is not None:
+            _say(f"using the broker already running from {options.broker_dir}: {status}")
+            return asyncio.run(_run_pipeline(config, options, status.bootstrap))
+        _say(f"starting Kafka on 127.0.0.1:{options.kafka_port} (data in {options.broker_dir})")
+        try:
+            bootstrap = broker.start()
+            return asyncio.run(_run_pipeline(config, options, bootstrap))
+        finally:
+            _say("stopping Kafka")
+            broker.stop()
+
+
+@contextlib.contextmanager
+def _the_only_dev(directory: Path) -> Iterator[None]:
+    """Hold `directory`'s dev.lock for as long as this `processor dev` runs; the kernel
+    lets go of it when the process ends, however it ends."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / "dev.lock").open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            pid = lock.read().strip() or "?"
+            raise DevConflict(
+                f"another processor dev (pid {pid}) is running from {directory}: use that "
+                "one, or stop it (Ctrl-C in its terminal) first; two at once need their own "
+                "--dir, --port, --metrics-port and --kafka-port"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
+
+
+def _check_ports(config: Config, options: DevOptions) -> None:
+    wanted = [(config.ingress.host, options.ingress_port, "the ingress", "--port")]
+    wanted += [
+        (config.worker.metrics_host, port, f"worker-{index}'s metrics", "--metrics-port")
+        for index, port in _worker_ports(options)
+    ]
+    for host, port, user, option in wanted:
+        if port_in_use(port, host):
+            raise DevConflict(
+                f"{host}:{port}, for {user}, is already taken (by another processor dev, or "
+                f"another server): stop what listens there, or pick another with {option}"
+            )
+
+
+def _worker_ports(options: DevOptions) -> list[tuple[int, int]]:
+    return [(index, options.metrics_port + index - 1) for index in range(1, options.workers + 1)]
 
 
 async def _run_pipeline(config: Config, options: DevOptions, bootstrap: str) -> int:
@@ -115,20 +171,23 @@ async def _run_children(
     command = [sys.executable, "-m", "processor.cli"]
     if options.config_path is not None:
         command += ["--config", str(options.config_path)]
-    children = [await _spawn("ingress", [*command, "ingress"], env)]
+    url = f"http://{config.ingress.host}:{config.ingress.port}"
+    children = [await _spawn("ingress", [*command, "ingress"], env, url=url)]
     try:
-        children += [
-            await _spawn(f"worker-{index}", [*command, "worker"], env | _member(config, index))
-            for index in range(1, options.workers + 1)
-        ]
-        url = f"http://{config.ingress.host}:{config.ingress.port}"
+        for index, port in _worker_ports(options):
+            worker_env = env | _member(config, index)
+            worker_env["PROCESSOR_WORKER__METRICS_PORT"] = str(port)
+            worker_url = f"http://{config.worker.metrics_host}:{port}"
+            children.append(
+                await _spawn(f"worker-{index}", [*command, "worker"], worker_env, url=worker_url)
+            )
         try:
-            await _wait_ready(url, children, stop)
+            await _wait_ready(children, stop)
         except TimeoutError:
-            _say(f"the ingress was not ready within {READY_TIMEOUT_S:.0f} s; see its output above")
+            _say(f"the pipeline was not ready within {READY_TIMEOUT_S:.0f} s; see the output above")
             return 1
         if not stop.is_set() and all(c.process.returncode is None for c in children):
-            _say(_banner(config, url=url, generated=generated))
+            _say(_banner(config, options, children=children, generated=generated))
         return await _supervise(children, stop)
     finally:
         await _stop_children(children)
@@ -145,7 +204,7 @@ def _say(message: str) -> None:
     print(f"{'dev':>9} | {message}", flush=True)
 
 
-async def _spawn(name: str, argv: list[str], env: dict[str, str]) -> _Child:
+async def _spawn(name: str, argv: list[str], env: dict[str, str], *, url: str) -> _Child:
     process = await asyncio.create_subprocess_exec(
         *argv,
         env=env,
@@ -158,25 +217,37 @@ async def _spawn(name: str, argv: list[str], env: dict[str, str]) -> _Child:
         # Own process group: Ctrl-C reaches only us, and we stop children in order.
         start_new_session=True,
     )
-    return _Child(name, process, asyncio.create_task(_prefix(name, process)))
+    child = _Child(name, process, url)
+    child.pump = asyncio.create_task(_prefix(child))
+    return child
 
 
-async def _prefix(name: str, process: asyncio.subprocess.Process) -> None:
-    assert process.stdout is not None
-    async for line in process.stdout:
-        sys.stdout.write(f"{name:>9} | {line.decode(errors='replace')}")
+# What a child logs once it holds its port: an answer there is then its own.
+_LISTENING = ("ingress.started", "worker.metrics_listening")
+
+
+async def _prefix(child: _Child) -> None:
+    assert child.process.stdout is not None
+    async for line in child.process.stdout:
+        text = line.decode(errors="replace")
+        if any(event in text for event in _LISTENING):
+            child.listening.set()
+        sys.stdout.write(f"{child.name:>9} | {text}")
         sys.stdout.flush()
 
 
-async def _wait_ready(url: str, children: list[_Child], stop: asyncio.Event) -> None:
-    """Until the ingress answers /readyz (Kafka reachable, raw topic there)."""
+async def _wait_ready(children: list[_Child], stop: asyncio.Event) -> None:
+    """Until every child has said it listens and answers /readyz there with 200 (the
+    ingress: Kafka reachable, raw topic there; a worker: in the group, writes going)."""
     async with aiohttp.ClientSession() as session, asyncio.timeout(READY_TIMEOUT_S):
-        while not stop.is_set() and all(c.process.returncode is None for c in children):
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(f"{url}/readyz") as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.2)
+        for child in children:
+            while not stop.is_set() and all(c.process.returncode is None for c in children):
+                if child.listening.is_set():
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with session.get(f"{child.url}/readyz") as response:
+                            if response.status == 200:
+                                break
+                await asyncio.sleep(0.2)
 
 
 async def _supervise(children: list[_Child], stop: asyncio.Event) -> int:
@@ -198,8 +269,9 @@ async def _supervise(children: list[_Child], stop: asyncio.Event) -> int:
 async def _stop_children(children: list[_Child]) -> None:
     await stop_processes([(child.name, child.process) for child in children])
     for child in children:
-        with contextlib.suppress(asyncio.CancelledError):
-            await child.pump
+        if child.pump is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await child.pump
 
 
 async def stop_processes(
@@ -222,15 +294,21 @@ async def stop_processes(
             await process.wait()
 
 
-def _banner(config: Config, *, url: str, generated: str | None) -> str:
+def _banner(
+    config: Config, options: DevOptions, *, children: list[_Child], generated: str | None
+) -> str:
     route = config.routing.resolved().get("integration")
     watched = route.topic.format(status="completed") if route else config.topics.unrouted
     bootstrap = config.kafka.bootstrap_servers
+    ingress, *workers = children
     body = EXAMPLE_BODY.decode()
     export = f"\n      export WEBHOOK_SECRET={generated}" if generated else ""
     topics = "\n".join(f"      {topic}" for topic in all_topics(config))
+    worker_urls = "\n".join(f"      {w.name}: {w.url}   /healthz /readyz /metrics" for w in workers)
     return f"""pipeline is up
-    ingress:  POST {url}{config.ingress.path}   (also /healthz /readyz /metrics)
+    ingress:  POST {ingress.url}{config.ingress.path}   (also /healthz /readyz /metrics)
+    workers:
+{worker_urls}
     kafka:    {bootstrap}
     secret:   {"WEBHOOK_SECRET=" + generated if generated else "yours, from WEBHOOK_SECRET"}
     topics:
@@ -239,10 +317,26 @@ def _banner(config: Config, *, url: str, generated: str | None) -> str:
     send a signed delivery:{export}
       BODY='{body}'
       SIG=$(printf '%s' "$BODY" | openssl dgst -sha256 -hmac "$WEBHOOK_SECRET" | sed 's/^.* //')
-      curl -i {url}{config.ingress.path} -H 'Content-Type: application/json' \\
+      curl -i {ingress.url}{config.ingress.path} -H 'Content-Type: application/json' \\
            -H "X-Webhook-Signature: $SIG" --data-binary "$BODY"
 
     watch where it lands:
-      kcat -b {bootstrap} -C -t {watched} -f '%k %h\\n%s\\n'
+      {_processor_command(options, bootstrap)} tail {watched} --follow
 
     Ctrl-C stops everything."""
+
+
+def _processor_command(options: DevOptions, bootstrap: str) -> str:
+    """`processor` as a shell where this dev was started runs it: by name when it is
+    on PATH, else by its path (.venv/bin/processor), with this pipeline's Kafka."""
+    script = Path(sys.executable).with_name("processor")
+    on_path = shutil.which("processor")
+    if on_path is not None and Path(on_path).resolve() == script.resolve():
+        command = "processor"
+    elif script.exists():
+        command = os.path.relpath(script) if script.is_relative_to(Path.cwd()) else str(script)
+    else:
+        command = f"{sys.executable} -m processor.cli"
+    if options.config_path is not None:
+        command += f" --config {shlex.quote(str(options.config_path))}"
+    return f"KAFKA_BOOTSTRAP_SERVERS={bootstrap} {command}"

@@ -1,4 +1,4 @@
-"""Ports on 127.0.0.1: whether one is taken, and one that is free."""
+"""Ports: whether one is taken, and one on 127.0.0.1 that is free."""
 
 from __future__ import annotations
 
@@ -37,12 +37,12 @@ def free_port() -> int:
         return picked
 
 
-def port_in_use(port: int) -> bool:
-    """Whether something listens on (or still holds) `port`: a bind attempt says."""
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something listens on (or still holds) host:port: a bind attempt says."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host, port))
         except OSError:
             return True
         return False

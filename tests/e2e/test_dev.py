@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from processor.devtools.ports import free_port
+from processor.devtools.ports import free_port, port_in_use
 from tests.readme import readme_block
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.usefixtures("kafka_jars")]
@@ -34,6 +35,7 @@ SECRET = "readme-example-secret"
 class Pipeline:
     process: subprocess.Popen[str]
     ingress_port: int
+    metrics_port: int
     kafka_port: int
     directory: Path
     output: list[str] = field(default_factory=list)
@@ -69,18 +71,51 @@ def pipeline_pids(pipeline: Pipeline) -> list[int]:
     return found
 
 
+def free_ports_in_a_row(count: int) -> int:
+    """The first of `count` consecutive free ports, for the dev workers' metrics."""
+    while True:
+        first = free_port()
+        if not any(port_in_use(first + offset) for offset in range(1, count)):
+            return first
+
+
+def dev_command(*options: str) -> list[str]:
+    return [sys.executable, "-m", "processor.cli", "--config", str(REPO / "config.yaml"),
+            "dev", *options]  # fmt: skip
+
+
+def printed_until(command: list[str], text: str, *, timeout: float) -> None:
+    """Run `command` until it prints a line with `text` (then kill it), or fail."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    printed: list[str] = []
+    reader = threading.Thread(target=lambda: printed.extend(process.stdout or ()))
+    reader.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in printed):
+            assert process.poll() is None, f"it ended early:\n{''.join(printed)}"
+            assert time.monotonic() < deadline, f"no {text!r} in {timeout} s:\n{''.join(printed)}"
+            time.sleep(0.1)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # a shell's children with it
+        process.wait()
+        reader.join(10)
+
+
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     directory = tmp_path_factory.mktemp("dev") / "kafka"
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
     env["WEBHOOK_SECRET"] = SECRET
-    ingress_port, kafka_port = free_port(), free_port()
+    ingress_port, metrics_port, kafka_port = free_port(), free_ports_in_a_row(2), free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "processor.cli", "--config", str(REPO / "config.yaml"), "dev",
-         "--port", str(ingress_port), "--kafka-port", str(kafka_port), "--dir", str(directory)],
+        dev_command("--port", str(ingress_port), "--metrics-port", str(metrics_port),
+                    "--kafka-port", str(kafka_port), "--dir", str(directory)),
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    running = Pipeline(process, ingress_port, kafka_port, directory)
+    running = Pipeline(process, ingress_port, metrics_port, kafka_port, directory)
     assert process.stdout is not None
     reader = threading.Thread(target=lambda: running.output.extend(process.stdout or ()))
     reader.start()
@@ -106,6 +141,52 @@ def test_banner_shows_the_url_the_secret_and_every_topic(pipeline: Pipeline) -> 
     assert SECRET not in banner, "a secret the user gave is never printed"
     for topic in ("webhooks.raw", "integration.status.partially_synced", "webhooks.dlq"):
         assert topic in banner
+
+
+def test_banner_lists_each_worker_answering_ready_on_a_port_of_its_own(
+    pipeline: Pipeline,
+) -> None:
+    banner = "".join(pipeline.output)
+    for index in (1, 2):
+        url = f"http://127.0.0.1:{pipeline.metrics_port + index - 1}"
+        assert f"worker-{index}: {url}" in banner
+        with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:  # noqa: S310 (http)
+            assert response.status == 200
+
+
+@pytest.mark.parametrize(
+    ("same", "refusal"),
+    [
+        ("directory", "another processor dev (pid {pid}) is running from {directory}"),
+        ("ingress port", "127.0.0.1:{ingress_port}, for the ingress, is already taken"),
+        ("metrics port", "127.0.0.1:{metrics_port}, for worker-1's metrics, is already taken"),
+    ],
+)
+def test_a_second_dev_that_would_collide_is_refused_before_it_starts_anything(
+    pipeline: Pipeline, tmp_path: Path, same: str, refusal: str
+) -> None:
+    options = {
+        "--dir": str(pipeline.directory if same == "directory" else tmp_path / "kafka"),
+        "--port": str(pipeline.ingress_port if same == "ingress port" else free_port()),
+        "--metrics-port": str(
+            pipeline.metrics_port if same == "metrics port" else free_ports_in_a_row(2)
+        ),
+        "--kafka-port": str(free_port()),
+    }
+    second = subprocess.run(
+        dev_command(*(part for option in options.items() for part in option)),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+    assert second.returncode == 2
+    expected = refusal.format(
+        pid=pipeline.process.pid,
+        directory=pipeline.directory,
+        ingress_port=pipeline.ingress_port,
+        metrics_port=pipeline.metrics_port,
+    )
+    assert expected in second.stderr
+    assert second.stdout == "", "nothing started: no broker, no secret, no child"
 
 
 @pytest.fixture(scope="module")
@@ -151,23 +232,17 @@ async def test_sent_delivery_lands_in_its_status_topic_unchanged(pipeline: Pipel
 
 @pytest.mark.usefixtures("sent")
 def test_readme_subscriber_example_prints_the_delivery(pipeline: Pipeline) -> None:
-    subscriber = subprocess.Popen(
+    printed_until(
         [sys.executable, "-c", pipeline.localise(readme_block("subscribe"))],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    printed: list[str] = []
-    reader = threading.Thread(target=lambda: printed.extend(subscriber.stdout or ()))
-    reader.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not any("whd_readme0001 user_123 COMPLETED" in line for line in printed):
-            assert subscriber.poll() is None, f"the subscriber ended early:\n{''.join(printed)}"
-            assert time.monotonic() < deadline, f"nothing printed in 60 s:\n{''.join(printed)}"
-            time.sleep(0.1)
-    finally:
-        subscriber.kill()
-        subscriber.wait()
-        reader.join(10)
+        "whd_readme0001 user_123 COMPLETED",
+        timeout=60,
+    )
+
+
+@pytest.mark.usefixtures("sent")
+def test_the_banners_tail_command_shows_the_delivery_as_printed(pipeline: Pipeline) -> None:
+    printed = next(line for line in pipeline.output if " tail integration.status.completed" in line)
+    printed_until(["sh", "-c", printed.strip()], "whd_readme0001", timeout=60)
 
 
 @pytest.mark.usefixtures("sent")

@@ -7,12 +7,13 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from processor.headers import DERIVED_HEADERS, DLQ_HEADERS, RAW_HEADERS, Header
-from tests.readme import readme_commands, table_after
+from tests.readme import readme_block, readme_commands, table_after
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,6 +45,24 @@ def test_the_layout_table_names_every_module_of_processor_and_no_other() -> None
             assert str(relative) in listed, f"the layout table omits {relative}"
     missing = [name for name in listed if not (ROOT / name).exists()]
     assert missing == [], f"the layout table names modules that do not exist: {missing}"
+
+
+@pytest.mark.slow  # a Python process of its own
+def test_readme_puts_processor_on_the_path_as_printed(tmp_path: Path) -> None:
+    """In a fresh shell (no virtualenv active, `processor` on no PATH) beside a `.venv`."""
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parents[1])
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env["PATH"] = os.pathsep.join(
+        part for part in env["PATH"].split(os.pathsep) if not (Path(part) / "processor").exists()
+    )
+
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", readme_block("path")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+    assert (result.returncode, result.stderr) == (0, "")
+    assert re.fullmatch(r"processor \d+\.\d+\.\d+\n", result.stdout)
 
 
 @pytest.mark.slow  # a Python process of its own
