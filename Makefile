@@ -3,7 +3,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# Installed: the project and what it needs to run (make run); the development tools over
+# it (make setup, make test).
+RUN_STAMP := $(VENV)/.runtime
+STAMP     := $(VENV)/.installed
 # The official AsyncAPI JSON Schemas (npm @asyncapi/specs), which the tests validate
 # docs/asyncapi.yaml against; npm keeps its download cache in ~/.npm.
 SPECS  := tools/asyncapi
@@ -14,9 +17,13 @@ NODE_STAMP := $(SPECS)/node_modules/.package-lock.json
 setup: $(STAMP) $(NODE_STAMP)
 
 # Reinstall only when the dependency pins or the project metadata change.
-$(STAMP): pyproject.toml constraints.txt
+$(RUN_STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c constraints.txt pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
+	touch $@
+
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
@@ -51,7 +58,8 @@ drills: setup
 	PROCESSOR_DRILL_SCALE=real $(BIN)/pytest -s tests/integration/test_outage_drills.py
 
 # The whole pipeline on this machine: Kafka, topics, ingress on :8080, two workers.
-run: setup
+# It needs the runtime dependencies only; make setup adds the development tools.
+run: $(RUN_STAMP)
 	$(BIN)/processor dev
 
 # The subscriber's contract for the default config.yaml, regenerated from the code; it
