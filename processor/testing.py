@@ -58,15 +58,17 @@ Batch = dict[TopicPartition, list[Record]]
 class FakeConsumer:
     """Hands out the batches put in `batches`, one per `getmany`, as Kafka hands out
     fetches. A `seek` back hands that partition's records out again from there, before
-    any new batch; a paused partition's records wait until it is resumed: what Kafka
-    does (tests/integration/test_consumer_behaviour.py holds the two to the same
-    behaviour). Remembers seeks, commits, pauses and its rebalance listener."""
+    any new batch; a paused partition's records wait until it is resumed; its position
+    and highwater follow: what Kafka does (tests/integration/test_consumer_behaviour.py
+    holds the two to the same behaviour). Remembers seeks, commits, pauses and its
+    rebalance listener."""
 
     def __init__(self, *, topics: Collection[str]) -> None:
         self.batches: asyncio.Queue[Batch] = asyncio.Queue()
         self._handed: dict[TopicPartition, list[Record]] = {}  # by partition, in order
         self._rewound: dict[TopicPartition, int] = {}  # partition -> offset to hand from
         self._held: dict[TopicPartition, list[Record]] = {}  # fetched while paused
+        self._ends: dict[TopicPartition, int] = {}  # partition -> the offset after its last
         self.assigned: set[TopicPartition] = set()
         self.seeks: list[tuple[TopicPartition, int]] = []
         self.commits: list[dict[TopicPartition, int]] = []
@@ -97,6 +99,9 @@ class FakeConsumer:
             except TimeoutError:
                 return {}
             for partition, records in fetched.items():
+                if records:
+                    end = max(self._ends.get(partition, 0), records[-1].offset + 1)
+                    self._ends[partition] = end
                 if partition in self.paused:
                     self._held.setdefault(partition, []).extend(records)
                 else:
@@ -123,6 +128,17 @@ class FakeConsumer:
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.assigned)
+
+    def highwater(self, partition: TopicPartition) -> int | None:
+        return self._ends.get(partition)
+
+    async def position(self, partition: TopicPartition) -> int:
+        if partition in self._rewound:
+            return self._rewound[partition]
+        if held := self._held.get(partition):
+            return held[0].offset
+        handed = self._handed.get(partition)
+        return handed[-1].offset + 1 if handed else 0
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self.seeks.append((partition, offset))

@@ -195,6 +195,9 @@ class WorkerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     dlq_max_consecutive: PositiveInt = 100
     # How long a tripped partition rests before the worker tries it again.
     dlq_pause_s: PositiveFloat = 60.0
+    # One worker.summary line this often (records by outcome, batches, lag); each batch's
+    # line is DEBUG, and anything unusual (DLQ, conflict, retry, breaker) is said at once.
+    log_interval_s: PositiveFloat = 30.0
     # A liveness and metrics port for orchestrators (GET /healthz, GET /metrics). None
     # serves no HTTP, so any number of workers can share a laptop without port clashes.
     metrics_port: Port | None = None

@@ -8,6 +8,7 @@ committed are made from them here.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ def tally(shares: Mapping[TopicPartition, Share]) -> tuple[Counter[str], list[Ro
 def log_committed(
     shares: Mapping[TopicPartition, Share], outcomes: Counter[str], conflicts: list[Routed]
 ) -> None:
-    """A line per committed batch; one per dead-lettered delivery and per conflict."""
+    """One line per dead-lettered delivery and per conflict; a DEBUG line per batch."""
     for conflict in conflicts:
         log.warning(
             "delivery.conflict",
@@ -89,7 +90,9 @@ def log_committed(
                         partition=record.partition,
                         offset=record.offset,
                     )
-    log.info(
+    if not log.is_enabled_for(logging.DEBUG):  # processor.worker.summary says it instead
+        return
+    log.debug(
         "batch.committed",
         records=sum(outcomes.values()),
         routed=outcomes["routed"],

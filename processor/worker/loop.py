@@ -47,10 +47,15 @@ from processor.worker.health import Health
 from processor.worker.http import Unready, serve_health_and_metrics
 from processor.worker.parts import Batch, WorkerParts, kafka_parts
 from processor.worker.rebalance import Rebalance
+from processor.worker.summary import Summary
 
 __all__ = ["Worker", "run_worker"]
 
 log = structlog.get_logger(__name__)
+
+# A summary's lag asks each assigned partition's position, known at once while the
+# worker reads; one that is being reset (a rebalance) is not waited for beyond this.
+LAG_TIMEOUT_S = 1.0
 
 
 class Worker:
@@ -86,6 +91,7 @@ class Worker:
             reachable=parts.reachable,
             paused=self._breakers.paused,
         )
+        self._summary = Summary()
 
     def not_ready(self) -> Unready | None:
         """Why this worker cannot route now, for /readyz; None when it can."""
@@ -97,9 +103,11 @@ class Worker:
         From `stop` to return takes at most the batch in flight (produce_timeout_s +
         commit_timeout_s, milliseconds when Kafka is healthy) plus shutdown_timeout_s.
         """
+        summarising: asyncio.Task[None] | None = None
         try:
             if not await self._start(stop):
                 return
+            summarising = asyncio.create_task(self._summarise())
             while (batch := await self._fetch(stop)) is not None:
                 self._resume_rested()
                 if not batch:
@@ -110,7 +118,34 @@ class Worker:
                 if not done:
                     await self._back_off(stop)
         finally:
+            if summarising is not None:
+                summarising.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await summarising
+                await self._say_summary()  # the last interval's, cut short
             await self._close()
+
+    async def _summarise(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.worker.log_interval_s)
+            await self._say_summary()
+
+    async def _say_summary(self) -> None:
+        self._summary.say(partitions=len(self._consumer.assignment()), lag=await self._lag())
+
+    async def _lag(self) -> int | None:
+        """Records of the assigned partitions not read yet; None when no highwater is
+        known (no fetch answered yet) or a position is being reset."""
+        lag: int | None = None
+        try:
+            async with asyncio.timeout(LAG_TIMEOUT_S):
+                for partition in self._consumer.assignment():
+                    if (end := self._consumer.highwater(partition)) is not None:
+                        behind = end - await self._consumer.position(partition)
+                        lag = (lag or 0) + max(0, behind)
+        except (TimeoutError, KafkaError):
+            return None
+        return lag
 
     async def _start(self, stop: asyncio.Event) -> bool:
         """Connect within kafka.connect_timeout_s, then join the group; False if stopped.
@@ -295,6 +330,7 @@ class Worker:
             if share.screened is not None and self._dedup is not None:
                 self._dedup.remember(partition, share.screened)
         outcomes, conflicts = tally(shares)
+        self._summary.add(outcomes)
         seconds = None if fetched_at is None else time.perf_counter() - fetched_at
         self._metrics.count_batch(outcomes, seconds=seconds, conflicts=len(conflicts))
         if self._dedup is not None:

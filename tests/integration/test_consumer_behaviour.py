@@ -1,7 +1,8 @@
 """One behaviour suite for the worker's consumer, run against aiokafka's on a real broker
 and against processor.testing's FakeConsumer, so the fake cannot drift from what the
 worker's unit tests assume of Kafka: records in offset order, handed out again after a
-seek back, none of a paused partition until it is resumed, commits remembered.
+seek back, none of a paused partition until it is resumed, the position and highwater
+that make a lag, commits remembered.
 """
 
 from __future__ import annotations
@@ -163,3 +164,16 @@ async def test_a_commit_is_the_next_offset_to_read(backend: Backend) -> None:
     await backend.consumer.commit({backend.partition: 2})
 
     assert await backend.committed() == 2
+
+
+async def test_position_and_highwater_say_how_far_behind_the_consumer_is(
+    backend: Backend,
+) -> None:
+    await backend.append([b"a", b"b", b"c"])
+    assert await fetch(backend, 3) == [b"a", b"b", b"c"]
+    consumer, partition = backend.consumer, backend.partition
+    assert (await consumer.position(partition), consumer.highwater(partition)) == (3, 3)
+
+    consumer.seek(partition, 1)
+
+    assert (await consumer.position(partition), consumer.highwater(partition)) == (1, 3)

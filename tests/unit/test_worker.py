@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from typing import Any
 
 import msgspec
@@ -394,3 +394,28 @@ async def test_a_rebalance_clears_a_failure_of_partitions_it_moved() -> None:
         await worker.consumer.listener.on_partitions_revoked({P0})
 
         assert worker.unready() is None, "an idle worker would say commit_failing forever"
+
+
+async def test_a_healthy_worker_sums_up_each_interval_and_each_batch_only_at_debug() -> None:
+    def summaries() -> list[MutableMapping[str, Any]]:
+        return [entry for entry in logs if entry["event"] == "worker.summary"]
+
+    with capture_logs() as logs:
+        async with running(settings(log_interval_s=0.05)) as worker:
+            worker.consumer.batches.put_nowait(two_partitions())
+            await until(lambda: any(entry["records"] for entry in summaries()))
+            # Two records wait in a paused partition: read by the consumer, not handed out.
+            worker.consumer.pause(P0)
+            worker.consumer.batches.put_nowait({P0: [Record(0, 7, b"x"), Record(0, 8, b"y")]})
+            await until(lambda: summaries()[-1]["lag"] == 2)
+            said = len(summaries())
+
+    (busy,) = [entry for entry in summaries() if entry["records"]]
+    assert busy["log_level"] == "info"
+    counts = {key: busy[key] for key in ("records", "routed", "unrouted", "dlq", "duplicate")}
+    assert counts == {"records": 3, "routed": 3, "unrouted": 0, "dlq": 0, "duplicate": 0}
+    assert (busy["batches"], busy["partitions"], busy["lag"]) == (1, 2, 0)
+    assert len(summaries()) == said + 1, "one last summary at stop"
+    assert [entry["log_level"] for entry in logs if entry["event"] == "batch.committed"] == [
+        "debug"
+    ]
