@@ -246,7 +246,9 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "A member of the routing consumer group: reads topics.raw, writes each delivery "
         "to its status topic, webhooks.unrouted or webhooks.dlq, then commits "
         "(worker.guarantee: at_least_once or exactly_once). Runs until SIGTERM or "
-        "Ctrl-C, finishing the batch in flight. Start as many as topics.partitions; "
+        "Ctrl-C, finishing the batch in flight; SIGUSR1 also takes a static member "
+        "(worker.group_instance_id) out of the group, for a scale-down. Start as many "
+        "as topics.partitions; "
         "worker.metrics_port serves /healthz, /readyz and /metrics.",
         "PROCESSOR_WORKER__METRICS_PORT=9100 processor worker",
     ),

@@ -2,7 +2,8 @@
 
 Orchestrators send SIGTERM, a terminal sends SIGINT (Ctrl-C); both only set an
 event, and each process then takes its own bounded path out (finish the batch,
-drain the requests, stop the children).
+drain the requests, stop the children). A worker also takes SIGUSR1: stop, and leave
+the consumer group even as a static member (a scale-down, not a restart).
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
-__all__ = ["stop_on_signals", "unless_stopped"]
+__all__ = ["LEAVE_SIGNAL", "on_signal", "stop_on_signals", "unless_stopped"]
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+LEAVE_SIGNAL = signal.SIGUSR1
 
 
 @contextlib.contextmanager
@@ -29,6 +31,22 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
     finally:
         for signum in SIGNALS:
             loop.remove_signal_handler(signum)
+
+
+@contextlib.contextmanager
+def on_signal(signum: signal.Signals, *callbacks: Callable[[], None]) -> Iterator[None]:
+    """`signum` calls each of `callbacks` in turn while the block runs."""
+    loop = asyncio.get_running_loop()
+
+    def handle() -> None:
+        for callback in callbacks:
+            callback()
+
+    loop.add_signal_handler(signum, handle)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signum)
 
 
 async def unless_stopped(work: Awaitable[object], stop: asyncio.Event) -> bool:

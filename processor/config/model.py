@@ -176,7 +176,8 @@ class WorkerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # a broken cluster (or a missing ACL) is not hammered while someone fixes it.
     retry_backoff_s: PositiveFloat = 1.0
     max_retry_backoff_s: PositiveFloat = 30.0
-    # SIGTERM to exit: finish the batch in flight, commit, leave the group.
+    # SIGTERM to exit: finish the batch in flight, commit, stop (a static member stays in
+    # the group for session_timeout_ms; SIGUSR1 also takes it out: a scale-down).
     shutdown_timeout_s: PositiveFloat = 30.0
     # Broker declares the worker dead after this long without heartbeats.
     session_timeout_ms: PositiveInt = 45_000

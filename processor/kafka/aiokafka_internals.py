@@ -3,7 +3,9 @@
 aiokafka keeps private what a service that must survive outages needs: a client's
 metadata refresh and connections (to pace and report them), the fetcher's record
 reader (to park a record it cannot read), and a producer's sender, accumulator and
-transaction state (to close a producer for good, now, whatever the broker does).
+transaction state (to close a producer for good, now, whatever the broker does). Nor
+does it speak LeaveGroup v3 (KIP-345), the one way a static member leaves its group:
+its protocol classes make that request here.
 Nothing else in `processor` reaches past aiokafka's public API; this module checks at
 import that each internal it uses is where it expects it, and
 `tests/unit/test_aiokafka_internals.py` fails on any other aiokafka version, so an
@@ -20,11 +22,13 @@ from typing import Any, Final
 
 import aiokafka
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.client import AIOKafkaClient
+from aiokafka.client import AIOKafkaClient, CoordinationType
 from aiokafka.consumer import fetcher
 from aiokafka.producer.message_accumulator import MessageAccumulator, MessageBatch
 from aiokafka.producer.sender import Sender
 from aiokafka.producer.transaction_manager import TransactionManager
+from aiokafka.protocol.api import Request, RequestStruct, Response
+from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
 from aiokafka.record.memory_records import MemoryRecords
 
 __all__ = [
@@ -34,6 +38,7 @@ __all__ = [
     "check_layout",
     "client_of",
     "read_fetched_records_with",
+    "remove_static_member",
     "sender_failure",
     "wrap_connect",
     "wrap_metadata_refresh",
@@ -50,7 +55,7 @@ def check_layout() -> None:
     """Raise ImportError naming this module if an internal it uses is missing (another
     aiokafka than the one it was written for). Run at import."""
     expected: dict[type[Any] | ModuleType, tuple[str, ...]] = {
-        AIOKafkaClient: ("_metadata_update", "_get_conn"),
+        AIOKafkaClient: ("_metadata_update", "_get_conn", "coordinator_lookup", "send"),
         AIOKafkaConsumer: ("_client",),
         AIOKafkaProducer: ("_sender", "_message_accumulator", "_txn_manager", "_closed"),
         Sender: ("sender_task",),
@@ -216,3 +221,60 @@ def _fail_transaction(producer: AIOKafkaProducer, reason: BaseException) -> None
 def _retrieved(future: asyncio.Future[Any]) -> None:
     if future.done() and not future.cancelled():
         future.exception()
+
+
+class _LeaveGroupResponseV3(Response):  # type: ignore[misc]
+    API_KEY = 13
+    API_VERSION = 3
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        ("error_code", Int16),
+        (
+            "members",
+            Array(
+                ("member_id", String("utf-8")),
+                ("group_instance_id", String("utf-8")),
+                ("error_code", Int16),
+            ),
+        ),
+    )
+
+
+class _LeaveGroupRequestV3(RequestStruct):  # type: ignore[misc]
+    API_KEY = 13
+    API_VERSION = 3
+    RESPONSE_TYPE = _LeaveGroupResponseV3
+    SCHEMA = Schema(
+        ("group_id", String("utf-8")),
+        ("members", Array(("member_id", String("utf-8")), ("group_instance_id", String("utf-8")))),
+    )
+
+
+class _LeaveAsStaticMember(Request[_LeaveGroupRequestV3]):  # type: ignore[misc]
+    API_KEY = 13
+
+    def __init__(self, group_id: str, group_instance_id: str) -> None:
+        self._group_id = group_id
+        self._group_instance_id = group_instance_id
+
+    def build(self, request_struct_class: type[_LeaveGroupRequestV3]) -> _LeaveGroupRequestV3:
+        # An empty member id: the coordinator finds the member by its instance id.
+        return request_struct_class(self._group_id, [("", self._group_instance_id)])
+
+
+async def remove_static_member(
+    client: AIOKafkaClient, *, group_id: str, group_instance_id: str
+) -> int:
+    """Ask the group's coordinator to remove the static member `group_instance_id` now,
+    as Kafka's AdminClient.removeMembersFromConsumerGroup does: the group rebalances at
+    once instead of after the member's session timeout. `client` must be bootstrapped.
+
+    Returns Kafka's error code for the member (0: removed; 91, UNKNOWN_MEMBER_ID: it
+    was not in the group). Raises KafkaError when the request itself fails.
+    """
+    coordinator = await client.coordinator_lookup(CoordinationType.GROUP, group_id)
+    response = await client.send(coordinator, _LeaveAsStaticMember(group_id, group_instance_id))
+    if response.error_code:
+        return int(response.error_code)
+    (member,) = response.members
+    return int(member[2])

@@ -18,12 +18,12 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError, UnknownMemberIdError, for_code
 from aiokafka.helpers import create_ssl_context
 
 from processor.config import HEADROOM_BYTES, Config, KafkaConfig
 from processor.errors import BrokerUnavailable, ConfigError, TopicsMissing
-from processor.kafka.aiokafka_internals import client_of
+from processor.kafka.aiokafka_internals import client_of, remove_static_member
 from processor.kafka.connectivity import Connectivity
 from processor.kafka.producers import BoundedProducer, RenewingProducer
 from processor.shutdown import unless_stopped
@@ -119,6 +119,23 @@ def group_instance_id(config: Config) -> str | None:
     """worker.group_instance_id with `{hostname}` filled in; None for a dynamic member."""
     template = config.worker.group_instance_id
     return None if template is None else template.format(hostname=socket.gethostname())
+
+
+async def leave_group(config: Config, member: str) -> None:
+    """Remove the static member `member` (a group_instance_id) from worker.group_id now,
+    so the group rebalances at once rather than after its session timeout. Raises
+    KafkaError when the coordinator refuses or cannot be reached; a member already gone
+    is no error."""
+    client = AIOKafkaClient(**client_options(config.kafka))
+    try:
+        await client.bootstrap()
+        code = await remove_static_member(
+            client, group_id=config.worker.group_id, group_instance_id=member
+        )
+    finally:
+        await client.close()
+    if code and code != UnknownMemberIdError.errno:
+        raise for_code(code)(f"{member} could not leave {config.worker.group_id}")
 
 
 def worker_producer_options(config: Config) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from processor.kafka.clients import connect, group_instance_id, require_topics
 from processor.kafka.topics import all_topics
 from processor.metrics import WorkerMetrics
 from processor.routing import Router
-from processor.shutdown import stop_on_signals
+from processor.shutdown import LEAVE_SIGNAL, on_signal, stop_on_signals
 from processor.worker.batch import Share, log_breaker_open, log_committed, tally
 from processor.worker.breaker import Breakers
 from processor.worker.checkpoint import CommitFailed, ProduceFailed
@@ -92,10 +92,16 @@ class Worker:
             paused=self._breakers.paused,
         )
         self._summary = Summary()
+        self._leaving = False
 
     def not_ready(self) -> Unready | None:
         """Why this worker cannot route now, for /readyz; None when it can."""
         return self._health.not_ready()
+
+    def leave_at_stop(self) -> None:
+        """Leave the group when stopping, even as a static member (a scale-down: no
+        restart will come back for its partitions)."""
+        self._leaving = True
 
     async def run(self, stop: asyncio.Event) -> None:
         """Route until `stop` is set, then finish the batch in flight and leave the group.
@@ -233,11 +239,15 @@ class Worker:
 
     async def _close(self) -> None:
         # Leaving the group hands the partitions over at once. A static member
-        # (worker.group_instance_id) does not leave: it keeps its partitions for
-        # session_timeout_ms, so that a restart within it needs no rebalance.
+        # (worker.group_instance_id) does not leave by itself: it keeps its partitions for
+        # session_timeout_ms, so that a restart within it needs no rebalance; told to
+        # (leave_at_stop: SIGUSR1), it is removed from the group as it stops.
         try:
             async with asyncio.timeout(self._config.worker.shutdown_timeout_s):
                 await self._consumer.stop()
+                if self._leaving:
+                    await self._parts.leave()
+                    log.info("worker.left_group", group_id=self._config.worker.group_id)
                 await self._guarantee.stop()
                 if self._parts.changelog is not None:
                     await self._parts.changelog.stop()
@@ -365,7 +375,8 @@ class Worker:
 
 
 async def run_worker(config: Config) -> None:
-    """The `processor worker` process: run until SIGTERM or SIGINT.
+    """The `processor worker` process: run until SIGTERM or SIGINT, or SIGUSR1, which
+    also takes it out of the group as it stops (a scale-down of static members).
 
     With worker.metrics_port set, /healthz and /metrics answer from before the worker
     connects to Kafka until after it has left the group, so a slow start is not taken
@@ -390,4 +401,5 @@ async def run_worker(config: Config) -> None:
     with stop_on_signals(stop):
         async with http:
             worker = Worker(config=config, parts=kafka_parts(config, metrics), metrics=metrics)
-            await worker.run(stop)
+            with on_signal(LEAVE_SIGNAL, worker.leave_at_stop, stop.set):
+                await worker.run(stop)

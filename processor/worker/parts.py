@@ -24,6 +24,8 @@ from processor.dedup.screen import Dedup
 from processor.kafka import unreadable
 from processor.kafka.aiokafka_internals import client_of
 from processor.kafka.clients import (
+    group_instance_id,
+    leave_group,
     renewing_producer,
     wait_until_reachable,
     worker_consumer_options,
@@ -80,6 +82,9 @@ class WorkerParts:
     reach: Callable[[], Awaitable[None]] = _nothing
     # Whether the cluster answers now (readiness).
     reachable: Callable[[], bool] = lambda: True
+    # Takes this member out of the group now, when told to (a static member stopping
+    # stays in it until its session expires, waiting for its own restart).
+    leave: Callable[[], Awaitable[None]] = _nothing
     # Wall-clock time, for the DLQ breaker's rests (dedup's window takes the same clock).
     clock: Callable[[], float] = time.time
 
@@ -123,6 +128,7 @@ def kafka_parts(config: Config, metrics: WorkerMetrics) -> WorkerParts:
         )
     changelog = dedup = None
     clock = time.time
+    member = group_instance_id(config)
     if config.dedup.enabled:
         changelog = KafkaChangelog(config)
         connectivity.watch(client_of(changelog.consumer))
@@ -136,5 +142,6 @@ def kafka_parts(config: Config, metrics: WorkerMetrics) -> WorkerParts:
         changelog=changelog,
         reach=functools.partial(wait_until_reachable, config.kafka),
         reachable=lambda: connectivity.reachable,
+        leave=_nothing if member is None else functools.partial(leave_group, config, member),
         clock=clock,
     )

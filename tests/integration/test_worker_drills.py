@@ -221,3 +221,35 @@ async def test_the_pause_before_a_retry_does_not_hold_partitions_a_rebalance_wan
         await asyncio.wait_for(task, 30)
 
     assert time.monotonic() - started < 8
+
+
+@pytest.mark.usefixtures("topics")
+async def test_a_static_member_told_to_leave_hands_its_partitions_over_at_once(
+    config: Config, spawn_worker: SpawnWorker, tmp_path: Path
+) -> None:
+    stream = mixed_stream(8_000, seed=43)
+    await produce_raw(config, stream[:4_000])
+    staying = spawn_worker(**RESTART_ENV, PROCESSOR_WORKER__GROUP_INSTANCE_ID="worker-a")
+    leaving = spawn_worker(**RESTART_ENV, PROCESSOR_WORKER__GROUP_INSTANCE_ID="worker-b")
+    async with asyncio.timeout(30):  # both own partitions
+        while not all(
+            any(e["event"] == "partitions.assigned" and e["partitions"] for e in log_entries(log))
+            for log in (tmp_path / "worker0.log", tmp_path / "worker1.log")
+        ):
+            await asyncio.sleep(0.2)
+
+    leaving.send_signal(signal.SIGUSR1)  # a scale-down: stop, and leave the group
+    assert await wait_exit(leaving, 30) == 0
+    left_at = time.monotonic()
+    await produce_raw(config, stream[4_000:])
+    # The partitions it had are the staying member's well before its session would
+    # have expired (a static member stopped by SIGTERM keeps them until then).
+    await wait_for_outputs(config, len(stream), timeout=SESSION_TIMEOUT_S - 5)
+    took = time.monotonic() - left_at
+
+    assert_each_delivered(config, stream, await read_outputs(config, len(stream)))
+    assert took < SESSION_TIMEOUT_S - 5
+    assert [e["event"] for e in log_entries(tmp_path / "worker1.log")].count(
+        "worker.left_group"
+    ) == 1
+    assert staying.poll() is None

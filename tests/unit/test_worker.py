@@ -419,3 +419,27 @@ async def test_a_healthy_worker_sums_up_each_interval_and_each_batch_only_at_deb
     assert [entry["log_level"] for entry in logs if entry["event"] == "batch.committed"] == [
         "debug"
     ]
+
+
+@pytest.mark.parametrize("told_to_leave", [False, True])
+async def test_a_worker_leaves_its_group_at_stop_only_when_told_to(told_to_leave: bool) -> None:
+    config = settings()
+    consumer = FakeConsumer(topics=all_topics(config))
+    consumer_stopped_first: list[bool] = []
+
+    async def leave() -> None:
+        consumer_stopped_first.append(consumer.stopped)
+
+    worker = Worker(
+        config=config,
+        parts=WorkerParts(consumer=consumer, guarantee=FakeGuarantee(), leave=leave),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    await until(lambda: consumer.listener is not None)
+    if told_to_leave:
+        worker.leave_at_stop()
+    stop.set()
+    await asyncio.wait_for(task, 5)
+
+    assert consumer_stopped_first == ([True] if told_to_leave else [])
