@@ -15,12 +15,10 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
-import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from processor.config import Config, KafkaConfig
-from processor.devtools.broker import LocalBroker
+from processor.config import Config
 from processor.devtools.ports import free_port
 from processor.kafka.topics import create_topics
 from tests.deliveries import Delivery, integration_event, mixed_stream
@@ -135,29 +133,6 @@ async def test_rebalance_between_two_workers_under_load_loses_nothing(
     duplicates = sum(n - 1 for n in written.values())
     assert duplicates <= BATCH, f"{duplicates} duplicates across two clean rebalances"
     assert second.poll() is None, "the surviving worker is still running"
-
-
-@pytest.mark.slow
-@pytest.mark.usefixtures("kafka_jars")
-async def test_broker_outage_mid_stream_loses_nothing(config: Config) -> None:
-    with LocalBroker.temporary() as broker:
-        config = msgspec.structs.replace(
-            config,
-            kafka=KafkaConfig(bootstrap_servers=broker.bootstrap),
-            # Fail fast while the broker is away, so the retries are what gets tested.
-            worker=msgspec.structs.replace(config.worker, produce_timeout_s=3, commit_timeout_s=3),
-        )
-        await create_topics(config)
-        stream = mixed_stream(6_000, seed=23)
-        await produce_raw(config, stream[:3_000])
-        async with worker_running(config, stop_timeout_s=60):
-            await wait_for_outputs(config, 1_000)
-            await asyncio.to_thread(broker.kill)  # a crash: acknowledged writes must survive
-            await asyncio.sleep(3)
-            await asyncio.to_thread(broker.start)  # same directory and ports
-            await produce_raw(config, stream[3_000:])
-            outputs = await read_outputs(config, len(stream))
-        assert_each_delivered(config, stream, outputs)
 
 
 # --- the metrics port -------------------------------------------------------------------
