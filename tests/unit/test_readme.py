@@ -3,6 +3,7 @@ processor.headers, the layout table names every module there is and no other."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -10,8 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
+from processor.config import Config
 from processor.headers import DERIVED_HEADERS, DLQ_HEADERS, RAW_HEADERS, Header
 from tests.readme import readme_block, readme_commands, table_after
 
@@ -82,3 +85,59 @@ def test_readme_schema_commands_work_on_the_default_config(tmp_path: Path) -> No
 
     assert (tmp_path / "contract.json").read_text() == (ROOT / "docs/contract.json").read_text()
     assert (tmp_path / "asyncapi.yaml").read_text() == (ROOT / "docs/asyncapi.yaml").read_text()
+
+
+def code_templates() -> list[str]:
+    """Every string in processor/, each f-string's values as `…`."""
+    found = []
+    for path in sorted((ROOT / "processor").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.JoinedStr):
+                found.append(
+                    "".join(
+                        part.value if isinstance(part, ast.Constant) else "…"
+                        for part in node.values
+                    )
+                )
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                found.append(node.value)
+    return found
+
+
+@pytest.mark.parametrize("table", ["troubleshooting: starting", "troubleshooting: running"])
+def test_what_the_troubleshooting_page_quotes_is_what_the_code_says(table: str) -> None:
+    templates = code_templates()
+    quoted = [
+        text
+        for row in table_after(table)
+        for text in re.findall(r"`([^`]+)`", row.split("|")[1])
+        if text != "processor: command not found"  # the shell's, not ours
+    ]
+    assert quoted
+    for text in quoted:
+        pattern = ".*".join(re.escape(segment) for segment in text.split("…"))
+        assert any(re.search(pattern, template) for template in templates), text
+
+
+@pytest.mark.parametrize("page", ["docs/production.md", "CHANGELOG.md"])
+def test_every_setting_a_page_names_is_one_there_is(page: str) -> None:
+    known = {
+        f"{section}.{key}"
+        for section, keys in msgspec.to_builtins(Config()).items()
+        for key in keys
+    }
+    sections = {name.partition(".")[0] for name in known}
+    text = (ROOT / page).read_text()
+    events = set(code_templates())  # log events look alike: `worker.summary`
+    named = {
+        name
+        for name in re.findall(r"`([a-z_]+\.[a-z_]+)`", text)
+        if name.partition(".")[0] in sections and name not in events
+    }
+    assert named, f"{page} names no setting"
+    assert named <= known | retired(text), sorted(named - known)
+
+
+def retired(text: str) -> set[str]:
+    """Settings a changelog says were renamed or removed: `old` in 'renamed from `old`'."""
+    return set(re.findall(r"(?:renamed from|removed:?) `([a-z_]+\.[a-z_]+)`", text))
