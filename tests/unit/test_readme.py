@@ -95,7 +95,7 @@ def code_templates() -> list[str]:
             if isinstance(node, ast.JoinedStr):
                 found.append(
                     "".join(
-                        part.value if isinstance(part, ast.Constant) else "…"
+                        str(part.value) if isinstance(part, ast.Constant) else "…"
                         for part in node.values
                     )
                 )
