@@ -450,9 +450,10 @@ def _length(head: bytes) -> int:
 @pytest.mark.parametrize(
     "data",
     [
-        post(BODY),  # the webhook, answered by its handler
-        b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n",
-        b"GET /nowhere HTTP/1.1\r\nHost: test\r\n\r\n",
+        # Connection: close, so that the read ends with the answer.
+        post(BODY, headers=b"Connection: close\r\n"),  # the webhook, answered by its handler
+        b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+        b"GET /nowhere HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
         b"GET /metrics HTTP/2.0\r\nHost: test\r\n\r\n",  # refused before routing
         MARKER + b" /webhooks HTTP/1.1\r\nHost: test\r\n\r\n",  # refused by the parser
     ],

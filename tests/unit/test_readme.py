@@ -4,6 +4,7 @@ processor.headers, the layout table names every module there is and no other."""
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import re
 import shutil
@@ -87,6 +88,7 @@ def test_readme_schema_commands_work_on_the_default_config(tmp_path: Path) -> No
     assert (tmp_path / "asyncapi.yaml").read_text() == (ROOT / "docs/asyncapi.yaml").read_text()
 
 
+@functools.cache
 def code_templates() -> list[str]:
     """Every string in processor/, each f-string's values as `…`."""
     found = []
