@@ -47,10 +47,10 @@ test: lint deploy-check
 	$(BIN)/pytest -n 4 --dist worksteal
 
 # The fast loop: the unit tests, no broker, on two workers that steal each other's
-# queued tests at the end; those that start a Python process of their own (marked slow)
-# run in make test.
+# queued tests at the end, the property tests on a fifth of their examples; those that
+# start a Python process of their own (marked slow) run in make test.
 test-fast: setup
-	$(BIN)/pytest tests/unit -m "not slow" -n 2 --dist worksteal
+	PROCESSOR_TEST_FAST=1 $(BIN)/pytest tests/unit -m "not slow" -n 2 --dist worksteal
 
 # The outage drills at the length of real outages (10 s to 5 minutes) with the default
 # timeouts, each with its figures printed; make test runs them with shortened timeouts.

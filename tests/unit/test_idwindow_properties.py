@@ -11,11 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processor.dedup.idwindow import IdWindow
+from tests.properties import examples
 
 WINDOW = 100.0
 # Few ids, so they are written again; top bits shared and extremes, for the directory.
 POOL = [1, 2, 3, 2**32, 2**63 - 1, 2**63, 2**63 + 1, 2**63 + 2, 2**64 - 2, 2**64 - 1]
-PROPERTY = settings(max_examples=300, deadline=None, database=None)
+PROPERTY = settings(max_examples=examples(300), deadline=None, database=None)
 
 writes = st.lists(st.tuples(st.sampled_from(POOL), st.integers(0, 2**32 - 1)), max_size=6)
 steps = st.lists(

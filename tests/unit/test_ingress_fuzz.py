@@ -23,11 +23,12 @@ from hypothesis import strategies as st
 
 from processor.ingress.signing import sign_hmac_sha256
 from tests.ingress_harness import SECRET, RecordingPublisher, Serve, Served, captured_logs
+from tests.properties import examples
 
 MARKER = b"FUZZ-MARKER-93c1d7"
 
 FUZZ = settings(
-    max_examples=150,
+    max_examples=examples(150),
     derandomize=True,
     database=None,
     deadline=None,

@@ -15,11 +15,12 @@ from hypothesis import strategies as st
 from processor.config import RoutingConfig, TopicsConfig
 from processor.naming import normalise_status
 from processor.routing import Routed, Router
+from tests.properties import examples
 
 ROUTER = Router(routing=RoutingConfig(), topics=TopicsConfig())
 DESTINATIONS = frozenset(ROUTER.destination_topics())
 # Modest, so the unit suite stays fast; no example database written into the tree.
-PROPERTY = settings(max_examples=300, deadline=None, database=None)
+PROPERTY = settings(max_examples=examples(300), deadline=None, database=None)
 
 
 @dataclass(frozen=True)
