@@ -9,7 +9,7 @@ lines per turn, tens of thousands a minute at a full core. Two fixes, both here:
   (doubling from RETRY_BACKOFF_S to MAX_RETRY_BACKOFF_S, as the Java client's
   `reconnect.backoff.max.ms`), so everything that waits for metadata waits too,
   and turns the outcome into one `kafka.unreachable` warning and one
-  `kafka.reachable` line when it is back, with counts in metrics;
+  `kafka.reachable` line once it has been back for CONFIRM_S, with counts in metrics;
 - `RetryNoiseFilter` keeps aiokafka's per-attempt lines about the same trouble
   (connection refused, metadata, fetch, coordinator, produce retries) out of any
   log above DEBUG.
@@ -37,6 +37,11 @@ log = structlog.get_logger(__name__)
 # enough to notice a broker back within a second, slow enough to cost no CPU.
 RETRY_BACKOFF_S: Final = 0.1
 MAX_RETRY_BACKOFF_S: Final = 1.0
+# A broker that is shutting down can accept a connection and reset it a moment later:
+# Kafka is back (for readiness at once) but reported back only once a connection is
+# made this long after the first, with no failure in between. A failure sooner is the
+# same outage going on, not a new one.
+CONFIRM_S: Final = 1.0
 
 # aiokafka's lines for one failed attempt at something it retries by itself (format
 # strings, as aiokafka passes them). Connectivity reports the state they describe.
@@ -76,12 +81,23 @@ class Connectivity:
     One per process, shared by its clients; its metrics go into `registry`.
     """
 
-    def __init__(self, *, bootstrap: str, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        registry: CollectorRegistry,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._bootstrap = bootstrap
+        self._clock = clock
+        # Since when the outage reported has lasted; None while Kafka is reported reachable.
         self._down_since: float | None = None
+        # In an outage: since when a connection has been made with no failure since.
+        self._back_since: float | None = None
         self._reachable = Gauge(
             "processor_kafka_reachable",
-            "1 while the last metadata refresh of this process's Kafka clients succeeded.",
+            "1 while this process's Kafka clients reach a broker "
+            "(0 from a metadata refresh that reached none).",
             registry=registry,
         )
         self._reachable.set(1)
@@ -103,7 +119,7 @@ class Connectivity:
 
     @property
     def reachable(self) -> bool:
-        return self._down_since is None
+        return self._down_since is None or self._back_since is not None
 
     def producer_renewed(self) -> None:
         """Count a producer replaced (processor.kafka.producers logs why)."""
@@ -143,7 +159,7 @@ class Connectivity:
                 if connection is not None:
                     connections += 1
                     if self._down_since is not None:
-                        self._succeeded()
+                        self._connected()
                 return connection
 
             return connect_and_report
@@ -153,10 +169,11 @@ class Connectivity:
 
     def _failed(self) -> None:
         self._failures.inc()
-        if self._down_since is not None:
-            return
-        self._down_since = time.monotonic()
         self._reachable.set(0)
+        if self._down_since is not None:
+            self._back_since = None
+            return
+        self._down_since = self._clock()
         self._outages.inc()
         log.warning(
             "kafka.unreachable",
@@ -166,10 +183,16 @@ class Connectivity:
             f"Retrying every {MAX_RETRY_BACKOFF_S:g} s at most; work resumes by itself.",
         )
 
-    def _succeeded(self) -> None:
-        if self._down_since is None:
-            return
-        seconds = round(time.monotonic() - self._down_since, 1)
-        self._down_since = None
+    def _connected(self) -> None:
+        """A connection made in an outage: Kafka is back, and reported so once confirmed."""
+        assert self._down_since is not None
+        now = self._clock()
         self._reachable.set(1)
+        if self._back_since is None:
+            self._back_since = now
+            return
+        if now - self._back_since < CONFIRM_S:
+            return
+        seconds = round(self._back_since - self._down_since, 1)
+        self._down_since = self._back_since = None
         log.info("kafka.reachable", bootstrap=self._bootstrap, unreachable_for_s=seconds)

@@ -140,12 +140,18 @@ async def test_a_producer_wedged_by_an_outage_longer_than_its_timeout_is_replace
 
 
 async def leader_of(bootstrap: str, partition: int) -> int:
+    """The partition's leader, once the broker asked knows of one: a topic just created
+    is described without partitions, or leaderless, for a moment."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        [topic] = await admin.describe_topics([TOPIC])
-        [leader] = [p["leader"] for p in topic["partitions"] if p["partition"] == partition]
-        return int(leader)
+        async with asyncio.timeout(30):
+            while True:
+                [topic] = await admin.describe_topics([TOPIC])
+                leaders = [p["leader"] for p in topic["partitions"] if p["partition"] == partition]
+                if leaders and leaders[0] >= 0:
+                    return int(leaders[0])
+                await asyncio.sleep(0.1)
     finally:
         await admin.close()
 
