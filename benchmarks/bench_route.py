@@ -9,6 +9,10 @@ changelog topic of its own:
 - `worker-alo`:         `processor.worker.loop.Worker` with the default config: at least
                         once, dedup on;
 - `worker-alo-nodedup`: at least once, dedup off;
+- `worker-alo-gc-default`: `worker-alo` with CPython's garbage-collector settings
+                        instead of the worker's (processor.worker.collector; every
+                        other worker variant runs with the worker's, as
+                        `processor worker` does);
 - `worker-eos`:         exactly once (a transaction per raw partition per batch),
                         dedup on;
 - `worker-eos-nodedup`: exactly once, dedup off;
@@ -78,6 +82,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import os
 import pstats
@@ -113,6 +118,7 @@ from processor.kafka.topics import all_topics, create_topics
 from processor.logging import configure_logging
 from processor.metrics import WorkerMetrics
 from processor.outcomes import Outcome
+from processor.worker.collector import tuned_collection
 from processor.worker.loop import Worker
 from processor.worker.parts import kafka_parts
 
@@ -306,6 +312,9 @@ class Variant:
     guarantee: Literal["at_least_once", "exactly_once"] | None = None  # None: a pipe
     dedup: bool = False
     produce: Produce | None = None  # how a pipe produces
+    # The worker's garbage-collector settings (processor.worker.collector), as
+    # `processor worker` runs; False: CPython's defaults.
+    tuned_gc: bool = True
 
     @property
     def kind(self) -> str:
@@ -316,6 +325,7 @@ class Variant:
 VARIANTS: Final[dict[str, Variant]] = {
     "worker-alo": Variant(guarantee="at_least_once", dedup=True),
     "worker-alo-nodedup": Variant(guarantee="at_least_once"),
+    "worker-alo-gc-default": Variant(guarantee="at_least_once", dedup=True, tuned_gc=False),
     "worker-eos": Variant(guarantee="exactly_once", dedup=True),
     "worker-eos-nodedup": Variant(guarantee="exactly_once"),
     "bare": Variant(produce=_produce_batched),
@@ -327,7 +337,9 @@ async def run_variant(
     variant: Variant, config: Config, stop: asyncio.Event, metrics: WorkerMetrics
 ) -> None:
     if variant.produce is None:
-        await Worker(config=config, parts=kafka_parts(config, metrics), metrics=metrics).run(stop)
+        worker = Worker(config=config, parts=kafka_parts(config, metrics), metrics=metrics)
+        with tuned_collection() if variant.tuned_gc else contextlib.nullcontext():
+            await worker.run(stop)
     else:
         await _pipe(config, stop, variant.produce)
 

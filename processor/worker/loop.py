@@ -43,6 +43,7 @@ from processor.shutdown import LEAVE_SIGNAL, on_signal, stop_on_signals
 from processor.worker.batch import Share, log_breaker_open, log_committed, tally
 from processor.worker.breaker import Breakers
 from processor.worker.checkpoint import CommitFailed, ProduceFailed
+from processor.worker.collector import tuned_collection
 from processor.worker.health import Health
 from processor.worker.http import Unready, serve_health_and_metrics
 from processor.worker.parts import Batch, WorkerParts, kafka_parts
@@ -401,5 +402,5 @@ async def run_worker(config: Config) -> None:
     with stop_on_signals(stop):
         async with http:
             worker = Worker(config=config, parts=kafka_parts(config, metrics), metrics=metrics)
-            with on_signal(LEAVE_SIGNAL, worker.leave_at_stop, stop.set):
+            with on_signal(LEAVE_SIGNAL, worker.leave_at_stop, stop.set), tuned_collection():
                 await worker.run(stop)
