@@ -9,6 +9,8 @@ changelog topic of its own:
 - `worker-alo`:         `processor.worker.loop.Worker` with the default config: at least
                         once, dedup on;
 - `worker-alo-nodedup`: at least once, dedup off;
+- `worker-alo-1s`, `worker-eos-1s`: `worker-alo`, `worker-eos` with a checkpoint per
+                        second (`worker.commit_interval_ms: 1000`) or 10,000 records;
 - `worker-alo-gc-default`: `worker-alo` with CPython's garbage-collector settings
                         instead of the worker's (processor.worker.collector; every
                         other worker variant runs with the worker's, as
@@ -315,6 +317,7 @@ class Variant:
     # The worker's garbage-collector settings (processor.worker.collector), as
     # `processor worker` runs; False: CPython's defaults.
     tuned_gc: bool = True
+    commit_interval_ms: int = 0  # worker.commit_interval_ms: 0, a checkpoint per batch
 
     @property
     def kind(self) -> str:
@@ -327,6 +330,8 @@ VARIANTS: Final[dict[str, Variant]] = {
     "worker-alo-nodedup": Variant(guarantee="at_least_once"),
     "worker-alo-gc-default": Variant(guarantee="at_least_once", dedup=True, tuned_gc=False),
     "worker-eos": Variant(guarantee="exactly_once", dedup=True),
+    "worker-alo-1s": Variant(guarantee="at_least_once", dedup=True, commit_interval_ms=1000),
+    "worker-eos-1s": Variant(guarantee="exactly_once", dedup=True, commit_interval_ms=1000),
     "worker-eos-nodedup": Variant(guarantee="exactly_once"),
     "bare": Variant(produce=_produce_batched),
     "naive": Variant(produce=_produce_per_record),
@@ -397,6 +402,7 @@ def variant_config(base: Config, name: str) -> Config:
             base.worker,
             group_id=unique(prefix),
             guarantee=variant.guarantee or base.worker.guarantee,
+            commit_interval_ms=variant.commit_interval_ms,
         ),
     )
 

@@ -162,8 +162,11 @@ class FakeCheckpoint:
     committed: dict[TopicPartition, int] | None = None
     aborted: bool = False
 
-    def produce(self, partition: TopicPartition, records: Sequence[OutgoingRecord]) -> None:
-        self.produced[partition] = list(records)
+    async def produce(self, outputs: Mapping[TopicPartition, Sequence[OutgoingRecord]]) -> None:
+        if self.guarantee.produce_failures:
+            raise self.guarantee.produce_failures.pop(0)
+        for partition, records in outputs.items():
+            self.produced.setdefault(partition, []).extend(records)
 
     def add_state(self, partition: TopicPartition, records: Sequence[OutgoingRecord]) -> None:
         raise AssertionError("the worker writes no state yet")
@@ -180,11 +183,13 @@ class FakeCheckpoint:
 
 
 class FakeGuarantee:
-    """Commits every checkpoint, unless told to fail (`failures`) or to wait (`gate`)."""
+    """Commits every checkpoint, unless told to fail (`failures` at commit,
+    `produce_failures` as outputs are handed over) or to wait (`gate`)."""
 
     def __init__(self) -> None:
         self.checkpoints: list[FakeCheckpoint] = []
         self.failures: list[Exception] = []
+        self.produce_failures: list[Exception] = []
         self.gate = asyncio.Event()
         self.gate.set()
         self.committing = asyncio.Event()

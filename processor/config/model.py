@@ -30,6 +30,7 @@ __all__ = [
 # Bounds a type states, so that msgspec names the key of a value out of them.
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 # Room for headers and record framing around a delivery's bytes, one budget for every
 # step: the raw topic takes this much more than the largest body the ingress accepts,
@@ -172,6 +173,14 @@ class WorkerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     produce_timeout_s: PositiveFloat = 30.0
     # Offsets commit is one round trip to the group coordinator.
     commit_timeout_s: PositiveFloat = 10.0
+    # A checkpoint (outputs acknowledged, dedup changelog written, offsets committed;
+    # exactly once: one transaction per raw partition) covers the batches of this long,
+    # or this many records, whichever comes first; and is taken at every rebalance and
+    # stop. 0: every batch. At least once, outputs are produced as records are fetched
+    # and a crash re-routes at most one checkpoint's records; exactly once,
+    # read_committed subscribers see outputs up to one checkpoint late.
+    commit_interval_ms: NonNegativeInt = 0
+    commit_every_records: PositiveInt = 10_000
     # Pause before retrying a batch whose produce failed, doubling up to the maximum, so
     # a broken cluster (or a missing ACL) is not hammered while someone fixes it.
     retry_backoff_s: PositiveFloat = 1.0

@@ -6,7 +6,9 @@ from it within `dedup.window_s`. For each valid delivery of a batch (routed or
 unrouted; a DLQ record's id cannot be trusted, so it is never screened):
 
 - an id not seen in the window is produced, and remembered once its record is
-  acknowledged: never suppress a delivery whose first copy is not in Kafka;
+  acknowledged: never suppress a delivery whose first copy is not in Kafka. Until
+  then it is staged: a retry in a later batch of the same checkpoint is screened
+  against it, and a checkpoint that fails forgets what it staged (`unstage`);
 - the same id with the same bytes is a retry: not produced anywhere, counted;
 - the same id with other bytes is not a retry: it is produced, counted and logged as
   a conflict, and remembered with its new bytes;
@@ -79,6 +81,8 @@ class Dedup:
         self._clock = clock
         self._windows: dict[TopicPartition, IdWindow] = {}
         self._evicted_at: dict[TopicPartition, float] = {}
+        # Ids screened in the open checkpoint, not durable yet -> their fingerprint.
+        self._staged: dict[TopicPartition, dict[int, int]] = {}
 
     @property
     def remembered(self) -> int:
@@ -127,14 +131,22 @@ class Dedup:
         for partition in partitions:
             self._windows.pop(partition, None)
             self._evicted_at.pop(partition, None)
+            self._staged.pop(partition, None)
+
+    def unstage(self, partitions: Collection[TopicPartition]) -> None:
+        """The checkpoint ended: what it staged is remembered (committed) or forgotten."""
+        for partition in partitions:
+            self._staged.pop(partition, None)
 
     def owns(self, partition: TopicPartition) -> bool:
         return partition in self._windows
 
     def screen(self, partition: TopicPartition, routed: Sequence[Routed]) -> Screened:
         """Split `routed` (one partition's records, in order) into what to produce and
-        what to remember; a retry within the batch itself is a duplicate too."""
+        what to remember; a retry within the batch itself, or of a delivery staged
+        earlier in the checkpoint, is a duplicate too."""
         window = self._windows[partition]
+        staged = self._staged.setdefault(partition, {})
         screened = Screened()
         # None for what is not screened (DLQ records), the id's hash for the rest.
         hashes = [
@@ -150,7 +162,7 @@ class Dedup:
                 continue
             print_ = fingerprint(record.value or b"")
             # A replay is an operator's decision to route the delivery again.
-            seen = None if record.replayed else pending.get(key, known[key])
+            seen = None if record.replayed else pending.get(key, staged.get(key, known[key]))
             if seen == print_:
                 screened.duplicates += 1
                 continue
@@ -163,6 +175,7 @@ class Dedup:
             )
         screened.hashes = list(pending)
         screened.fingerprints = list(pending.values())
+        staged.update(pending)
         return screened
 
     def remember(self, partition: TopicPartition, screened: Screened) -> None:
@@ -170,6 +183,10 @@ class Dedup:
         window = self._windows.get(partition)
         if window is None:  # revoked meanwhile: the next owner restores them
             return
+        staged = self._staged.get(partition)
+        if staged:
+            for key in screened.hashes:
+                staged.pop(key, None)
         now = self._clock()
         window.remember(screened.hashes, screened.fingerprints, now)
         if now - self._evicted_at[partition] >= EVICT_EVERY_S:

@@ -1,22 +1,24 @@
 """How a batch leaves the worker: its outputs, state writes and offsets, as one step.
 
 A `Guarantee` owns the producing side of a worker and opens one `Checkpoint` per
-batch (Quix Streams' Checkpoint, at a tenth of its size):
+`worker.commit_interval_ms` (or per batch) (Quix Streams' Checkpoint, at a tenth of
+its size):
 
     checkpoint = guarantee.begin()
-    checkpoint.produce(partition, routed)        # the outputs of a raw partition's records
+    await checkpoint.produce({partition: routed})  # a batch's outputs, by raw partition
     checkpoint.add_state(partition, changelog)   # state writes (dedup's changelog)
+    ...                                          # more batches
     await checkpoint.commit(offsets)             # or ProduceFailed / CommitFailed
-    await checkpoint.abort()                     # after ProduceFailed: give the batch up
+    await checkpoint.abort()                     # after ProduceFailed: give it all up
 
 `assigned` and `revoked` set up and tear down whatever a guarantee keeps per raw
 partition (the exactly-once one: a transactional producer per partition).
 
-`AtLeastOnce` is the one guarantee so far: outputs first, then, once Kafka has
-acknowledged every one, the state writes, then, once those are acknowledged too,
-the offsets. A crash between any two steps re-delivers the batch to the next owner
-of its partitions: duplicates are possible, loss is not, and no state is ever ahead
-of the outputs it stands for.
+`AtLeastOnce`: outputs are sent as they are handed over; at commit, once Kafka has
+acknowledged every one, the state writes, then, once those are acknowledged too, the
+offsets. A crash between any two steps re-delivers the checkpoint's records to the
+next owner of their partitions: duplicates are possible, loss is not, and no state is
+ever ahead of the outputs it stands for.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Collection, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError, ProducerFenced
@@ -82,10 +84,12 @@ class CommitFailed(Exception):
 
 
 class Checkpoint(Protocol):
-    """One batch on its way out."""
+    """One or more batches on their way out."""
 
-    def produce(self, partition: TopicPartition, records: Sequence[OutgoingRecord]) -> None:
-        """Stage the outputs routed from `partition`'s records, in order."""
+    async def produce(self, outputs: Mapping[TopicPartition, Sequence[OutgoingRecord]]) -> None:
+        """Hand over a batch's outputs, by the raw partition they were routed from, each in
+        order: sent now (at least once) or with the transactions (exactly once). Raises
+        ProduceFailed."""
 
     def add_state(self, partition: TopicPartition, records: Sequence[OutgoingRecord]) -> None:
         """Stage changelog records of `partition`'s state, written with the outputs."""
@@ -97,7 +101,7 @@ class Checkpoint(Protocol):
         """
 
     async def abort(self) -> None:
-        """Give the batch up after ProduceFailed, so that it can be produced again."""
+        """Give the checkpoint up after ProduceFailed, so that it can be produced again."""
 
 
 class Guarantee(Protocol):
@@ -173,11 +177,19 @@ class _AtLeastOnceCheckpoint:
         self._consumer = consumer
         self._produce_timeout_s = produce_timeout_s
         self._commit_timeout_s = commit_timeout_s
-        self._outputs: list[Sequence[OutgoingRecord]] = []
+        self._acks: list[asyncio.Future[Any]] = []
         self._state: list[Sequence[OutgoingRecord]] = []
 
-    def produce(self, partition: TopicPartition, records: Sequence[OutgoingRecord]) -> None:
-        self._outputs.append(records)
+    async def produce(self, outputs: Mapping[TopicPartition, Sequence[OutgoingRecord]]) -> None:
+        # One produce_batch for the whole batch: one Kafka batch per destination
+        # partition, whatever raw partitions fed it. Waits only while the producer's
+        # buffer is full (Kafka slow or away): bounded.
+        records = itertools.chain.from_iterable(outputs.values())
+        try:
+            async with asyncio.timeout(self._produce_timeout_s):
+                self._acks += await produce_batch(self._producer, records)
+        except (TimeoutError, KafkaError) as exc:
+            raise ProduceFailed(exc) from exc
 
     def add_state(self, partition: TopicPartition, records: Sequence[OutgoingRecord]) -> None:
         self._state.append(records)
@@ -185,7 +197,7 @@ class _AtLeastOnceCheckpoint:
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         try:
             async with asyncio.timeout(self._produce_timeout_s):
-                await self._write(self._outputs)
+                await asyncio.gather(*self._acks)
                 if self._state:
                     await self._write(self._state)
         except (TimeoutError, KafkaError) as exc:
@@ -197,8 +209,11 @@ class _AtLeastOnceCheckpoint:
             raise CommitFailed(exc) from exc
 
     async def abort(self) -> None:
-        # What was written stays written; the retry writes it again (duplicates).
-        self._outputs.clear()
+        # What was written stays written; the retry writes it again (duplicates). Acks
+        # still pending are let go: nobody waits for them.
+        for ack in self._acks:
+            ack.add_done_callback(_retrieved)
+        self._acks.clear()
         self._state.clear()
 
     async def _write(self, staged: list[Sequence[OutgoingRecord]]) -> None:
@@ -206,3 +221,10 @@ class _AtLeastOnceCheckpoint:
         one Kafka batch per destination partition, whatever raw partitions fed it."""
         acks = await produce_batch(self._producer, itertools.chain.from_iterable(staged))
         await asyncio.gather(*acks)
+
+
+def _retrieved(ack: asyncio.Future[Any]) -> None:
+    """Mark a failed acknowledgement nobody awaits as seen: the failure that ended its
+    checkpoint was reported already."""
+    if not ack.cancelled():
+        ack.exception()

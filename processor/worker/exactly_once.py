@@ -183,14 +183,15 @@ class ExactlyOnce:
 
 
 class _Transactions:
-    """One batch: a transaction per raw partition, committed concurrently."""
+    """One checkpoint: a transaction per raw partition, committed concurrently."""
 
     def __init__(self, guarantee: ExactlyOnce) -> None:
         self._guarantee = guarantee
         self._staged: dict[TopicPartition, list[Sequence[OutgoingRecord]]] = {}
 
-    def produce(self, partition: TopicPartition, records: Sequence[OutgoingRecord]) -> None:
-        self._staged.setdefault(partition, []).append(records)
+    async def produce(self, outputs: Mapping[TopicPartition, Sequence[OutgoingRecord]]) -> None:
+        for partition, records in outputs.items():
+            self._staged.setdefault(partition, []).append(records)
 
     def add_state(self, partition: TopicPartition, records: Sequence[OutgoingRecord]) -> None:
         self._staged.setdefault(partition, []).append(records)

@@ -7,16 +7,19 @@ shares (processor.worker.batch):
 2. route every record (pure, never raises) to exactly one destination, and let each
    partition's DLQ breaker hold back a stream that turned bad;
 3. screen out provider retries (processor.dedup.screen), when dedup is on;
-4. commit: hand the outputs, the dedup changelog and the next offsets to a Checkpoint
-   of the guarantee, which makes them durable together or fails: at least once
-   (processor.worker.checkpoint) or exactly once (processor.worker.exactly_once);
-5. done: remember what was written, feed the breakers, count and log it.
+4. stage: hand the outputs and the dedup changelog to the open Checkpoint of the
+   guarantee: at least once (processor.worker.checkpoint) sends the outputs at once,
+   exactly once (processor.worker.exactly_once) keeps them for its transactions;
+5. commit, once `worker.commit_interval_ms` or `commit_every_records` is reached (at
+   once by default), at a rebalance and at stop: the checkpoint makes its outputs,
+   changelog and next offsets durable together, or fails;
+6. done: remember what was written, feed the breakers, count and log it.
 
-A failed produce seeks back to the failed partitions' first offsets and retries them,
-pausing longer while the failures last (processor.worker.health). A rebalance waits
-for the batch in flight, never for a pause; a partition assigned is set up (its
-transactional producer fences the previous owner, its remembered ids are restored)
-before any of its records is routed.
+A failed checkpoint seeks its failed partitions back to their first offset in it and
+retries them, pausing longer while the failures last (processor.worker.health). A
+rebalance waits for the batch in flight and commits the open checkpoint, never waits
+for a pause; a partition assigned is set up (its transactional producer fences the
+previous owner, its remembered ids are restored) before any of its records is routed.
 
 A Worker is made of `WorkerParts`: `run_worker` builds them with aiokafka
 (processor.worker.parts), tests and benchmarks give fakes (processor.testing).
@@ -27,7 +30,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -42,7 +46,7 @@ from processor.routing import Router
 from processor.shutdown import LEAVE_SIGNAL, on_signal, stop_on_signals
 from processor.worker.batch import Share, log_breaker_open, log_committed, tally
 from processor.worker.breaker import Breakers
-from processor.worker.checkpoint import CommitFailed, ProduceFailed
+from processor.worker.checkpoint import Checkpoint, CommitFailed, ProduceFailed
 from processor.worker.collector import tuned_collection
 from processor.worker.health import Health
 from processor.worker.http import Unready, serve_health_and_metrics
@@ -57,6 +61,33 @@ log = structlog.get_logger(__name__)
 # A summary's lag asks each assigned partition's position, known at once while the
 # worker reads; one that is being reset (a rebalance) is not waited for beyond this.
 LAG_TIMEOUT_S = 1.0
+
+
+@dataclass(slots=True)
+class _Open:
+    """The checkpoint being filled: the batches staged in it since the last commit."""
+
+    checkpoint: Checkpoint
+    opened_at: float
+    batches: list[tuple[dict[TopicPartition, Share], float]] = field(default_factory=list)
+    first: dict[TopicPartition, int] = field(default_factory=dict)  # where a retry starts
+    next: dict[TopicPartition, int] = field(default_factory=dict)  # the offsets to commit
+    records: int = 0
+
+    def add(self, shares: dict[TopicPartition, Share], fetched_at: float) -> None:
+        self.batches.append((shares, fetched_at))
+        for partition, share in shares.items():
+            self.first.setdefault(partition, share.records[0].offset)
+            self.next[partition] = share.next_offset
+            self.records += len(share.records)
+
+    def records_of(self, partitions: Collection[TopicPartition]) -> int:
+        return sum(
+            len(share.records)
+            for shares, _ in self.batches
+            for partition, share in shares.items()
+            if partition in partitions
+        )
 
 
 class Worker:
@@ -94,6 +125,7 @@ class Worker:
         )
         self._summary = Summary()
         self._leaving = False
+        self._open: _Open | None = None
 
     def not_ready(self) -> Unready | None:
         """Why this worker cannot route now, for /readyz; None when it can."""
@@ -117,8 +149,6 @@ class Worker:
             summarising = asyncio.create_task(self._summarise())
             while (batch := await self._fetch(stop)) is not None:
                 self._resume_rested()
-                if not batch:
-                    continue
                 fetched_at = time.perf_counter()
                 async with self._in_flight:
                     done = await self._process(batch, fetched_at)
@@ -126,6 +156,8 @@ class Worker:
                     await self._back_off(stop)
         finally:
             if summarising is not None:
+                async with self._in_flight:
+                    await self._commit()  # what is staged, before leaving
                 summarising.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await summarising
@@ -186,6 +218,7 @@ class Worker:
                 guarantee=self._guarantee,
                 dedup=self._dedup,
                 breakers=self._breakers,
+                commit=self._commit,
                 on_moved=self._health.partitions_moved,
             ),
         )
@@ -257,13 +290,16 @@ class Worker:
         log.info("worker.stopped", group_id=self._config.worker.group_id)
 
     async def _process(self, batch: Batch, fetched_at: float) -> bool:
-        """Route `batch` and commit it; False when some of it was rewound to be retried."""
+        """Route and stage `batch` (maybe empty), and commit the checkpoint when it is
+        due; False when some records were rewound to be retried."""
         shares = self._route(batch)
         unrestored = await self._screen(shares)
         self._rewind(unrestored)
-        if not shares:
-            return not unrestored
-        retried = await self._commit(shares, fetched_at)
+        retried = False
+        if shares:
+            retried = await self._stage(shares, fetched_at)
+        if not retried and self._due():
+            retried = await self._commit()
         return not retried and not unrestored
 
     def _route(self, batch: Batch) -> dict[TopicPartition, Share]:
@@ -299,39 +335,78 @@ class Worker:
             share.screened = dedup.screen(partition, share.routed)
         return unrestored
 
-    async def _commit(self, shares: dict[TopicPartition, Share], fetched_at: float) -> bool:
-        """Make the shares durable through the guarantee; True when some were rewound."""
-        checkpoint = self._guarantee.begin()
+    async def _stage(self, shares: dict[TopicPartition, Share], fetched_at: float) -> bool:
+        """Hand the shares to the open checkpoint; True when it failed and was rewound."""
+        if self._open is None:
+            self._open = _Open(self._guarantee.begin(), opened_at=self._clock())
+        open_ = self._open
+        open_.add(shares, fetched_at)
         for partition, share in shares.items():
-            checkpoint.produce(partition, share.outputs)
             if share.screened is not None:
-                checkpoint.add_state(partition, share.screened.changelog)
+                open_.checkpoint.add_state(partition, share.screened.changelog)
         try:
-            await checkpoint.commit({tp: share.next_offset for tp, share in shares.items()})
+            await open_.checkpoint.produce({tp: share.outputs for tp, share in shares.items()})
         except ProduceFailed as failure:
-            await checkpoint.abort()
-            failed = failure.failed_partitions(shares)
-            # A fenced partition is another worker's now: not retried (it logged why).
-            retried = {tp for tp in failed if not failure.fenced(tp)}
-            if retried:
-                records = sum(len(shares[tp].records) for tp in retried)
-                self._health.produce_failed(failure, records=records)
-            self._rewind({tp: shares[tp].records for tp in retried})
-            self._done({tp: share for tp, share in shares.items() if tp not in failed})
-            return bool(retried)
+            self._open = None
+            return await self._failed(open_, failure)
+        return False
+
+    def _due(self) -> bool:
+        open_ = self._open
+        if open_ is None:
+            return False
+        worker = self._config.worker
+        return (
+            open_.records >= worker.commit_every_records
+            or self._clock() - open_.opened_at >= worker.commit_interval_ms / 1000
+        )
+
+    async def _commit(self) -> bool:
+        """Make the open checkpoint durable; True when some of it was rewound. Called
+        under the batch lock: by the loop, at a rebalance and at stop."""
+        open_, self._open = self._open, None
+        if open_ is None:
+            return False
+        try:
+            await open_.checkpoint.commit(open_.next)
+        except ProduceFailed as failure:
+            return await self._failed(open_, failure)
         except CommitFailed as failure:
-            # The outputs are written; the next owner re-routes the batch (duplicates).
-            records = sum(len(share.records) for share in shares.values())
-            self._health.commit_failed(failure, records=records)
+            # The outputs are written; the next owner re-routes them (duplicates).
+            self._health.commit_failed(failure, records=open_.records)
         else:
             self._health.committed()
         self._health.written()
-        self._done(shares, fetched_at=fetched_at)
+        self._settle(open_, open_.next)
         return False
 
-    def _done(
-        self, shares: Mapping[TopicPartition, Share], *, fetched_at: float | None = None
-    ) -> None:
+    async def _failed(self, open_: _Open, failure: ProduceFailed) -> bool:
+        """Give the failed partitions of a checkpoint up and rewind them to where it
+        started; what it committed of the others is done. True when any is retried."""
+        await open_.checkpoint.abort()
+        failed = failure.failed_partitions(open_.next)
+        # A fenced partition is another worker's now: not retried (it logged why).
+        retried = {tp for tp in failed if not failure.fenced(tp)}
+        if retried:
+            self._health.produce_failed(failure, records=open_.records_of(retried))
+        if self._dedup is not None:
+            self._dedup.unstage(failed)  # not remembered: screened again when retried
+        for partition in retried:
+            if partition in self._consumer.assignment():
+                self._consumer.seek(partition, open_.first[partition])
+        self._settle(open_, open_.next.keys() - failed)
+        return bool(retried)
+
+    def _settle(self, open_: _Open, partitions: Collection[TopicPartition]) -> None:
+        """The checkpoint's batches of `partitions` are in Kafka: done, batch by batch."""
+        for shares, fetched_at in open_.batches:
+            done = {tp: share for tp, share in shares.items() if tp in partitions}
+            # A batch committed in part has no time from fetch to commit.
+            self._done(done, fetched_at if len(done) == len(shares) else None)
+        if self._dedup is not None:
+            self._dedup.unstage(partitions)
+
+    def _done(self, shares: Mapping[TopicPartition, Share], fetched_at: float | None) -> None:
         """What is in Kafka now: remember its ids, feed its breakers, count it, log it."""
         if not shares:
             return

@@ -1,14 +1,15 @@
 """What happens to a partition's state when the group moves it: the worker's rebalance listener.
 
-Partitions are given away only after the batch in flight is committed, and set up
-before any of their records is routed: under the batch lock both ways. The guarantee,
-dedup and the DLQ breakers each set up or drop what they keep per partition.
+Partitions are given away only after the batch in flight and the open checkpoint are
+committed, and set up before any of their records is routed: under the batch lock both
+ways. The guarantee, dedup and the DLQ breakers each set up or drop what they keep per
+partition.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 
 import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
@@ -35,9 +36,11 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         guarantee: Guarantee,
         dedup: Dedup | None,
         breakers: Breakers,
+        commit: Callable[[], Awaitable[object]],
         on_moved: Callable[[], None] = lambda: None,
     ) -> None:
         self._in_flight = in_flight
+        self._commit = commit
         self._guarantee = guarantee
         self._dedup = dedup
         self._breakers = breakers
@@ -45,6 +48,8 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
         async with self._in_flight:
+            # What is staged is committed while the partitions are still this worker's.
+            await self._commit()
             await self._guarantee.revoked(revoked)
             if self._dedup is not None:
                 self._dedup.revoked(revoked)

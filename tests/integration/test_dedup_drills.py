@@ -54,37 +54,56 @@ def events(log: Path) -> list[dict[str, Any]]:
 
 
 def check(
-    config: Config, stream: list[Delivery], outputs: list[Any], guarantee: str, *, crashes: int
+    config: Config,
+    stream: list[Delivery],
+    outputs: list[Any],
+    guarantee: str,
+    *,
+    crashes: int,
+    per_crash: int = BATCH,
 ) -> None:
     """Nothing lost, order kept; exactly once: nothing twice; at least once: at most a
-    batch twice per crash, and no provider retry (every copy of a retried delivery
-    beyond the first is a retry)."""
+    checkpoint (`per_crash` records: a batch, by default) twice per crash, and no
+    provider retry (every copy of a retried delivery beyond the first is a retry)."""
     written = assert_each_delivered(config, stream, outputs)
     twice = sum(count - 1 for count in written.values())
     if guarantee == "exactly_once":
         assert twice == 0, f"{twice} records in the read_committed view more than once"
     else:
-        assert twice <= BATCH * crashes, f"{twice} duplicates after {crashes} crashes"
+        assert twice <= per_crash * crashes, f"{twice} duplicates after {crashes} crashes"
+
+
+# A checkpoint per batch (the default), and per second or 4,000 records.
+CHECKPOINTS = {
+    "per_batch": {},
+    "per_second": {"COMMIT_INTERVAL_MS": "1000", "COMMIT_EVERY_RECORDS": "4000"},
+}
 
 
 @pytest.mark.usefixtures("topics")
+@pytest.mark.parametrize("checkpoints", list(CHECKPOINTS))
 @pytest.mark.parametrize("guarantee", GUARANTEES)
 async def test_worker_killed_and_restarted(
-    config: Config, spawn_worker: SpawnWorker, guarantee: str
+    config: Config, spawn_worker: SpawnWorker, guarantee: str, checkpoints: str
 ) -> None:
+    env = {"PROCESSOR_WORKER__GUARANTEE": guarantee} | {
+        f"PROCESSOR_WORKER__{name}": value for name, value in CHECKPOINTS[checkpoints].items()
+    }
     stream = mixed_stream(DELIVERIES, seed=51)
     first_half, second_half = chunks(with_retries(stream), 2)
     await produce_raw(config, first_half)
-    first = spawn_worker(PROCESSOR_WORKER__GUARANTEE=guarantee)
+    first = spawn_worker(**env)
     await wait_for_outputs(config, 3_000)
     first.send_signal(signal.SIGKILL)
     assert await wait_exit(first, 10) == -signal.SIGKILL
 
-    spawn_worker(PROCESSOR_WORKER__GUARANTEE=guarantee)
+    spawn_worker(**env)
     await produce_raw(config, second_half)
     outputs = await read_outputs(config, len(stream))
 
-    check(config, stream, outputs, guarantee, crashes=1)
+    # A checkpoint holds commit_every_records and what the batch that reached it added.
+    per_crash = BATCH if checkpoints == "per_batch" else 4_000 + BATCH
+    check(config, stream, outputs, guarantee, crashes=1, per_crash=per_crash)
 
 
 # Exactly once only: at least once through a broker outage (dedup on, as by default) is

@@ -76,8 +76,13 @@ async def test_outputs_then_state_then_offsets_each_after_the_last_is_acknowledg
     producer = Producer(partitions={"out": 2, "changelog": 2})
     committer = Committer(events)
     checkpoint = guarantee(producer, committer).begin()
-    checkpoint.produce(RAW0, [record("out", b"a"), record("out", b"b", key=b"user_2")])
-    checkpoint.produce(RAW1, [record("out", b"c")])
+    await checkpoint.produce(
+        {
+            RAW0: [record("out", b"a"), record("out", b"b", key=b"user_2")],
+            RAW1: [record("out", b"c")],
+        }
+    )
+    assert [sent.topic for sent in producer.sent] == ["out", "out"], "outputs go out at once"
     checkpoint.add_state(RAW0, [record("changelog", b"whd_a")])
 
     committing = asyncio.create_task(checkpoint.commit({RAW0: 8, RAW1: 3}))
@@ -96,8 +101,7 @@ async def test_outputs_then_state_then_offsets_each_after_the_last_is_acknowledg
 async def test_outputs_of_every_raw_partition_share_one_kafka_batch_per_destination() -> None:
     producer = Producer(partitions={"out": 1})
     checkpoint = guarantee(producer, Committer([])).begin()
-    checkpoint.produce(RAW0, [record("out", b"a")])
-    checkpoint.produce(RAW1, [record("out", b"b")])
+    await checkpoint.produce({RAW0: [record("out", b"a")], RAW1: [record("out", b"b")]})
 
     committing = asyncio.create_task(checkpoint.commit({RAW0: 1, RAW1: 1}))
     await acknowledge_all(producer, [], until=1)
@@ -121,7 +125,7 @@ async def test_a_refused_output_fails_the_produce_and_commits_nothing(
     producer = Producer(partitions={"out": 1, "changelog": 1})
     committer = Committer(events)
     checkpoint = guarantee(producer, committer).begin()
-    checkpoint.produce(RAW0, [record("out", b"a")])
+    await checkpoint.produce({RAW0: [record("out", b"a")]})
     checkpoint.add_state(RAW0, [record("changelog", b"whd_a")])
 
     committing = asyncio.create_task(checkpoint.commit({RAW0: 1}))
@@ -141,7 +145,7 @@ async def test_a_refused_output_fails_the_produce_and_commits_nothing(
 async def test_outputs_not_acknowledged_in_time_fail_the_produce() -> None:
     committer = Committer([])
     checkpoint = guarantee(Producer(partitions={"out": 1}), committer, 0.05).begin()
-    checkpoint.produce(RAW0, [record("out", b"a")])
+    await checkpoint.produce({RAW0: [record("out", b"a")]})
 
     with pytest.raises(ProduceFailed, match="TimeoutError"):
         await asyncio.wait_for(checkpoint.commit({RAW0: 1}), 1)
@@ -154,7 +158,7 @@ async def test_a_refused_offsets_commit_is_a_commit_failure_after_the_outputs() 
     committer = Committer(events)
     committer.error = CommitFailedError("the group rebalanced")
     checkpoint = guarantee(producer, committer).begin()
-    checkpoint.produce(RAW0, [record("out", b"a")])
+    await checkpoint.produce({RAW0: [record("out", b"a")]})
 
     committing = asyncio.create_task(checkpoint.commit({RAW0: 1}))
     await acknowledge_all(producer, events, until=1)
@@ -166,12 +170,13 @@ async def test_a_refused_offsets_commit_is_a_commit_failure_after_the_outputs() 
 
 
 async def test_an_aborted_checkpoint_has_nothing_left_to_write() -> None:
-    producer = Producer(partitions={"out": 1})
+    producer = Producer(partitions={"out": 1, "changelog": 1})
     checkpoint = guarantee(producer, Committer([])).begin()
-    checkpoint.produce(RAW0, [record("out", b"a")])
+    await checkpoint.produce({RAW0: [record("out", b"a")]})
+    checkpoint.add_state(RAW0, [record("changelog", b"whd_a")])
 
     await checkpoint.abort()
     committing = asyncio.create_task(checkpoint.commit({RAW0: 1}))
     await asyncio.wait_for(committing, 1)
 
-    assert producer.sent == []
+    assert [sent.topic for sent in producer.sent] == ["out"], "no state after an abort"

@@ -85,12 +85,24 @@ async def test_a_retry_after_the_first_copy_is_durable_is_counted_not_produced(
 
 
 async def test_an_id_is_not_remembered_before_its_record_is_durable(dedup: Dedup) -> None:
-    dedup.screen(P0, [routed(1)])  # produced, but the batch failed: never remembered
+    dedup.screen(P0, [routed(1)])  # produced, but the checkpoint failed: never remembered
+    dedup.unstage([P0])
 
     again = dedup.screen(P0, [routed(1)])
 
     assert [r.delivery_id for r in again.outputs] == ["whd_00000001"]
     assert again.duplicates == 0
+
+
+async def test_a_retry_in_a_later_batch_of_the_same_checkpoint_is_a_duplicate(dedup: Dedup) -> None:
+    first = dedup.screen(P0, [routed(1)])  # staged, its checkpoint not committed yet
+    retry = dedup.screen(P0, [routed(1), routed(2)])
+    other = dedup.screen(P1, [routed(1)])  # another partition stages its own
+
+    assert [r.delivery_id for r in first.outputs] == ["whd_00000001"]
+    assert [r.delivery_id for r in retry.outputs] == ["whd_00000002"]
+    assert retry.duplicates == 1
+    assert [r.delivery_id for r in other.outputs] == ["whd_00000001"]
 
 
 async def test_a_retry_within_one_batch_is_a_duplicate_of_its_first_copy(dedup: Dedup) -> None:

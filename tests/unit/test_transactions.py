@@ -122,9 +122,9 @@ async def test_a_partitions_outputs_state_and_offsets_go_in_its_own_transaction(
     guarantee: ExactlyOnce, factory: Factory
 ) -> None:
     checkpoint = guarantee.begin()
-    checkpoint.produce(P0, [out(b"a")])
+    await checkpoint.produce({P0: [out(b"a")]})
     checkpoint.add_state(P0, [state(0, b"id-a")])
-    checkpoint.produce(P1, [out(b"b")])
+    await checkpoint.produce({P1: [out(b"b")]})
 
     await asyncio.wait_for(checkpoint.commit({P0: 5, P1: 9}), 1)
 
@@ -148,8 +148,8 @@ async def test_a_failed_transaction_spoils_only_its_partition_and_gets_a_fresh_p
 ) -> None:
     factory.made[1].fail_commit = KafkaTimeoutError()
     checkpoint = guarantee.begin()
-    checkpoint.produce(P0, [out(b"a")])
-    checkpoint.produce(P1, [out(b"b")])
+    await checkpoint.produce({P0: [out(b"a")]})
+    await checkpoint.produce({P1: [out(b"b")]})
 
     with pytest.raises(ProduceFailed, match="KafkaTimeoutError") as failed:
         await asyncio.wait_for(checkpoint.commit({P0: 5, P1: 9}), 1)
@@ -162,7 +162,7 @@ async def test_a_failed_transaction_spoils_only_its_partition_and_gets_a_fresh_p
 
     # The retry starts a new producer, whose start aborts what the old one left open.
     retry = guarantee.begin()
-    retry.produce(P1, [out(b"b")])
+    await retry.produce({P1: [out(b"b")]})
     await asyncio.wait_for(retry.commit({P1: 9}), 1)
     assert len(factory.made) == 3
     assert factory.journal[-5:] == [
@@ -196,13 +196,13 @@ async def test_a_producer_that_cannot_start_is_retried_never_taken_for_fenced(
     await guarantee.assigned([P0])  # cannot start: logged, left for the first transaction
 
     checkpoint = guarantee.begin()
-    checkpoint.produce(P0, [out(b"a")])
+    await checkpoint.produce({P0: [out(b"a")]})
     with pytest.raises(ProduceFailed, match="KafkaTimeoutError") as failed:
         await asyncio.wait_for(checkpoint.commit({P0: 1}), 1)
     assert not failed.value.fenced(P0), "a producer that cannot start is not a fence"
 
     again = guarantee.begin()
-    again.produce(P0, [out(b"a")])
+    await again.produce({P0: [out(b"a")]})
     await asyncio.wait_for(again.commit({P0: 1}), 1)
     assert factory.journal[-1] == "processor-workers.webhooks.raw.0: commit"
 
@@ -212,7 +212,7 @@ async def test_a_fenced_partition_is_given_up_and_not_retried(
 ) -> None:
     factory.made[0].fail_commit = ProducerFenced()
     checkpoint = guarantee.begin()
-    checkpoint.produce(P0, [out(b"a")])
+    await checkpoint.produce({P0: [out(b"a")]})
 
     with pytest.raises(ProduceFailed, match="ProducerFenced") as failed:
         await asyncio.wait_for(checkpoint.commit({P0: 5}), 1)
@@ -220,7 +220,7 @@ async def test_a_fenced_partition_is_given_up_and_not_retried(
     assert len(factory.made) == 2, "no new producer: another worker owns the partition"
 
     again = guarantee.begin()
-    again.produce(P0, [out(b"b")])
+    await again.produce({P0: [out(b"b")]})
     with pytest.raises(ProduceFailed, match="ProducerFenced") as refused:
         await asyncio.wait_for(again.commit({P0: 6}), 1)
     assert refused.value.fenced(P0)
@@ -248,7 +248,7 @@ async def test_a_fence_is_logged_once_however_it_is_learnt(
     factory.made[0].fail_commit = ProducerFenced()
     factory.made[0].failure = ProducerFenced()
     checkpoint = guarantee.begin()
-    checkpoint.produce(P0, [out(b"a")])
+    await checkpoint.produce({P0: [out(b"a")]})
     with capture_logs() as logs:
         with pytest.raises(ProduceFailed):
             await asyncio.wait_for(checkpoint.commit({P0: 5}), 1)

@@ -59,10 +59,21 @@ def unready_partitions(worker: Worker) -> tuple[str, ...] | None:
     return None if unready is None else unready.partitions
 
 
+class Clock:
+    """Wall time as the worker reads it, which a test can move forward."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.ahead
+
+
 class Running:
     def __init__(self, config: Config, metrics: WorkerMetrics) -> None:
         self.config = config
         self.metrics = metrics
+        self.clock = Clock()
         self.consumer = FakeConsumer(topics=all_topics(config))
         self.consumer.assigned = {P0, P1}
         self.guarantee = FakeGuarantee()
@@ -74,7 +85,7 @@ class Running:
         self.worker = Worker(
             config=self.config,
             metrics=self.metrics,
-            parts=WorkerParts(consumer=self.consumer, guarantee=self.guarantee),
+            parts=WorkerParts(consumer=self.consumer, guarantee=self.guarantee, clock=self.clock),
         )
         self.task = asyncio.create_task(self.worker.run(self.stop))
 
@@ -235,6 +246,97 @@ async def test_a_revoke_waits_for_the_batch_in_flight_but_not_for_a_pause() -> N
         await asyncio.wait_for(worker.consumer.listener.on_partitions_revoked({P0}), 0.5)
 
     assert worker.guarantee.revoked_calls == [{P1}, {P0}]
+
+
+# --- checkpoints on an interval (worker.commit_interval_ms, commit_every_records) ---------
+
+INTERVAL = settings(commit_interval_ms=60_000, commit_every_records=100)
+
+
+def handed(worker: Running, records: int) -> Callable[[], bool]:
+    """True once the open checkpoint holds `records` outputs."""
+    return lambda: (
+        bool(worker.guarantee.checkpoints)
+        and (sum(map(len, worker.guarantee.checkpoints[-1].produced.values())) >= records)
+    )
+
+
+async def test_batches_within_the_interval_are_one_checkpoint_committed_at_its_end() -> None:
+    async with running(INTERVAL) as worker:
+        worker.consumer.batches.put_nowait({P0: [Record(0, 5, delivery(1))]})
+        worker.consumer.batches.put_nowait(two_partitions() | {P0: [Record(0, 6, delivery(2))]})
+        await until(handed(worker, 3))
+        await asyncio.sleep(0.02)  # empty fetches meanwhile: not due yet
+        (checkpoint,) = worker.guarantee.checkpoints
+        assert checkpoint.committed is None
+
+        worker.clock.ahead += 60
+        await until(lambda: checkpoint.committed is not None)
+
+    assert checkpoint.committed == {P0: 7, P1: 11}
+    assert len(worker.guarantee.checkpoints) == 1
+
+
+async def test_a_checkpoint_is_committed_once_it_holds_commit_every_records() -> None:
+    config = settings(commit_interval_ms=60_000, commit_every_records=3)
+    async with running(config) as worker:
+        worker.consumer.batches.put_nowait({P0: [Record(0, 5, delivery(1))]})
+        worker.consumer.batches.put_nowait(two_partitions() | {P0: [Record(0, 6, delivery(2))]})
+        await until(lambda: committed(worker, 0))
+        worker.consumer.batches.put_nowait({P0: [Record(0, 7, delivery(4))]})
+        await until(lambda: len(worker.guarantee.checkpoints) == 2 and handed(worker, 1)())
+
+        assert worker.guarantee.checkpoints[0].committed == {P0: 7, P1: 11}
+        assert worker.guarantee.checkpoints[1].committed is None  # 1 record of 3
+    assert worker.guarantee.checkpoints[1].committed == {P0: 8}, "committed at stop"
+
+
+async def test_a_failed_checkpoint_rewinds_each_partition_to_where_it_began_in_it() -> None:
+    async with running(INTERVAL) as worker:
+        worker.consumer.batches.put_nowait({P0: [Record(0, 5, delivery(1))]})
+        worker.consumer.batches.put_nowait(
+            {P0: [Record(0, 6, delivery(2))], P1: two_partitions()[P1]}
+        )
+        await until(handed(worker, 3))
+        worker.guarantee.failures.append(ProduceFailed(KafkaTimeoutError()))
+        worker.clock.ahead += 60
+        await until(lambda: worker.guarantee.checkpoints[0].aborted)
+        # Retried from where the checkpoint began: every record of it is routed again.
+        await until(lambda: len(worker.guarantee.checkpoints) == 2 and handed(worker, 3)())
+        worker.clock.ahead += 60
+        await until(lambda: committed(worker, 1))
+
+    assert set(worker.consumer.seeks) == {(P0, 5), (P1, 10)}
+    retried = worker.guarantee.checkpoints[1]
+    assert retried.committed == {P0: 7, P1: 11}
+    assert [len(retried.produced[tp]) for tp in (P0, P1)] == [2, 1]
+
+
+async def test_an_output_refused_as_it_is_handed_over_rewinds_the_whole_checkpoint() -> None:
+    async with running(INTERVAL) as worker:
+        worker.consumer.batches.put_nowait({P0: [Record(0, 5, delivery(1))]})
+        await until(handed(worker, 1))
+        worker.guarantee.produce_failures.append(ProduceFailed(KafkaTimeoutError()))
+        worker.consumer.batches.put_nowait(two_partitions() | {P0: [Record(0, 6, delivery(2))]})
+        await until(lambda: worker.guarantee.checkpoints[0].aborted)
+        await until(lambda: len(worker.guarantee.checkpoints) == 2 and handed(worker, 3)())
+        assert worker.failures() == 1
+
+    assert set(worker.consumer.seeks) == {(P0, 5), (P1, 10)}
+    assert worker.guarantee.checkpoints[0].committed is None
+    assert worker.guarantee.checkpoints[1].committed == {P0: 7, P1: 11}
+
+
+async def test_a_revoke_commits_what_is_staged_before_the_partitions_go() -> None:
+    async with running(INTERVAL) as worker:
+        worker.consumer.batches.put_nowait(two_partitions())
+        await until(handed(worker, 3))
+        (checkpoint,) = worker.guarantee.checkpoints
+        assert checkpoint.committed is None
+
+        await asyncio.wait_for(worker.consumer.listener.on_partitions_revoked({P0, P1}), 1)
+        assert checkpoint.committed == {P0: 7, P1: 11}
+        assert worker.guarantee.revoked_calls == [{P0, P1}]
 
 
 async def test_assigned_partitions_reach_the_guarantee() -> None:
