@@ -9,14 +9,15 @@ changelog topic of its own:
 - `worker-alo`:         `processor.worker.loop.Worker` with the default config: at least
                         once, dedup on;
 - `worker-alo-nodedup`: at least once, dedup off;
-- `worker-alo-1s`, `worker-eos-1s`: `worker-alo`, `worker-eos` with a checkpoint per
-                        second (`worker.commit_interval_ms: 1000`) or 10,000 records;
+- `worker-alo-per-batch`, `worker-eos-per-batch`: `worker-alo`, `worker-eos` with a
+                        checkpoint per batch (`worker.commit_interval_ms: 0`) instead
+                        of their default interval (1 s, 100 ms);
 - `worker-alo-gc-default`: `worker-alo` with CPython's garbage-collector settings
                         instead of the worker's (processor.worker.collector; every
                         other worker variant runs with the worker's, as
                         `processor worker` does);
-- `worker-eos`:         exactly once (a transaction per raw partition per batch),
-                        dedup on;
+- `worker-eos`:         exactly once (a transaction per raw partition per
+                        checkpoint), dedup on;
 - `worker-eos-nodedup`: exactly once, dedup off;
 - `bare`:   the worker's loop without decoding: `getmany`, every record passed through
             unchanged to one topic with `processor.kafka.batching.produce_batch`, wait for
@@ -317,7 +318,7 @@ class Variant:
     # The worker's garbage-collector settings (processor.worker.collector), as
     # `processor worker` runs; False: CPython's defaults.
     tuned_gc: bool = True
-    commit_interval_ms: int = 0  # worker.commit_interval_ms: 0, a checkpoint per batch
+    commit_interval_ms: int | None = None  # worker.commit_interval_ms; None: the default
 
     @property
     def kind(self) -> str:
@@ -330,8 +331,8 @@ VARIANTS: Final[dict[str, Variant]] = {
     "worker-alo-nodedup": Variant(guarantee="at_least_once"),
     "worker-alo-gc-default": Variant(guarantee="at_least_once", dedup=True, tuned_gc=False),
     "worker-eos": Variant(guarantee="exactly_once", dedup=True),
-    "worker-alo-1s": Variant(guarantee="at_least_once", dedup=True, commit_interval_ms=1000),
-    "worker-eos-1s": Variant(guarantee="exactly_once", dedup=True, commit_interval_ms=1000),
+    "worker-alo-per-batch": Variant(guarantee="at_least_once", dedup=True, commit_interval_ms=0),
+    "worker-eos-per-batch": Variant(guarantee="exactly_once", dedup=True, commit_interval_ms=0),
     "worker-eos-nodedup": Variant(guarantee="exactly_once"),
     "bare": Variant(produce=_produce_batched),
     "naive": Variant(produce=_produce_per_record),

@@ -81,7 +81,7 @@ class DlqBreaker:
         return None
 
     def record(self, outcomes: Sequence[bool]) -> None:
-        """`outcomes` were committed: they count from now on."""
+        """`outcomes` were routed: they count from now on."""
         if not self.enabled:
             return
         for dead in outcomes:

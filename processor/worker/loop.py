@@ -10,10 +10,11 @@ shares (processor.worker.batch):
 4. stage: hand the outputs and the dedup changelog to the open Checkpoint of the
    guarantee: at least once (processor.worker.checkpoint) sends the outputs at once,
    exactly once (processor.worker.exactly_once) keeps them for its transactions;
-5. commit, once `worker.commit_interval_ms` or `commit_every_records` is reached (at
-   once by default), at a rebalance and at stop: the checkpoint makes its outputs,
+5. commit, once `worker.commit_interval_ms` or `commit_every_records` is reached (a
+   second at least once, 100 ms exactly once, by default), at a rebalance and at
+   stop: the checkpoint makes its outputs,
    changelog and next offsets durable together, or fails;
-6. done: remember what was written, feed the breakers, count and log it.
+6. done: remember what was written, count and log it.
 
 A failed checkpoint seeks its failed partitions back to their first offset in it and
 retries them, pausing longer while the failures last (processor.worker.health). A
@@ -344,6 +345,10 @@ class Worker:
         for partition, share in shares.items():
             if share.screened is not None:
                 open_.checkpoint.add_state(partition, share.screened.changelog)
+            if share.dead is not None:
+                # Counted as routed, not as committed: a stream turning bad is held
+                # within one checkpoint, whatever its interval (a retried one counts again).
+                self._breakers.record(partition, share.dead)
         try:
             await open_.checkpoint.produce({tp: share.outputs for tp, share in shares.items()})
         except ProduceFailed as failure:
@@ -358,7 +363,7 @@ class Worker:
         worker = self._config.worker
         return (
             open_.records >= worker.commit_every_records
-            or self._clock() - open_.opened_at >= worker.commit_interval_ms / 1000
+            or self._clock() - open_.opened_at >= worker.checkpoint_interval_s
         )
 
     async def _commit(self) -> bool:
@@ -407,12 +412,10 @@ class Worker:
             self._dedup.unstage(partitions)
 
     def _done(self, shares: Mapping[TopicPartition, Share], fetched_at: float | None) -> None:
-        """What is in Kafka now: remember its ids, feed its breakers, count it, log it."""
+        """What is in Kafka now: remember its ids, count it, log it."""
         if not shares:
             return
         for partition, share in shares.items():
-            if share.dead is not None:
-                self._breakers.record(partition, share.dead)
             if share.screened is not None and self._dedup is not None:
                 self._dedup.remember(partition, share.screened)
         outcomes, conflicts = tally(shares)

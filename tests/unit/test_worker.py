@@ -35,7 +35,13 @@ P1 = TopicPartition(RAW, 1)
 
 def settings(**worker: Any) -> Config:
     base = Config()
-    defaults = {"fetch_timeout_ms": 5, "retry_backoff_s": 0.02, "max_retry_backoff_s": 0.08}
+    # A checkpoint per batch: what a test decides about one batch is committed with it.
+    defaults = {
+        "fetch_timeout_ms": 5,
+        "retry_backoff_s": 0.02,
+        "max_retry_backoff_s": 0.08,
+        "commit_interval_ms": 0,
+    }
     return msgspec.structs.replace(
         base,
         worker=msgspec.structs.replace(base.worker, **(defaults | worker)),
