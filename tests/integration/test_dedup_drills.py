@@ -5,7 +5,7 @@ Each sends 20,000 distinct deliveries, a third of them two or three times as the
 provider retries (some retries after the first copy was routed), through `processor
 worker` processes, and reads every derived topic back with read_committed. Exactly
 once: every delivery exactly once, nothing else. At least once with dedup: no provider
-retry gets through; a crash duplicates at most one batch. Both: nothing lost, each
+retry gets through; a crash duplicates at most one checkpoint. Both: nothing lost, each
 user's order kept.
 """
 
