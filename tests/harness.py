@@ -164,6 +164,7 @@ async def read_all_outputs(config: Config) -> list[Output]:
             TopicPartition(t, p) for t in outputs for p in consumer.partitions_for_topic(t) or ()
         ]
         consumer.assign(partitions)
+        await until_no_transaction_open(config, consumer, partitions)
         await consumer.seek_to_beginning()
         async with asyncio.timeout(60):
             async for tp, records in read_to_end(consumer, partitions):
@@ -174,6 +175,24 @@ async def read_all_outputs(config: Config) -> list[Output]:
         return found
     finally:
         await consumer.stop()
+
+
+async def until_no_transaction_open(
+    config: Config, committed: AIOKafkaConsumer, partitions: list[TopicPartition]
+) -> None:
+    """Until every transaction on `partitions` has ended: the offsets of a transaction
+    can be committed before its markers reach every output partition, and until then
+    a read_committed reader stops short of its records."""
+    uncommitted = AIOKafkaConsumer(bootstrap_servers=config.kafka.bootstrap_servers)
+    await uncommitted.start()
+    try:
+        async with asyncio.timeout(60):
+            while await committed.end_offsets(partitions) != await uncommitted.end_offsets(
+                partitions
+            ):
+                await asyncio.sleep(0.05)
+    finally:
+        await uncommitted.stop()
 
 
 def assert_each_delivered(
