@@ -76,6 +76,7 @@ class FakeConsumer:
         self.resumed: list[TopicPartition] = []
         self.listener: Any = None
         self.stopped = False
+        self.fetches = 0  # getmany calls so far
         self._topics = set(topics)
 
     async def start(self) -> None:
@@ -91,6 +92,7 @@ class FakeConsumer:
         self.listener = listener
 
     async def getmany(self, *, timeout_ms: int, max_records: int) -> Batch:
+        self.fetches += 1
         batch = self._again()
         while not batch:
             try:

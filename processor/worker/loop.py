@@ -127,10 +127,15 @@ class Worker:
         self._summary = Summary()
         self._leaving = False
         self._open: _Open | None = None
+        self._moves = 0  # rebalances that revoked or assigned partitions, so far
 
     def not_ready(self) -> Unready | None:
         """Why this worker cannot route now, for /readyz; None when it can."""
         return self._health.not_ready()
+
+    def _moved(self) -> None:
+        self._moves += 1
+        self._health.partitions_moved()
 
     def leave_at_stop(self) -> None:
         """Leave the group when stopping, even as a static member (a scale-down: no
@@ -148,10 +153,18 @@ class Worker:
             if not await self._start(stop):
                 return
             summarising = asyncio.create_task(self._summarise())
-            while (batch := await self._fetch(stop)) is not None:
+            while True:
+                moves = self._moves
+                if (batch := await self._fetch(stop)) is None:
+                    break
                 self._resume_rested()
                 fetched_at = time.perf_counter()
                 async with self._in_flight:
+                    if self._moves != moves:
+                        # Fetched before the group moved partitions: another member may
+                        # route these now, and what stays here is read again from the
+                        # offsets committed at the revoke.
+                        batch = {}
                     done = await self._process(batch, fetched_at)
                 if not done:
                     await self._back_off(stop)
@@ -220,7 +233,7 @@ class Worker:
                 dedup=self._dedup,
                 breakers=self._breakers,
                 commit=self._commit,
-                on_moved=self._health.partitions_moved,
+                on_moved=self._moved,
             ),
         )
         worker = self._config.worker

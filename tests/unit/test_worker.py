@@ -245,6 +245,9 @@ async def test_a_revoke_waits_for_the_batch_in_flight_but_not_for_a_pause() -> N
         worker.guarantee.gate.set()
         await asyncio.wait_for(revoking, 1)
         assert worker.guarantee.revoked_calls == [{P1}]
+        # A fetch that was out during the revoke hands out nothing to route.
+        fetches = worker.consumer.fetches
+        await until(lambda: worker.consumer.fetches >= fetches + 2)
 
         worker.guarantee.failures.append(ProduceFailed(KafkaTimeoutError()))
         worker.consumer.batches.put_nowait({P0: [Record(0, 7, delivery(4))]})
@@ -343,6 +346,24 @@ async def test_a_revoke_commits_what_is_staged_before_the_partitions_go() -> Non
         await asyncio.wait_for(worker.consumer.listener.on_partitions_revoked({P0, P1}), 1)
         assert checkpoint.committed == {P0: 7, P1: 11}
         assert worker.guarantee.revoked_calls == [{P0, P1}]
+
+
+async def test_a_batch_fetched_across_a_rebalance_is_not_routed_but_read_again() -> None:
+    async with running(settings(fetch_timeout_ms=10_000)) as worker:
+        worker.consumer.batches.put_nowait({P0: [Record(0, 5, delivery(1))]})
+        await until(lambda: committed(worker, 0) and worker.consumer.fetches == 2)
+        # The group moves partitions while the worker's next fetch is out, which then
+        # hands out a record of a partition this worker no longer owns.
+        await worker.consumer.listener.on_partitions_revoked({P0, P1})
+        await worker.consumer.listener.on_partitions_assigned({P0})
+        worker.consumer.assigned = {P0}
+        worker.consumer.batches.put_nowait({P1: [Record(1, 10, delivery(3))]})
+        worker.consumer.batches.put_nowait({P0: [Record(0, 6, delivery(2))]})
+        await until(lambda: committed(worker, 1))
+
+    produced = [c.produced for c in worker.guarantee.checkpoints]
+    assert [list(p) for p in produced] == [[P0], [P0]], "P1's record was routed"
+    assert worker.guarantee.checkpoints[1].committed == {P0: 7}
 
 
 async def test_assigned_partitions_reach_the_guarantee() -> None:
