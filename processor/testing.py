@@ -76,7 +76,6 @@ class FakeConsumer:
         self.resumed: list[TopicPartition] = []
         self.listener: Any = None
         self.stopped = False
-        self.fetches = 0  # getmany calls so far
         self._topics = set(topics)
 
     async def start(self) -> None:
@@ -92,7 +91,6 @@ class FakeConsumer:
         self.listener = listener
 
     async def getmany(self, *, timeout_ms: int, max_records: int) -> Batch:
-        self.fetches += 1
         batch = self._again()
         while not batch:
             try:
@@ -195,6 +193,9 @@ class FakeGuarantee:
         self.gate = asyncio.Event()
         self.gate.set()
         self.committing = asyncio.Event()
+        self.revoke_gate = asyncio.Event()  # cleared: a revoke waits (holding the batch lock)
+        self.revoke_gate.set()
+        self.revoking = asyncio.Event()
         self.assigned_calls: list[set[TopicPartition]] = []
         self.revoked_calls: list[set[TopicPartition]] = []
         self.stopped = False
@@ -214,6 +215,8 @@ class FakeGuarantee:
         self.assigned_calls.append(set(partitions))
 
     async def revoked(self, partitions: Collection[TopicPartition]) -> None:
+        self.revoking.set()
+        await self.revoke_gate.wait()
         self.revoked_calls.append(set(partitions))
 
 

@@ -127,15 +127,14 @@ class Worker:
         self._summary = Summary()
         self._leaving = False
         self._open: _Open | None = None
-        self._moves = 0  # rebalances that revoked or assigned partitions, so far
+        self._revokes = 0  # rebalances that took partitions from this worker, so far
 
     def not_ready(self) -> Unready | None:
         """Why this worker cannot route now, for /readyz; None when it can."""
         return self._health.not_ready()
 
-    def _moved(self) -> None:
-        self._moves += 1
-        self._health.partitions_moved()
+    def _revoked(self) -> None:
+        self._revokes += 1
 
     def leave_at_stop(self) -> None:
         """Leave the group when stopping, even as a static member (a scale-down: no
@@ -153,17 +152,15 @@ class Worker:
             if not await self._start(stop):
                 return
             summarising = asyncio.create_task(self._summarise())
-            while True:
-                moves = self._moves
-                if (batch := await self._fetch(stop)) is None:
-                    break
+            while (batch := await self._fetch(stop)) is not None:
+                revokes = self._revokes
                 self._resume_rested()
                 fetched_at = time.perf_counter()
                 async with self._in_flight:
-                    if self._moves != moves:
-                        # Fetched before the group moved partitions: another member may
-                        # route these now, and what stays here is read again from the
-                        # offsets committed at the revoke.
+                    if self._revokes != revokes:
+                        # Partitions were revoked since this batch was handed out: another
+                        # member may route it now, and what stays here is read again from
+                        # the offsets committed at the revoke (a new assignment starts there).
                         batch = {}
                     done = await self._process(batch, fetched_at)
                 if not done:
@@ -233,7 +230,8 @@ class Worker:
                 dedup=self._dedup,
                 breakers=self._breakers,
                 commit=self._commit,
-                on_moved=self._moved,
+                on_revoked=self._revoked,
+                on_moved=self._health.partitions_moved,
             ),
         )
         worker = self._config.worker
