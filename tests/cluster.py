@@ -14,7 +14,7 @@ from pathlib import Path
 from processor.devtools.jars import kafka_libs
 from processor.devtools.node import Node
 from processor.devtools.ports import free_port
-from processor.devtools.quorum import Quorum
+from processor.devtools.quorum import Quorum, start_on_free_ports
 
 
 class LocalCluster(Quorum):
@@ -37,9 +37,8 @@ class LocalCluster(Quorum):
     @contextlib.contextmanager
     def temporary(cls, size: int = 3) -> Iterator[LocalCluster]:
         with tempfile.TemporaryDirectory(prefix="kafka-cluster-") as directory:
-            cluster = cls(directory=directory, size=size)
+            cluster = start_on_free_ports(lambda path: cls(directory=path, size=size), directory)
             try:
-                cluster.start()
                 yield cluster
             finally:
                 cluster.stop()

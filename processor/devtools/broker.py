@@ -18,7 +18,7 @@ from pathlib import Path
 
 from processor.devtools.node import Node, saved_ports
 from processor.devtools.ports import free_port, port_in_use
-from processor.devtools.quorum import Quorum
+from processor.devtools.quorum import Quorum, start_on_free_ports
 from processor.errors import BrokerError
 
 __all__ = ["BrokerStatus", "LocalBroker"]
@@ -68,26 +68,13 @@ class LocalBroker(Quorum):
     def temporary(cls) -> Iterator[LocalBroker]:
         """A broker on free ports in a fresh directory, removed afterwards."""
         with tempfile.TemporaryDirectory(prefix="kafka-") as directory:
-            broker = cls._start_on_free_ports(directory)
+            broker = start_on_free_ports(
+                lambda path: cls(directory=path, port=free_port(), tie_to_parent=True), directory
+            )
             try:
                 yield broker
             finally:
                 broker.stop()
-
-    @classmethod
-    def _start_on_free_ports(cls, directory: str) -> LocalBroker:
-        for attempt in range(3):
-            broker = cls(
-                directory=Path(directory) / f"try{attempt}", port=free_port(), tie_to_parent=True
-            )
-            try:
-                broker.start()
-            except BrokerError as exc:
-                if "Address already in use" not in str(exc) or attempt == 2:
-                    raise
-                continue
-            return broker
-        raise AssertionError("unreachable")
 
     def status(self) -> BrokerStatus:
         pid = self.node.running_pid()

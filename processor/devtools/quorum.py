@@ -15,15 +15,16 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Any, Self
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, Self, TypeVar
 
 from processor.devtools.jars import kafka_libs
 from processor.devtools.node import Node
 from processor.devtools.ports import port_in_use
 from processor.errors import BrokerError
 
-__all__ = ["Quorum"]
+__all__ = ["Quorum", "start_on_free_ports"]
 
 # First start on a machine includes the JIT warm-up of the whole broker.
 START_TIMEOUT_S = 90.0
@@ -61,6 +62,29 @@ def _count_brokers(bootstrap: str) -> int:
     thread.start()
     thread.join()
     return result[0]
+
+
+class _Startable(Protocol):
+    def start(self) -> str: ...
+
+
+StartableT = TypeVar("StartableT", bound=_Startable)
+
+
+def start_on_free_ports(make: Callable[[Path], StartableT], directory: str) -> StartableT:
+    """`make(<directory>/tryN)`, which picks free ports, started; made again on others
+    while a port is taken before its node binds it (another process took it between the
+    pick and the bind: tests start brokers in parallel)."""
+    for attempt in range(3):
+        started = make(Path(directory) / f"try{attempt}")
+        try:
+            started.start()
+        except BrokerError as exc:
+            if "Address already in use" not in str(exc) or attempt == 2:
+                raise
+            continue
+        return started
+    raise AssertionError("unreachable")
 
 
 class Quorum:
