@@ -154,6 +154,11 @@ class FakeConsumer:
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         self.commits.append(dict(offsets))
 
+    async def committed(self, partition: TopicPartition) -> int | None:
+        """The group's offset of `partition`: its last commit, or None."""
+        offsets = [commit[partition] for commit in self.commits if partition in commit]
+        return offsets[-1] if offsets else None
+
 
 @dataclass
 class FakeCheckpoint:

@@ -52,7 +52,7 @@ from processor.worker.collector import tuned_collection
 from processor.worker.health import Health
 from processor.worker.http import Unready, serve_health_and_metrics
 from processor.worker.parts import Batch, WorkerParts, kafka_parts
-from processor.worker.rebalance import Rebalance
+from processor.worker.rebalance import Rebalance, partition_names
 from processor.worker.summary import Summary
 
 __all__ = ["Worker", "run_worker"]
@@ -407,11 +407,46 @@ class Worker:
             self._health.produce_failed(failure, records=open_.records_of(retried))
         if self._dedup is not None:
             self._dedup.unstage(failed)  # not remembered: screened again when retried
-        for partition in retried:
+        starts = {partition: open_.first[partition] for partition in retried}
+        if retried and self._config.worker.guarantee == "exactly_once":
+            went_through = await self._committed_anyway(starts)
+            starts |= went_through
+            if self._dedup is not None and went_through:
+                # Its changelog records went through with it: remember them.
+                self._dedup.revoked(went_through)
+                await self._dedup.assigned(went_through)
+        for partition, offset in starts.items():
             if partition in self._consumer.assignment():
-                self._consumer.seek(partition, open_.first[partition])
+                self._consumer.seek(partition, offset)
         self._settle(open_, open_.next.keys() - failed)
         return bool(retried)
+
+    async def _committed_anyway(
+        self, starts: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, int]:
+        """Exactly once: the failed partitions whose transaction committed after all, and
+        their offsets. A commit that timed out here may have reached the broker: starting
+        the partitions' producers again completes or aborts what their transactions
+        left, and the group's offsets then say where to go on from. Kafka not answering
+        meanwhile, the checkpoint is retried from where it began."""
+        settings = self._config.worker
+        moved: dict[TopicPartition, int] = {}
+        try:
+            async with asyncio.timeout(settings.produce_timeout_s):
+                await self._guarantee.assigned(list(starts))
+            async with asyncio.timeout(settings.commit_timeout_s):
+                for partition, first in starts.items():
+                    offset = await self._consumer.committed(partition)
+                    if offset is not None and offset > first:
+                        moved[partition] = offset
+        except (TimeoutError, KafkaError) as exc:
+            log.warning(
+                "checkpoint.outcome_unknown",
+                partitions=partition_names(starts),
+                error=repr(exc),
+                detail="retried from where the checkpoint began",
+            )
+        return moved
 
     def _settle(self, open_: _Open, partitions: Collection[TopicPartition]) -> None:
         """The checkpoint's batches of `partitions` are in Kafka: done, batch by batch."""

@@ -333,6 +333,25 @@ async def test_an_output_refused_as_it_is_handed_over_rewinds_the_whole_checkpoi
     assert worker.guarantee.checkpoints[1].committed == {P0: 7, P1: 11}
 
 
+@pytest.mark.parametrize(("broker_has", "retried_from"), [(None, 5), (7, 7)])
+async def test_an_exactly_once_checkpoint_that_timed_out_goes_on_from_what_the_broker_committed(
+    broker_has: int | None, retried_from: int
+) -> None:
+    async with running(settings(guarantee="exactly_once")) as worker:
+        if broker_has is not None:  # the transaction's commit reached the broker after all
+            worker.consumer.commits.append({P0: broker_has})
+        worker.guarantee.failures.append(ProduceFailed(TimeoutError()))
+        worker.consumer.batches.put_nowait(
+            {P0: [Record(0, 5, delivery(1)), Record(0, 6, delivery(2))]}
+        )
+        await until(lambda: bool(worker.consumer.seeks))
+
+    assert worker.guarantee.checkpoints[0].aborted
+    assert worker.consumer.seeks[0] == (P0, retried_from)
+    # Its producer was started again first: that completes or aborts the transaction.
+    assert {P0} in worker.guarantee.assigned_calls
+
+
 async def test_a_revoke_commits_what_is_staged_before_the_partitions_go() -> None:
     async with running(INTERVAL) as worker:
         worker.consumer.batches.put_nowait(two_partitions())
