@@ -6,12 +6,14 @@ joins a consumer group and never shows an aborted transaction."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -88,6 +90,23 @@ async def shown(config: Config, **options: Any) -> list[Shown]:
 def command(config: Config, *argv: str) -> list[str]:
     return [sys.executable, "-m", "processor.cli", "--config", str(REPO / "config.yaml"),
             "tail", *argv]  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def following(config: Config, *argv: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`processor tail ARGV` running, its output piped; killed at the end if still running."""
+    process = await asyncio.create_subprocess_exec(
+        *command(config, *argv),
+        env=worker_env(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 async def run(config: Config, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -172,15 +191,9 @@ async def test_follow_shows_a_record_written_after_it_started_and_ctrl_c_ends_it
     routed: Config, kafka_bootstrap: str
 ) -> None:
     topic = completed(routed)
-    process = await asyncio.create_subprocess_exec(
-        *command(routed, topic, "--follow", "--json", "--uid", "user_0"),
-        env=worker_env(routed),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    assert process.stderr is not None
-    try:
+    async with following(routed, topic, "--follow", "--json", "--uid", "user_0") as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
         async with asyncio.timeout(60):
             first = [json.loads(await process.stdout.readline()) for _ in range(10)]
         assert {record["uid"] for record in first} == {"user_0"}
@@ -197,10 +210,6 @@ async def test_follow_shows_a_record_written_after_it_started_and_ctrl_c_ends_it
         errors = (await process.stderr.read()).decode()
         assert code == 0, errors
         assert "Traceback" not in errors
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def test_it_joins_no_group_and_hides_aborted_transactions(
@@ -248,15 +257,9 @@ async def test_last_0_with_follow_shows_only_what_is_written_after_it_started(
     routed: Config, kafka_bootstrap: str
 ) -> None:
     topic = completed(routed)
-    process = await asyncio.create_subprocess_exec(
-        *command(routed, topic, "--last", "0", "--follow", "--json"),
-        env=worker_env(routed),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    assert process.stderr is not None
-    try:
+    async with following(routed, topic, "--last", "0", "--follow", "--json") as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
         async with AIOKafkaProducer(bootstrap_servers=kafka_bootstrap) as producer:
             late = integration_event(index=778, uid="user_0", status="COMPLETED")
             async with asyncio.timeout(30):
@@ -272,7 +275,3 @@ async def test_last_0_with_follow_shows_only_what_is_written_after_it_started(
         process.send_signal(signal.SIGINT)
         async with asyncio.timeout(30):
             assert await process.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
