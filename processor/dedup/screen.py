@@ -134,7 +134,7 @@ class Dedup:
             self._staged.pop(partition, None)
 
     def unstage(self, partitions: Collection[TopicPartition]) -> None:
-        """The checkpoint ended: what it staged is remembered (committed) or forgotten."""
+        """The checkpoint failed: forget what it staged (`remember` takes what it commits)."""
         for partition in partitions:
             self._staged.pop(partition, None)
 

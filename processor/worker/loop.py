@@ -454,8 +454,6 @@ class Worker:
             done = {tp: share for tp, share in shares.items() if tp in partitions}
             # A batch committed in part has no time from fetch to commit.
             self._done(done, fetched_at if len(done) == len(shares) else None)
-        if self._dedup is not None:
-            self._dedup.unstage(partitions)
 
     def _done(self, shares: Mapping[TopicPartition, Share], fetched_at: float | None) -> None:
         """What is in Kafka now: remember its ids, count it, log it."""
