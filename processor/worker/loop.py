@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -306,7 +306,7 @@ class Worker:
         due; False when some records were rewound to be retried."""
         shares = self._route(batch)
         unrestored = await self._screen(shares)
-        self._rewind(unrestored)
+        self._rewind({tp: records[0].offset for tp, records in unrestored.items()})
         retried = False
         if shares:
             retried = await self._stage(shares, fetched_at)
@@ -415,9 +415,7 @@ class Worker:
                 # Its changelog records went through with it: remember them.
                 self._dedup.revoked(went_through)
                 await self._dedup.assigned(went_through)
-        for partition, offset in starts.items():
-            if partition in self._consumer.assignment():
-                self._consumer.seek(partition, offset)
+        self._rewind(starts)
         self._settle(open_, open_.next.keys() - failed)
         return bool(retried)
 
@@ -491,10 +489,11 @@ class Worker:
                 )
         self._metrics.breaker_paused(len(self._breakers.paused()))
 
-    def _rewind(self, batch: Mapping[TopicPartition, Sequence[Any]]) -> None:
-        for tp, records in batch.items():
+    def _rewind(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Read each partition again from its offset, unless it is no longer this worker's."""
+        for tp, offset in offsets.items():
             if tp in self._consumer.assignment():
-                self._consumer.seek(tp, records[0].offset)
+                self._consumer.seek(tp, offset)
 
 
 async def run_worker(config: Config) -> None:
