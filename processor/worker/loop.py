@@ -229,7 +229,7 @@ class Worker:
                 guarantee=self._guarantee,
                 dedup=self._dedup,
                 breakers=self._breakers,
-                commit=self._commit,
+                commit=self._commit_before_revoke,
                 on_revoked=self._revoked,
                 on_moved=self._health.partitions_moved,
             ),
@@ -395,6 +395,32 @@ class Worker:
         self._health.written()
         self._settle(open_, open_.next)
         return False
+
+    async def _commit_before_revoke(self) -> None:
+        """At a revoke: commit the open checkpoint and, exactly once, see its offsets in
+        the group before the partitions go. A transaction's offsets are visible only once
+        Kafka has written its markers, after the commit returns; the next owner reads
+        them as soon as it is assigned, and an older offset would route records twice."""
+        open_ = self._open
+        retried = await self._commit()
+        if open_ is None or retried or self._config.worker.guarantee != "exactly_once":
+            return
+        try:
+            async with asyncio.timeout(self._config.worker.commit_timeout_s):
+                for partition, offset in open_.next.items():
+                    # Polled: the broker says nothing when its markers are written.
+                    while True:
+                        if (await self._consumer.committed(partition) or 0) >= offset:
+                            break
+                        await asyncio.sleep(0.01)
+        except (TimeoutError, KafkaError) as exc:
+            log.warning(
+                "partitions.commit_not_visible",
+                partitions=partition_names(open_.next),
+                error=repr(exc),
+                detail="revoked before Kafka showed this worker's last offsets: the next "
+                "owner may route some of their records again",
+            )
 
     async def _failed(self, open_: _Open, failure: ProduceFailed) -> bool:
         """Give the failed partitions of a checkpoint up and rewind them to where it

@@ -352,6 +352,21 @@ async def test_an_exactly_once_checkpoint_that_timed_out_goes_on_from_what_the_b
     assert {P0} in worker.guarantee.assigned_calls
 
 
+async def test_exactly_once_a_revoke_waits_until_the_group_shows_the_offsets_committed() -> None:
+    async with running(settings(guarantee="exactly_once", commit_interval_ms=60_000)) as worker:
+        worker.consumer.batches.put_nowait(two_partitions())
+        await until(handed(worker, 3))
+        revoking = asyncio.create_task(worker.consumer.listener.on_partitions_revoked({P0, P1}))
+        await until(lambda: worker.guarantee.checkpoints[0].committed is not None)
+        await asyncio.sleep(0.05)
+        assert not revoking.done(), "the partitions went before their offsets were visible"
+        assert worker.guarantee.revoked_calls == []
+
+        worker.consumer.commits.append({P0: 7, P1: 11})  # the transaction's markers, written
+        await asyncio.wait_for(revoking, 1)
+        assert worker.guarantee.revoked_calls == [{P0, P1}]
+
+
 async def test_a_revoke_commits_what_is_staged_before_the_partitions_go() -> None:
     async with running(INTERVAL) as worker:
         worker.consumer.batches.put_nowait(two_partitions())
