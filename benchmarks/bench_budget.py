@@ -11,7 +11,8 @@ record batches per raw partition (6) in fetches of `worker.max_batch_records`.
   does (through processor.kafka.unreadable, as in the worker);
 - `decode`: `decode_delivery`, the contract check;
 - `route`: the rest of `Router.route`: topic, headers, the carried headers;
-- `dedup`: `Dedup.screen` and `remember` (dedup on, as by default);
+- `dedup`: `Dedup.screen`, `changelog` and `remember` (dedup on, as by default), a
+  checkpoint per fetch;
 - `build`: `produce_batch` of the outputs and the changelog records into aiokafka's
   batch builders, serialised as the producer would send them;
 - `worker`: `Worker.run` over the same fetches with everything above but `read`
@@ -265,7 +266,9 @@ def stages(
         asyncio.run(deduplicated.assigned({tp for batch in batches for tp in batch}))
         for batch in routed_batches:
             for tp, routed in batch.items():
-                deduplicated.remember(tp, deduplicated.screen(tp, routed))
+                kept = deduplicated.screen(tp, routed)
+                deduplicated.changelog(tp, (0, 0))
+                deduplicated.remember(tp, kept)
 
     screened: list[list[Any]] = []
     deduplicated = new_dedup(config)
@@ -274,9 +277,9 @@ def stages(
         out: list[Any] = []
         for tp, routed in batch.items():
             kept = deduplicated.screen(tp, routed)
-            deduplicated.remember(tp, kept)
             out += kept.outputs
-            out += kept.changelog
+            out += deduplicated.changelog(tp, (0, 0))
+            deduplicated.remember(tp, kept)
         screened.append(out)
 
     async def build_all() -> None:
@@ -301,7 +304,7 @@ def print_budget(seconds: dict[str, float], records: int) -> dict[str, float]:
         ("read (aiokafka: fetched bytes to ConsumerRecords)", us["read"]),
         ("decode (msgspec, the contract)", us["decode"]),
         ("route (topic, headers, carried headers)", us["route"] - us["decode"]),
-        ("dedup (screen, remember, changelog records)", us["dedup"]),
+        ("dedup (screen, changelog records, remember)", us["dedup"]),
         ("build (produce_batch: outputs + changelog into batches)", us["build"]),
         ("loop (fetch/commit steps, breaker, metrics, logs)", own),
     ]

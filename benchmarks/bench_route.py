@@ -28,7 +28,7 @@ changelog topic of its own:
 All of them use the worker's own producer and consumer settings
 (`processor.kafka.clients.worker_producer_options` / `worker_consumer_options`:
 acks=all, idempotence, manual commit, `worker.max_batch_records` per `getmany`).
-Topics are created with `processor.kafka.topics.create_topics` (the changelog compacted, as
+Topics are created with `processor.kafka.topics.create_topics` (the changelog as
 deployed) and written to a little before each run, as the broker is slow on the
 first writes to a new partition (`Bench.warm_up`).
 
@@ -61,7 +61,7 @@ first copy, most in later batches, after it was routed.
 After each run its topics are read back with read_committed (an aborted
 transaction's records do not count) and checked: the records per kind of topic
 against the mix; for the worker with dedup, every valid delivery id once in the
-outputs and once in its changelog, and `suppressed` (the worker's own count of
+outputs and its hash once in its changelog, and `suppressed` (the worker's own count of
 retries it did not produce) equal to the retries written; without dedup, every copy
 once and nothing suppressed. A difference is printed with a `!`.
 
@@ -102,12 +102,15 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import msgspec
+import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import GroupCoordinatorNotAvailableError
 from harness import write_results
 
 from processor.config import Config, KafkaConfig, LoggingConfig, TopicsConfig
+from processor.dedup.idwindow import id_hash
+from processor.dedup.record import RestoredBuilder
 from processor.devtools.broker import LocalBroker
 from processor.headers import DELIVERY_ID
 from processor.kafka.batching import produce_batch
@@ -417,7 +420,7 @@ class Written:
 
     kinds: Counter[Outcome] = field(default_factory=Counter)  # records per kind of topic
     ids: Counter[str] = field(default_factory=Counter)  # delivery-id of routed and unrouted
-    changelog: Counter[str] = field(default_factory=Counter)  # keys of the dedup changelog
+    changelog: Counter[int] = field(default_factory=Counter)  # id hashes the changelog holds
 
 
 class Rates:
@@ -530,8 +533,8 @@ class Bench:
         a record or two per partition, the worker's produce requests to its 66 fresh
         partitions still took 100 ms instead of 5-10 ms. Production topics are long
         past that, so every run starts on partitions with WARM_UP_ROUNDS writes. The
-        records have a key, which the compacted changelog requires, and a value dedup's
-        restore skips (not the 12 bytes of a remembered id).
+        records have a key, which a compacted changelog requires, and a value dedup's
+        restore skips (not the shape of a worker's).
         """
         # Asking every leader for an end offset first waits until all of them serve.
         await self.end_offsets(topics)
@@ -566,7 +569,11 @@ class Bench:
             self.reader.seek(tp, offset)
         async for tp, records in read_to_end(self.reader, list(since)):
             if tp.topic == config.topics.dedup:
-                written.changelog.update(r.key.decode() for r in records if r.key is not None)
+                restored = RestoredBuilder()
+                for record in records:
+                    restored.add(record.value, record.timestamp)
+                hashes = restored.build().id_hashes
+                written.changelog.update(np.frombuffer(hashes, dtype="<u8").tolist())
                 continue
             kind = kinds.get(tp.topic, "routed")
             written.kinds[kind] += len(records)
@@ -684,28 +691,32 @@ def problems(result: Result, deliveries: Deliveries) -> list[str]:
             found.append(f"wrote {dict(written.kinds)}, expected {dict(wanted)}")
         return found
     once = Counter(dict.fromkeys(deliveries.copies, 1))
+    changelog: Counter[int] = Counter()
     if variant.dedup:
-        kinds, ids, changelog, suppressed = deliveries.first, once, once, deliveries.retries
+        changelog = Counter(dict.fromkeys(map(id_hash, deliveries.copies), 1))
+        kinds, ids, suppressed = deliveries.first, once, deliveries.retries
     else:
         kinds = deliveries.first + deliveries.retried
-        ids, changelog, suppressed = deliveries.copies, Counter(), 0
+        ids, suppressed = deliveries.copies, 0
     if written.kinds != kinds:
         found.append(f"wrote {dict(written.kinds)}, expected {dict(kinds)}")
-    for what, got, want in (
-        ("outputs", written.ids, ids),
-        ("changelog", written.changelog, changelog),
-    ):
-        if got != want:
-            missing, extra = want - got, got - want
-            found.append(
-                f"{what}: {missing.total():,} records missing, {extra.total():,} too many "
-                f"({len(got):,} distinct ids, expected {len(want):,})"
-            )
+    found += differences("outputs", written.ids, ids)
+    found += differences("changelog", written.changelog, changelog)
     if result.suppressed != suppressed:
         found.append(f"suppressed {result.suppressed:,} retries, expected {suppressed:,}")
     if result.failures:
         found.append(f"{result.failures} failed produces or commits (see the log file)")
     return found
+
+
+def differences(what: str, got: Counter[Any], want: Counter[Any]) -> list[str]:
+    if got == want:
+        return []
+    missing, extra = want - got, got - want
+    return [
+        f"{what}: {missing.total():,} ids missing, {extra.total():,} too many "
+        f"({len(got):,} distinct ids, expected {len(want):,})"
+    ]
 
 
 def print_results(results: list[Result], deliveries: Deliveries) -> None:

@@ -70,7 +70,7 @@ class TopicsConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     raw: str = "webhooks.raw"
     unrouted: str = "webhooks.unrouted"
     dlq: str = "webhooks.dlq"
-    # The dedup changelog: remembered delivery ids, per raw partition (compacted).
+    # The dedup changelog: remembered delivery ids, per raw partition.
     dedup: str = "webhooks.dedup"
     # Partitions bound the number of useful workers: one partition feeds one worker.
     partitions: PositiveInt = 6

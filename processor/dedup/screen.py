@@ -15,11 +15,11 @@ unrouted; a DLQ record's id cannot be trusted, so it is never screened):
 - a record `processor replay` wrote is produced whatever was remembered: an operator
   asked for it.
 
-What is remembered also goes to the changelog topic (`topics.dedup`, compacted), one
-record per id on the raw partition's number: key = the id, value = its 64-bit hash
-and 32-bit fingerprint (little-endian), timestamp = when it was remembered. A worker
-that is assigned a partition restores its ids from there before routing any of its
-records (`assigned`, from the rebalance listener).
+What a checkpoint remembers also goes to the changelog topic (`topics.dedup`): its
+staged ids of a raw partition as one record (or a few) on the partition's number,
+written with the checkpoint (`changelog`; the format is `processor.dedup.record`'s). A
+worker that is assigned a partition restores its ids from there before routing any of
+its records (`assigned`, from the rebalance listener).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from processor.dedup.idwindow import IdWindow, fingerprint, id_hash
-from processor.dedup.record import ChangelogRecord, Restored, changelog_record
+from processor.dedup.record import MOST_IDS, ChangelogRecord, Restored, changelog_records
 from processor.routing import Routed
 
 __all__ = ["ChangelogReader", "Dedup", "Screened"]
@@ -56,7 +56,6 @@ class Screened:
     """One raw partition's share of a batch after screening."""
 
     outputs: list[Routed] = field(default_factory=list)
-    changelog: list[ChangelogRecord] = field(default_factory=list)
     duplicates: int = 0
     conflicts: list[Routed] = field(default_factory=list)
     # Ids to remember once the outputs are durable.
@@ -73,9 +72,11 @@ class Dedup:
         topic: str,
         window_s: float,
         reader: ChangelogReader,
+        ids_per_record: int = MOST_IDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._topic = topic
+        self._ids_per_record = ids_per_record
         self._window_s = window_s
         self._reader = reader
         self._clock = clock
@@ -170,13 +171,26 @@ class Dedup:
                 screened.conflicts.append(record)
             pending[key] = print_
             screened.outputs.append(record)
-            screened.changelog.append(
-                changelog_record(self._topic, partition.partition, record.delivery_id, key, print_)
-            )
         screened.hashes = list(pending)
         screened.fingerprints = list(pending.values())
         staged.update(pending)
         return screened
+
+    def changelog(
+        self, partition: TopicPartition, offsets: tuple[int, int]
+    ) -> list[ChangelogRecord]:
+        """The changelog records of what the open checkpoint staged for `partition`, whose
+        first and last raw offsets in it are `offsets`."""
+        staged = self._staged.get(partition)
+        if not staged:
+            return []
+        return changelog_records(
+            self._topic,
+            partition.partition,
+            staged,
+            offsets=offsets,
+            per_record=self._ids_per_record,
+        )
 
     def remember(self, partition: TopicPartition, screened: Screened) -> None:
         """The screened ids are durable in Kafka now: remember them."""

@@ -70,14 +70,15 @@ def topic_configs(config: Config, topic: str) -> dict[str, str]:
 
 
 def changelog_configs(config: Config) -> dict[str, str]:
-    """The dedup changelog keeps the newest record per delivery id (compact) and drops
-    whole segments once the window has passed (delete); a segment rolls daily so that
-    little more than the window is kept."""
+    """The dedup changelog drops whole segments once the window has passed (delete); a
+    segment rolls daily so that little more than the window is kept. Its records each
+    hold a checkpoint's ids under a key of their own: compaction has nothing to merge
+    (a changelog created compacted by an earlier version works all the same)."""
     window_ms = config.dedup.window_s * 1000
     return {
         "max.message.bytes": str(config.topics.max_message_bytes),
         **config.topics.configs,
-        "cleanup.policy": "compact,delete",
+        "cleanup.policy": "delete",
         "retention.ms": str(window_ms + CHANGELOG_MARGIN_MS),
         "segment.ms": str(min(window_ms, DAY_MS)),
     }

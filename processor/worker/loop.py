@@ -7,13 +7,13 @@ shares (processor.worker.batch):
 2. route every record (pure, never raises) to exactly one destination, and let each
    partition's DLQ breaker hold back a stream that turned bad;
 3. screen out provider retries (processor.dedup.screen), when dedup is on;
-4. stage: hand the outputs and the dedup changelog to the open Checkpoint of the
+4. stage: hand the outputs to the open Checkpoint of the
    guarantee: at least once (processor.worker.checkpoint) sends the outputs at once,
    exactly once (processor.worker.exactly_once) keeps them for its transactions;
 5. commit, once `worker.commit_interval_ms` or `commit_every_records` is reached (a
    second at least once, 100 ms exactly once, by default), at a rebalance and at
-   stop: the checkpoint makes its outputs,
-   changelog and next offsets durable together, or fails;
+   stop: the checkpoint makes its outputs, the ids dedup staged in it (a changelog
+   record per partition) and next offsets durable together, or fails;
 6. done: remember what was written, count and log it.
 
 A failed checkpoint seeks its failed partitions back to their first offset in it and
@@ -354,8 +354,6 @@ class Worker:
         open_ = self._open
         open_.add(shares, fetched_at)
         for partition, share in shares.items():
-            if share.screened is not None:
-                open_.checkpoint.add_state(partition, share.screened.changelog)
             if share.dead is not None:
                 # Counted as routed, not as committed: a stream turning bad is held
                 # within one checkpoint, whatever its interval (a retried one counts again).
@@ -383,6 +381,10 @@ class Worker:
         open_, self._open = self._open, None
         if open_ is None:
             return False
+        if self._dedup is not None:
+            for partition, end in open_.next.items():
+                offsets = (open_.first[partition], end - 1)
+                open_.checkpoint.add_state(partition, self._dedup.changelog(partition, offsets))
         try:
             await open_.checkpoint.commit(open_.next)
         except ProduceFailed as failure:

@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from processor.config import Config
 from processor.dedup.changelog import KafkaChangelog
+from processor.dedup.record import ids_per_record
 from processor.dedup.screen import Dedup
 from processor.kafka import unreadable
 from processor.kafka.aiokafka_internals import client_of
@@ -134,7 +135,11 @@ def kafka_parts(config: Config, metrics: WorkerMetrics) -> WorkerParts:
         changelog = KafkaChangelog(config)
         connectivity.watch(client_of(changelog.consumer))
         dedup = Dedup(
-            topic=config.topics.dedup, window_s=config.dedup.window_s, reader=changelog, clock=clock
+            topic=config.topics.dedup,
+            window_s=config.dedup.window_s,
+            reader=changelog,
+            ids_per_record=ids_per_record(config.topics.max_message_bytes),
+            clock=clock,
         )
     return WorkerParts(
         consumer=consumer,

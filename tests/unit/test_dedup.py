@@ -3,12 +3,14 @@ is remembered only once its record is durable, and comes back from the changelog
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from aiokafka import TopicPartition
 
 from processor.config import RoutingConfig, TopicsConfig
 from processor.dedup.idwindow import fingerprint, id_hash
-from processor.dedup.record import ChangelogRecord, Restored, RestoredBuilder
+from processor.dedup.record import ChangelogRecord, Restored, RestoredBuilder, ids_per_record
 from processor.dedup.screen import Dedup
 from processor.routing import Routed, Router
 from processor.testing import Record
@@ -48,6 +50,17 @@ class Changelog:
 ROUTER = Router(routing=RoutingConfig(), topics=TopicsConfig())
 
 
+def ids(*delivery_ids: str) -> bytes:
+    """The ids' hashes as a changelog record holds them."""
+    return b"".join(id_hash(i).to_bytes(8, "little") for i in delivery_ids)
+
+
+def restored(record: ChangelogRecord) -> Restored:
+    builder = RestoredBuilder()
+    builder.add(record.value, 0)
+    return builder.build()
+
+
 def routed(index: int, status: str = "active", *, offset: int = 0) -> Routed:
     value = integration_event(index=index, uid="user_1", status=status)
     return ROUTER.route(Record(0, offset, value))
@@ -81,7 +94,7 @@ async def test_a_retry_after_the_first_copy_is_durable_is_counted_not_produced(
     assert [r.delivery_id for r in first.outputs] == ["whd_00000001"]
     assert retry.outputs == []
     assert retry.duplicates == 1
-    assert retry.changelog == []
+    assert dedup.changelog(P0, (0, 0)) == []  # nothing staged
 
 
 async def test_an_id_is_not_remembered_before_its_record_is_durable(dedup: Dedup) -> None:
@@ -110,7 +123,8 @@ async def test_a_retry_within_one_batch_is_a_duplicate_of_its_first_copy(dedup: 
 
     assert [r.delivery_id for r in screened.outputs] == ["whd_00000001", "whd_00000002"]
     assert screened.duplicates == 1
-    assert [record.key for record in screened.changelog] == [b"whd_00000001", b"whd_00000002"]
+    (record,) = dedup.changelog(P0, (0, 2))
+    assert restored(record).id_hashes == ids("whd_00000001", "whd_00000002")
 
 
 async def test_the_same_id_with_other_bytes_is_a_conflict_routed_again(dedup: Dedup) -> None:
@@ -135,7 +149,8 @@ async def test_dead_lettered_records_are_never_screened(dedup: Dedup) -> None:
     second = dedup.screen(P0, [invalid])
 
     assert second.outputs == [invalid]
-    assert (second.duplicates, second.changelog) == (0, [])
+    assert second.duplicates == 0
+    assert dedup.changelog(P0, (0, 0)) == []
 
 
 async def test_ids_are_remembered_per_raw_partition(dedup: Dedup) -> None:
@@ -144,19 +159,63 @@ async def test_ids_are_remembered_per_raw_partition(dedup: Dedup) -> None:
     assert dedup.screen(P1, [routed(1)]).duplicates == 0
 
 
-async def test_the_changelog_record_is_keyed_by_id_on_the_raw_partitions_number(
+async def test_a_checkpoints_ids_are_one_record_on_the_raw_partitions_number(
     dedup: Dedup,
 ) -> None:
-    (record,) = dedup.screen(P1, [routed(7)]).changelog
+    dedup.screen(P1, [routed(7, offset=40)])
+    dedup.screen(P1, [routed(8, offset=41), routed(7, offset=42)])  # a later batch, a retry
 
-    value = integration_event(index=7, uid="user_1", status="active")
-    assert record == ChangelogRecord(
-        "webhooks.dedup",
-        1,
-        b"whd_00000007",
-        id_hash("whd_00000007").to_bytes(8, "little") + fingerprint(value).to_bytes(4, "little"),
-        [],
+    (record,) = dedup.changelog(P1, (40, 42))
+
+    prints = [
+        fingerprint(integration_event(index=i, uid="user_1", status="active")) for i in (7, 8)
+    ]
+    assert (record.topic, record.partition, record.headers) == ("webhooks.dedup", 1, [])
+    assert record.value == b"".join(
+        [b"ids1", ids("whd_00000007", "whd_00000008"), *(p.to_bytes(4, "little") for p in prints)]
     )
+    # The raw offsets it stands for, and a tag that keeps it apart under compaction.
+    assert re.fullmatch(rb"40-42\.[0-9a-f]{8}", record.key)
+    assert dedup.changelog(P1, (40, 42))[0].key != record.key
+
+
+async def test_a_big_checkpoint_is_written_as_several_records(changelog: Changelog) -> None:
+    dedup = Dedup(topic="webhooks.dedup", window_s=WINDOW_S, reader=changelog, ids_per_record=2)
+    await dedup.assigned([P0])
+    dedup.screen(P0, [routed(i) for i in range(5)])
+
+    records = dedup.changelog(P0, (0, 4))
+
+    assert [len(restored(r)) for r in records] == [2, 2, 1]
+    assert len({r.key for r in records}) == 3
+    assert b"".join(restored(r).id_hashes for r in records) == ids(
+        *(f"whd_{i:08d}" for i in range(5))
+    )
+
+
+def test_each_record_holds_what_the_topic_allows() -> None:
+    assert ids_per_record(2_097_152) == 65_536  # the default limit: capped
+    assert ids_per_record(100_000) == (100_000 - 1024 - 4) // 12
+    assert ids_per_record(10) == 1
+
+
+async def test_a_changelog_written_one_record_per_id_is_still_restored(
+    clock: Clock, changelog: Changelog
+) -> None:
+    # As earlier versions wrote it: key = the id, value = its hash and fingerprint.
+    value = integration_event(index=1, uid="user_1", status="active")
+    old = id_hash("whd_00000001").to_bytes(8, "little") + fingerprint(value).to_bytes(4, "little")
+    changelog.entries[0] = [(old, int(clock.now * 1000)), (b"not a worker's", 0)]
+    before = Dedup(topic="webhooks.dedup", window_s=WINDOW_S, reader=changelog, clock=clock)
+    await before.assigned([P0])
+    before.screen(P0, [routed(2)])
+    changelog.write(0, before.changelog(P0, (0, 0)), clock.now)  # then the new format
+
+    after = Dedup(topic="webhooks.dedup", window_s=WINDOW_S, reader=changelog, clock=clock)
+    await after.assigned([P0])
+
+    assert after.remembered == 2
+    assert after.screen(P0, [routed(1), routed(2), routed(3)]).duplicates == 2
 
 
 async def test_a_new_owner_restores_the_ids_from_the_changelog(
@@ -164,8 +223,8 @@ async def test_a_new_owner_restores_the_ids_from_the_changelog(
 ) -> None:
     before = Dedup(topic="webhooks.dedup", window_s=WINDOW_S, reader=changelog, clock=clock)
     await before.assigned([P0])
-    screened = before.screen(P0, [routed(1), routed(2)])
-    changelog.write(0, screened.changelog, clock.now)
+    before.screen(P0, [routed(1), routed(2)])
+    changelog.write(0, before.changelog(P0, (0, 1)), clock.now)
 
     after = Dedup(topic="webhooks.dedup", window_s=WINDOW_S, reader=changelog, clock=clock)
     await after.assigned([P0])

@@ -20,7 +20,11 @@ from aiokafka.errors import CommitFailedError, KafkaTimeoutError, TopicAuthoriza
 from structlog.testing import capture_logs
 
 from processor.config import Config
+from processor.dedup.idwindow import id_hash
+from processor.dedup.record import Restored, RestoredBuilder
+from processor.dedup.screen import Dedup
 from processor.errors import TopicsMissing
+from processor.kafka.batching import OutgoingRecord
 from processor.kafka.topics import all_topics
 from processor.metrics import WorkerMetrics
 from processor.testing import RAW, Batch, FakeConsumer, FakeGuarantee, Record
@@ -75,6 +79,13 @@ class Clock:
         return time.time() + self.ahead
 
 
+class NoChangelog:
+    """A dedup changelog with nothing in it yet."""
+
+    async def read(self, partition: int) -> Restored:
+        return RestoredBuilder().build()
+
+
 class Running:
     def __init__(self, config: Config, metrics: WorkerMetrics) -> None:
         self.config = config
@@ -86,12 +97,25 @@ class Running:
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.worker: Worker | None = None
+        self.dedup = None
+        if config.dedup.enabled:
+            self.dedup = Dedup(
+                topic=config.topics.dedup,
+                window_s=config.dedup.window_s,
+                reader=NoChangelog(),
+                clock=self.clock,
+            )
 
     def start(self) -> None:
         self.worker = Worker(
             config=self.config,
             metrics=self.metrics,
-            parts=WorkerParts(consumer=self.consumer, guarantee=self.guarantee, clock=self.clock),
+            parts=WorkerParts(
+                consumer=self.consumer,
+                guarantee=self.guarantee,
+                dedup=self.dedup,
+                clock=self.clock,
+            ),
         )
         self.task = asyncio.create_task(self.worker.run(self.stop))
 
@@ -281,6 +305,39 @@ async def test_batches_within_the_interval_are_one_checkpoint_committed_at_its_e
 
     assert checkpoint.committed == {P0: 7, P1: 11}
     assert len(worker.guarantee.checkpoints) == 1
+
+
+def remembered_ids(records: list[OutgoingRecord]) -> set[int]:
+    """The id hashes changelog records hold."""
+    restored = RestoredBuilder()
+    for record in records:
+        restored.add(record.value, 0)
+    hashes = restored.build().id_hashes
+    return {int.from_bytes(hashes[i : i + 8], "little") for i in range(0, len(hashes), 8)}
+
+
+async def test_a_checkpoint_writes_the_ids_it_remembers_as_a_record_per_partition() -> None:
+    config = msgspec.structs.replace(INTERVAL, dedup=Config().dedup)
+    async with running(config) as worker:
+        worker.consumer.batches.put_nowait({P0: [Record(0, 5, delivery(1))]})
+        # A later batch of the same checkpoint: a new id, a retry, another partition.
+        worker.consumer.batches.put_nowait(
+            {P0: [Record(0, 6, delivery(2)), Record(0, 7, delivery(1))], P1: two_partitions()[P1]}
+        )
+        await until(handed(worker, 3))
+        worker.clock.ahead += 60
+        await until(lambda: committed(worker, 0))
+        worker.consumer.batches.put_nowait({P0: [Record(0, 8, delivery(2))]})  # a retry
+        await until(lambda: len(worker.guarantee.checkpoints) == 2)
+        await until(lambda: P0 in worker.guarantee.checkpoints[1].produced)
+
+    first, second = worker.guarantee.checkpoints
+    assert first.committed == {P0: 8, P1: 11}
+    assert {tp: len(records) for tp, records in first.state.items()} == {P0: 1, P1: 1}
+    assert remembered_ids(first.state[P0]) == {id_hash("whd_00000001"), id_hash("whd_00000002")}
+    assert remembered_ids(first.state[P1]) == {id_hash("whd_00000003")}
+    # Remembered once committed: the retry is not produced, and no id is written again.
+    assert (second.committed, second.produced, second.state) == ({P0: 9}, {P0: []}, {P0: []})
 
 
 async def test_a_checkpoint_is_committed_once_it_holds_commit_every_records() -> None:
