@@ -123,7 +123,7 @@ class Dedup:
                 "dedup.restored",
                 topic=partition.topic,
                 partition=partition.partition,
-                changelog_records=len(restored),
+                restored_ids=len(restored),
                 remembered=len(window),
                 seconds=round(seconds, 3),
             )
