@@ -1,5 +1,6 @@
 """Drills for each delivery once: crashes, a broker stop (exactly once), the group growing
-and shrinking, a paused zombie, an expiring dedup window; in both guarantees.
+and shrinking, a rebalance every ten seconds (`make drills`), a paused zombie, an
+expiring dedup window; in both guarantees.
 
 Each sends 20,000 distinct deliveries, a third of them two or three times as the
 provider retries (some retries after the first copy was routed), through `processor
@@ -241,3 +242,64 @@ async def test_a_worker_restarted_after_its_window_partly_expired(
     assert {written[d.value] for d in old if d.kind != "dlq"} == {2}, "expired ids route again"
     assert {written[d.value] for d in recent if d.kind != "dlq"} == {1}, "a retry got through"
     assert {written[d.value] for d in stream if d.kind == "dlq"} == {1}
+
+
+# Long: `make drills` runs it, not make test.
+CHURN_S = 120
+CHURN_EVERY_S = 10
+
+
+@pytest.mark.drill
+@pytest.mark.timeout(CHURN_S + 300)
+@pytest.mark.usefixtures("topics")
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+async def test_a_rebalance_every_ten_seconds_for_two_minutes_under_load(
+    config: Config, spawn_worker: SpawnWorker, tmp_path: Path, guarantee: str
+) -> None:
+    """Workers join and leave (SIGTERM) in turn, 1 → 2 → 3 → 2 → 1 ..., while the raw
+    topic fills at about 200 records/s: every rebalance commits what each member staged
+    before its partitions move, so nothing is routed twice, in either guarantee."""
+    stream = mixed_stream(DELIVERIES, seed=61)
+    steps = int(CHURN_S / 0.5)
+    parts = chunks(with_retries(stream), steps)
+    env = {"PROCESSOR_WORKER__GUARANTEE": guarantee}
+    first = spawn_worker(**env)
+    await wait_for_partitions(tmp_path / "worker0.log")
+    joined: list[subprocess.Popen[bytes]] = []
+    rebalances = 0
+    spawned = 1
+    started = asyncio.get_running_loop().time()
+    for index, part in enumerate(parts):
+        await produce_raw(config, part)
+        elapsed = asyncio.get_running_loop().time() - started
+        if elapsed >= (rebalances + 1) * CHURN_EVERY_S:
+            rebalances += 1
+            if rebalances % 4 in (1, 2):
+                joined.append(spawn_worker(**env))
+                spawned += 1
+            else:
+                leaving = joined.pop()
+                leaving.send_signal(signal.SIGTERM)  # a dynamic member leaves the group
+                assert await wait_exit(leaving, config.worker.shutdown_timeout_s) == 0
+        await asyncio.sleep(
+            max(0.0, started + (index + 1) * 0.5 - asyncio.get_running_loop().time())
+        )
+    outputs = await read_outputs(config, len(stream))
+
+    print(
+        json.dumps(
+            {
+                "drill": f"a rebalance every {CHURN_EVERY_S} s, {guarantee}",
+                "rebalances": rebalances,
+                "workers": spawned,
+                "deliveries": len(stream),
+                "outputs": len(outputs),
+            }
+        )
+    )
+    assert rebalances >= CHURN_S // CHURN_EVERY_S - 1, rebalances
+    assert first.poll() is None, "the first worker is still running"
+    check(config, stream, outputs, guarantee, crashes=0)
+    for number in range(spawned):
+        log = tmp_path / f"worker{number}.log"
+        assert not error_lines(log), error_lines(log)
