@@ -204,6 +204,12 @@ class FakeGuarantee:
         self.revoking = asyncio.Event()
         self.assigned_calls: list[set[TopicPartition]] = []
         self.revoked_calls: list[set[TopicPartition]] = []
+        # Where failed partitions go on from (`went_through`), and each ask of it.
+        self.committed_anyway: dict[TopicPartition, int] = {}
+        self.went_through_calls: list[dict[TopicPartition, int]] = []
+        self.visible_gate = asyncio.Event()  # cleared: `visible` waits (holding the revoke)
+        self.visible_gate.set()
+        self.visible_calls: list[dict[TopicPartition, int]] = []
         self.stopped = False
 
     async def start(self) -> None:
@@ -224,6 +230,14 @@ class FakeGuarantee:
         self.revoking.set()
         await self.revoke_gate.wait()
         self.revoked_calls.append(set(partitions))
+
+    async def went_through(self, starts: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
+        self.went_through_calls.append(dict(starts))
+        return {tp: offset for tp, offset in self.committed_anyway.items() if tp in starts}
+
+    async def visible(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self.visible_calls.append(dict(offsets))
+        await self.visible_gate.wait()
 
 
 class Appended(NamedTuple):

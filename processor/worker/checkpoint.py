@@ -13,6 +13,11 @@ its size):
 
 `assigned` and `revoked` set up and tear down whatever a guarantee keeps per raw
 partition (the exactly-once one: a transactional producer per partition).
+`went_through` says where a failed checkpoint's partitions go on from, and `visible`
+waits, at a revoke, until the next owner can read the offsets just committed: at
+least once, from where the checkpoint began, and at once; exactly once, a commit that
+failed may have reached the broker, and a transaction's offsets show only once its
+markers are written.
 
 `AtLeastOnce`: outputs are sent as they are handed over; at commit, once Kafka has
 acknowledged every one, the state writes, then, once those are acknowledged too, the
@@ -37,6 +42,7 @@ __all__ = [
     "AtLeastOnce",
     "Checkpoint",
     "CommitFailed",
+    "CommittedOffsets",
     "Guarantee",
     "OffsetCommitter",
     "ProduceFailed",
@@ -113,6 +119,14 @@ class Guarantee(Protocol):
     async def assigned(self, partitions: Collection[TopicPartition]) -> None: ...
     async def revoked(self, partitions: Collection[TopicPartition]) -> None: ...
 
+    async def went_through(self, starts: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """After a checkpoint failed: those of its retried partitions (each with where it
+        began) whose records were committed after all, each with where to go on from."""
+
+    async def visible(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """At a revoke, once a checkpoint committed `offsets`: return when the group shows
+        them to the partitions' next owner (bounded; a warning when it gives up)."""
+
 
 class Producer(BatchProducer, Protocol):
     """A producer a guarantee starts and stops: aiokafka's, or a fake in tests."""
@@ -125,6 +139,12 @@ class OffsetCommitter(Protocol):
     """What commits a consumer group's offsets: the worker's consumer."""
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+
+
+class CommittedOffsets(Protocol):
+    """What reads a consumer group's committed offsets: the worker's consumer."""
+
+    async def committed(self, partition: TopicPartition) -> int | None: ...
 
 
 class AtLeastOnce:
@@ -162,6 +182,14 @@ class AtLeastOnce:
 
     async def revoked(self, partitions: Collection[TopicPartition]) -> None:
         """Nothing is kept per partition."""
+
+    async def went_through(self, starts: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """None: a failed checkpoint committed no offset, and is retried whole (what it
+        wrote is written again: duplicates, never a gap)."""
+        return {}
+
+    async def visible(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """At once: the group has the offsets when the commit returns."""
 
 
 class _AtLeastOnceCheckpoint:

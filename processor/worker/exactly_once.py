@@ -1,6 +1,8 @@
-"""Exactly once: a batch's outputs, dedup changelog and offsets in one Kafka transaction
-per raw partition. Subscribers that read with isolation_level="read_committed" see
-each of them once or not at all.
+"""Exactly once: a checkpoint's outputs, dedup changelog and offsets in one Kafka
+transaction per raw partition. Subscribers that read with
+isolation_level="read_committed" see each of them once or not at all. The group's
+committed offsets say where a failed checkpoint goes on from (its commit may have
+reached the broker) and when a revoked partition's last offsets show to its next owner.
 
 Why a transactional producer per raw partition, not one per worker: aiokafka's
 `send_offsets_to_transaction(offsets, group_id)` sends no consumer-group generation
@@ -11,8 +13,8 @@ commit. With a transactional id per (group, topic, partition), the next owner's
 with ProducerFenced and nothing of its batch becomes visible.
 
 Known aiokafka transaction issues this shape avoids: a rebalance during a transaction
-(aiokafka#844) cannot happen, since a revoke waits for the batch in flight and no
-transaction is open between batches; concurrent offset commits on one producer
+(aiokafka#844) cannot happen, since a revoke waits for the batch in flight and commits
+the open checkpoint first; concurrent offset commits on one producer
 (aiokafka#1098, a KeyError in TxnOffsetCommitHandler) cannot happen, since each
 producer runs one transaction at a time; the transaction coordinator moving
 (aiokafka#1134, #1151) is fixed in the 0.14 this project pins.
@@ -30,7 +32,8 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError, ProducerClosed, ProducerFenced
 
 from processor.kafka.batching import OutgoingRecord, produce_batch
-from processor.worker.checkpoint import ProduceFailed, Producer
+from processor.worker.checkpoint import CommittedOffsets, ProduceFailed, Producer
+from processor.worker.rebalance import partition_names
 
 __all__ = ["ExactlyOnce", "TransactionalProducer", "transactional_id"]
 
@@ -69,11 +72,15 @@ class ExactlyOnce:
         *,
         group_id: str,
         producer_for: Callable[[str], TransactionalProducer],
+        consumer: CommittedOffsets,
         produce_timeout_s: float,
+        commit_timeout_s: float,
     ) -> None:
         self._group_id = group_id
         self._producer_for = producer_for
+        self._consumer = consumer
         self._produce_timeout_s = produce_timeout_s
+        self._commit_timeout_s = commit_timeout_s
         self._producers: dict[TopicPartition, TransactionalProducer] = {}
         # Partitions another worker fenced us out of, until the group says otherwise.
         self._fenced: set[TopicPartition] = set()
@@ -109,6 +116,50 @@ class ExactlyOnce:
         # Together: each may wait out its flush, and shutdown bounds them all at once.
         await asyncio.gather(*(self._drop(partition) for partition in partitions))
         self._fenced.difference_update(partitions)
+
+    async def went_through(self, starts: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """A commit that timed out here may have reached the broker: starting the
+        partitions' producers again completes or aborts what their transactions left,
+        and the group's offsets then say where to go on from. Kafka not answering
+        meanwhile, none: the checkpoint is retried from where it began."""
+        moved: dict[TopicPartition, int] = {}
+        try:
+            async with asyncio.timeout(self._produce_timeout_s):
+                await self.assigned(list(starts))
+            async with asyncio.timeout(self._commit_timeout_s):
+                for partition, first in starts.items():
+                    offset = await self._consumer.committed(partition)
+                    if offset is not None and offset > first:
+                        moved[partition] = offset
+        except (TimeoutError, KafkaError) as exc:
+            log.warning(
+                "checkpoint.outcome_unknown",
+                partitions=partition_names(starts),
+                error=repr(exc),
+                detail="retried from where the checkpoint began",
+            )
+        return moved
+
+    async def visible(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """A transaction's offsets show in the group only once Kafka has written its
+        markers, after the commit returns; the next owner reads them as soon as it is
+        assigned, and an older offset would route records twice."""
+        try:
+            async with asyncio.timeout(self._commit_timeout_s):
+                for partition, offset in offsets.items():
+                    # Polled: the broker says nothing when its markers are written.
+                    while True:
+                        if (await self._consumer.committed(partition) or 0) >= offset:
+                            break
+                        await asyncio.sleep(0.01)
+        except (TimeoutError, KafkaError) as exc:
+            log.warning(
+                "partitions.commit_not_visible",
+                partitions=partition_names(offsets),
+                error=repr(exc),
+                detail="revoked before Kafka showed this worker's last offsets: the next "
+                "owner may route some of their records again",
+            )
 
     async def _producer(self, partition: TopicPartition) -> TransactionalProducer:
         """The partition's started producer; a new one's start aborts what an old one of

@@ -52,7 +52,7 @@ from processor.worker.collector import tuned_collection
 from processor.worker.health import Health
 from processor.worker.http import Unready, serve_health_and_metrics
 from processor.worker.parts import Batch, WorkerParts, kafka_parts
-from processor.worker.rebalance import Rebalance, partition_names
+from processor.worker.rebalance import Rebalance
 from processor.worker.summary import Summary
 
 __all__ = ["Worker", "run_worker"]
@@ -399,30 +399,11 @@ class Worker:
         return False
 
     async def _commit_before_revoke(self) -> None:
-        """At a revoke: commit the open checkpoint and, exactly once, see its offsets in
-        the group before the partitions go. A transaction's offsets are visible only once
-        Kafka has written its markers, after the commit returns; the next owner reads
-        them as soon as it is assigned, and an older offset would route records twice."""
+        """At a revoke: commit the open checkpoint, and see its offsets in the group
+        before the partitions go (the guarantee knows when they show)."""
         open_ = self._open
-        retried = await self._commit()
-        if open_ is None or retried or self._config.worker.guarantee != "exactly_once":
-            return
-        try:
-            async with asyncio.timeout(self._config.worker.commit_timeout_s):
-                for partition, offset in open_.next.items():
-                    # Polled: the broker says nothing when its markers are written.
-                    while True:
-                        if (await self._consumer.committed(partition) or 0) >= offset:
-                            break
-                        await asyncio.sleep(0.01)
-        except (TimeoutError, KafkaError) as exc:
-            log.warning(
-                "partitions.commit_not_visible",
-                partitions=partition_names(open_.next),
-                error=repr(exc),
-                detail="revoked before Kafka showed this worker's last offsets: the next "
-                "owner may route some of their records again",
-            )
+        if not await self._commit() and open_ is not None:
+            await self._guarantee.visible(open_.next)
 
     async def _failed(self, open_: _Open, failure: ProduceFailed) -> bool:
         """Give the failed partitions of a checkpoint up and rewind them to where it
@@ -436,43 +417,15 @@ class Worker:
         if self._dedup is not None:
             self._dedup.unstage(failed)  # not remembered: screened again when retried
         starts = {partition: open_.first[partition] for partition in retried}
-        if retried and self._config.worker.guarantee == "exactly_once":
-            went_through = await self._committed_anyway(starts)
-            starts |= went_through
-            if self._dedup is not None and went_through:
-                # Its changelog records went through with it: remember them.
-                self._dedup.revoked(went_through)
-                await self._dedup.assigned(went_through)
+        went_through = await self._guarantee.went_through(starts) if retried else {}
+        starts |= went_through
+        if self._dedup is not None and went_through:
+            # Its changelog records went through with it: remember them.
+            self._dedup.revoked(went_through)
+            await self._dedup.assigned(went_through)
         self._rewind(starts)
         self._settle(open_, open_.next.keys() - failed)
         return bool(retried)
-
-    async def _committed_anyway(
-        self, starts: Mapping[TopicPartition, int]
-    ) -> dict[TopicPartition, int]:
-        """Exactly once: the failed partitions whose transaction committed after all, and
-        their offsets. A commit that timed out here may have reached the broker: starting
-        the partitions' producers again completes or aborts what their transactions
-        left, and the group's offsets then say where to go on from. Kafka not answering
-        meanwhile, the checkpoint is retried from where it began."""
-        settings = self._config.worker
-        moved: dict[TopicPartition, int] = {}
-        try:
-            async with asyncio.timeout(settings.produce_timeout_s):
-                await self._guarantee.assigned(list(starts))
-            async with asyncio.timeout(settings.commit_timeout_s):
-                for partition, first in starts.items():
-                    offset = await self._consumer.committed(partition)
-                    if offset is not None and offset > first:
-                        moved[partition] = offset
-        except (TimeoutError, KafkaError) as exc:
-            log.warning(
-                "checkpoint.outcome_unknown",
-                partitions=partition_names(starts),
-                error=repr(exc),
-                detail="retried from where the checkpoint began",
-            )
-        return moved
 
     def _settle(self, open_: _Open, partitions: Collection[TopicPartition]) -> None:
         """The checkpoint's batches of `partitions` are in Kafka: done, batch by batch."""

@@ -114,7 +114,9 @@ def kafka_parts(config: Config, metrics: WorkerMetrics) -> WorkerParts:
         guarantee = ExactlyOnce(
             group_id=config.worker.group_id,
             producer_for=producer_for,
+            consumer=consumer,
             produce_timeout_s=config.worker.produce_timeout_s,
+            commit_timeout_s=config.worker.commit_timeout_s,
         )
     else:
         guarantee = AtLeastOnce(

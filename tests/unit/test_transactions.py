@@ -5,7 +5,7 @@ own partition; a fenced partition is given up, not retried."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import pytest
 from aiokafka import TopicPartition
@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from processor.kafka.batching import RawRecord
 from processor.testing import FakeBatchProducer
 from processor.worker.checkpoint import ProduceFailed
-from processor.worker.exactly_once import ExactlyOnce, transactional_id
+from processor.worker.exactly_once import ExactlyOnce, TransactionalProducer, transactional_id
 
 P0 = TopicPartition("webhooks.raw", 0)
 P1 = TopicPartition("webhooks.raw", 1)
@@ -86,6 +86,31 @@ def state(partition: int, value: bytes) -> RawRecord:
     return RawRecord("webhooks.dedup", b"whd", value, [], partition)
 
 
+def exactly_once(
+    producer_for: Callable[[str], TransactionalProducer], consumer: Committed | None = None
+) -> ExactlyOnce:
+    return ExactlyOnce(
+        group_id=GROUP,
+        producer_for=producer_for,
+        consumer=consumer or Committed(),
+        produce_timeout_s=1,
+        commit_timeout_s=0.2,
+    )
+
+
+class Committed:
+    """The group's committed offsets as the broker shows them: `offsets`, or `error`."""
+
+    def __init__(self) -> None:
+        self.offsets: dict[TopicPartition, int] = {}
+        self.error: Exception | None = None
+
+    async def committed(self, partition: TopicPartition) -> int | None:
+        if self.error is not None:
+            raise self.error
+        return self.offsets.get(partition)
+
+
 @pytest.fixture
 def factory() -> Factory:
     return Factory()
@@ -93,7 +118,7 @@ def factory() -> Factory:
 
 @pytest.fixture
 async def guarantee(factory: Factory) -> ExactlyOnce:
-    guarantee = ExactlyOnce(group_id=GROUP, producer_for=factory, produce_timeout_s=1)
+    guarantee = exactly_once(factory)
     await guarantee.assigned([P0, P1])
     factory.journal.clear()
     return guarantee
@@ -106,7 +131,7 @@ def test_the_transactional_id_names_group_topic_and_partition() -> None:
 async def test_assignment_starts_a_producer_per_partition_and_revoke_stops_it(
     factory: Factory,
 ) -> None:
-    guarantee = ExactlyOnce(group_id=GROUP, producer_for=factory, produce_timeout_s=1)
+    guarantee = exactly_once(factory)
 
     await guarantee.assigned([P0, P1])
     await guarantee.revoked([P0])
@@ -192,7 +217,7 @@ async def test_a_producer_that_cannot_start_is_retried_never_taken_for_fenced(
         producer.start = start  # type: ignore[method-assign]
         return producer
 
-    guarantee = ExactlyOnce(group_id=GROUP, producer_for=failing_first, produce_timeout_s=1)
+    guarantee = exactly_once(failing_first)
     await guarantee.assigned([P0])  # cannot start: logged, left for the first transaction
 
     checkpoint = guarantee.begin()
@@ -255,3 +280,53 @@ async def test_a_fence_is_logged_once_however_it_is_learnt(
         await guarantee.revoked([P0])
 
     assert [entry["event"] for entry in logs].count("partition.fenced") == 1
+
+
+@pytest.mark.parametrize(("broker_has", "goes_on"), [(None, {}), (5, {}), (7, {P0: 7})])
+async def test_a_failed_checkpoint_goes_on_from_what_the_group_committed_after_all(
+    factory: Factory, broker_has: int | None, goes_on: dict[TopicPartition, int]
+) -> None:
+    committed = Committed()
+    if broker_has is not None:  # the transaction's commit reached the broker after all
+        committed.offsets[P0] = broker_has
+    guarantee = exactly_once(factory, committed)
+
+    assert await guarantee.went_through({P0: 5}) == goes_on
+    # Its producer was started first: that completes or aborts the transaction.
+    assert factory.journal == [f"{transactional_id(GROUP, P0)}: start"]
+
+
+async def test_a_failed_checkpoint_whose_outcome_kafka_does_not_say_is_retried_whole(
+    factory: Factory,
+) -> None:
+    committed = Committed()
+    committed.error = KafkaTimeoutError()
+    guarantee = exactly_once(factory, committed)
+
+    with capture_logs() as logs:
+        assert await guarantee.went_through({P0: 5}) == {}
+    assert [e["event"] for e in logs] == ["checkpoint.outcome_unknown"]
+
+
+async def test_visible_returns_once_the_group_shows_the_offsets_committed(
+    factory: Factory,
+) -> None:
+    committed = Committed()
+    guarantee = exactly_once(factory, committed)
+    waiting = asyncio.create_task(guarantee.visible({P0: 7}))
+    committed.offsets[P0] = 6  # an older checkpoint's
+    await asyncio.sleep(0.05)
+    assert not waiting.done(), "returned before the group showed offset 7"
+
+    committed.offsets[P0] = 7  # the transaction's markers are written
+    await asyncio.wait_for(waiting, 1)
+
+
+async def test_offsets_that_never_show_are_a_warning_not_a_wait_without_end(
+    factory: Factory,
+) -> None:
+    guarantee = exactly_once(factory, Committed())
+
+    with capture_logs() as logs:
+        await asyncio.wait_for(guarantee.visible({P0: 7}), 1)  # commit_timeout_s: 0.2
+    assert [e["event"] for e in logs] == ["partitions.commit_not_visible"]

@@ -390,13 +390,12 @@ async def test_an_output_refused_as_it_is_handed_over_rewinds_the_whole_checkpoi
     assert worker.guarantee.checkpoints[1].committed == {P0: 7, P1: 11}
 
 
-@pytest.mark.parametrize(("broker_has", "retried_from"), [(None, 5), (7, 7)])
-async def test_an_exactly_once_checkpoint_that_timed_out_goes_on_from_what_the_broker_committed(
-    broker_has: int | None, retried_from: int
+@pytest.mark.parametrize(("went_through", "retried_from"), [({}, 5), ({P0: 7}, 7)])
+async def test_a_failed_checkpoint_goes_on_from_where_the_guarantee_says_it_went_through(
+    went_through: dict[TopicPartition, int], retried_from: int
 ) -> None:
-    async with running(settings(guarantee="exactly_once")) as worker:
-        if broker_has is not None:  # the transaction's commit reached the broker after all
-            worker.consumer.commits.append({P0: broker_has})
+    async with running() as worker:
+        worker.guarantee.committed_anyway = went_through  # exactly once: it reached Kafka
         worker.guarantee.failures.append(ProduceFailed(TimeoutError()))
         worker.consumer.batches.put_nowait(
             {P0: [Record(0, 5, delivery(1)), Record(0, 6, delivery(2))]}
@@ -404,22 +403,23 @@ async def test_an_exactly_once_checkpoint_that_timed_out_goes_on_from_what_the_b
         await until(lambda: bool(worker.consumer.seeks))
 
     assert worker.guarantee.checkpoints[0].aborted
+    assert worker.guarantee.went_through_calls == [{P0: 5}]
     assert worker.consumer.seeks[0] == (P0, retried_from)
-    # Its producer was started again first: that completes or aborts the transaction.
-    assert {P0} in worker.guarantee.assigned_calls
 
 
-async def test_exactly_once_a_revoke_waits_until_the_group_shows_the_offsets_committed() -> None:
-    async with running(settings(guarantee="exactly_once", commit_interval_ms=60_000)) as worker:
+async def test_a_revoke_waits_until_the_guarantee_sees_the_offsets_committed() -> None:
+    async with running(INTERVAL) as worker:
         worker.consumer.batches.put_nowait(two_partitions())
         await until(handed(worker, 3))
+        worker.guarantee.visible_gate.clear()
         revoking = asyncio.create_task(worker.consumer.listener.on_partitions_revoked({P0, P1}))
-        await until(lambda: worker.guarantee.checkpoints[0].committed is not None)
+        await until(lambda: bool(worker.guarantee.visible_calls))
         await asyncio.sleep(0.05)
         assert not revoking.done(), "the partitions went before their offsets were visible"
+        assert worker.guarantee.visible_calls == [{P0: 7, P1: 11}]
         assert worker.guarantee.revoked_calls == []
 
-        worker.consumer.commits.append({P0: 7, P1: 11})  # the transaction's markers, written
+        worker.guarantee.visible_gate.set()
         await asyncio.wait_for(revoking, 1)
         assert worker.guarantee.revoked_calls == [{P0, P1}]
 
