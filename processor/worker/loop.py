@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -47,12 +46,13 @@ from processor.routing import Router
 from processor.shutdown import LEAVE_SIGNAL, on_signal, stop_on_signals
 from processor.worker.batch import Share, log_breaker_open, log_committed, tally
 from processor.worker.breaker import Breakers
-from processor.worker.checkpoint import Checkpoint, CommitFailed, ProduceFailed
+from processor.worker.checkpoint import CommitFailed, ProduceFailed
 from processor.worker.collector import tuned_collection
 from processor.worker.health import Health
 from processor.worker.http import Unready, serve_health_and_metrics
 from processor.worker.parts import Batch, WorkerParts, kafka_parts
 from processor.worker.rebalance import Rebalance
+from processor.worker.staged import Staged
 from processor.worker.summary import Summary
 
 __all__ = ["Worker", "run_worker"]
@@ -62,33 +62,6 @@ log = structlog.get_logger(__name__)
 # A summary's lag asks each assigned partition's position, known at once while the
 # worker reads; one that is being reset (a rebalance) is not waited for beyond this.
 LAG_TIMEOUT_S = 1.0
-
-
-@dataclass(slots=True)
-class _Open:
-    """The checkpoint being filled: the batches staged in it since the last commit."""
-
-    checkpoint: Checkpoint
-    opened_at: float
-    batches: list[tuple[dict[TopicPartition, Share], float]] = field(default_factory=list)
-    first: dict[TopicPartition, int] = field(default_factory=dict)  # where a retry starts
-    next: dict[TopicPartition, int] = field(default_factory=dict)  # the offsets to commit
-    records: int = 0
-
-    def add(self, shares: dict[TopicPartition, Share], fetched_at: float) -> None:
-        self.batches.append((shares, fetched_at))
-        for partition, share in shares.items():
-            self.first.setdefault(partition, share.records[0].offset)
-            self.next[partition] = share.next_offset
-            self.records += len(share.records)
-
-    def records_of(self, partitions: Collection[TopicPartition]) -> int:
-        return sum(
-            len(share.records)
-            for shares, _ in self.batches
-            for partition, share in shares.items()
-            if partition in partitions
-        )
 
 
 class Worker:
@@ -126,7 +99,7 @@ class Worker:
         )
         self._summary = Summary()
         self._leaving = False
-        self._open: _Open | None = None
+        self._open: Staged | None = None
         self._revokes = 0  # rebalances that took partitions from this worker, so far
 
     def not_ready(self) -> Unready | None:
@@ -350,7 +323,7 @@ class Worker:
     async def _stage(self, shares: dict[TopicPartition, Share], fetched_at: float) -> bool:
         """Hand the shares to the open checkpoint; True when it failed and was rewound."""
         if self._open is None:
-            self._open = _Open(self._guarantee.begin(), opened_at=self._clock())
+            self._open = Staged(self._guarantee.begin(), opened_at=self._clock())
         open_ = self._open
         open_.add(shares, fetched_at)
         for partition, share in shares.items():
@@ -370,9 +343,10 @@ class Worker:
         if open_ is None:
             return False
         worker = self._config.worker
-        return (
-            open_.records >= worker.commit_every_records
-            or self._clock() - open_.opened_at >= worker.checkpoint_interval_s
+        return open_.due(
+            self._clock(),
+            every_records=worker.commit_every_records,
+            interval_s=worker.checkpoint_interval_s,
         )
 
     async def _commit(self) -> bool:
@@ -382,9 +356,8 @@ class Worker:
         if open_ is None:
             return False
         if self._dedup is not None:
-            for partition, end in open_.next.items():
-                offsets = (open_.first[partition], end - 1)
-                open_.checkpoint.add_state(partition, self._dedup.changelog(partition, offsets))
+            for partition, span in open_.spans().items():
+                open_.checkpoint.add_state(partition, self._dedup.changelog(partition, span))
         try:
             await open_.checkpoint.commit(open_.next)
         except ProduceFailed as failure:
@@ -405,7 +378,7 @@ class Worker:
         if not await self._commit() and open_ is not None:
             await self._guarantee.visible(open_.next)
 
-    async def _failed(self, open_: _Open, failure: ProduceFailed) -> bool:
+    async def _failed(self, open_: Staged, failure: ProduceFailed) -> bool:
         """Give the failed partitions of a checkpoint up and rewind them to where it
         started; what it committed of the others is done. True when any is retried."""
         await open_.checkpoint.abort()
@@ -427,17 +400,13 @@ class Worker:
         self._settle(open_, open_.next.keys() - failed)
         return bool(retried)
 
-    def _settle(self, open_: _Open, partitions: Collection[TopicPartition]) -> None:
+    def _settle(self, open_: Staged, partitions: Collection[TopicPartition]) -> None:
         """The checkpoint's batches of `partitions` are in Kafka: done, batch by batch."""
-        for shares, fetched_at in open_.batches:
-            done = {tp: share for tp, share in shares.items() if tp in partitions}
-            # A batch committed in part has no time from fetch to commit.
-            self._done(done, fetched_at if len(done) == len(shares) else None)
+        for shares, fetched_at in open_.done(partitions):
+            self._done(shares, fetched_at)
 
     def _done(self, shares: Mapping[TopicPartition, Share], fetched_at: float | None) -> None:
         """What is in Kafka now: remember its ids, count it, log it."""
-        if not shares:
-            return
         for partition, share in shares.items():
             if share.screened is not None and self._dedup is not None:
                 self._dedup.remember(partition, share.screened)
