@@ -136,6 +136,13 @@ async def running(config: Config | None = None) -> AsyncIterator[Running]:
     state.start()
     try:
         yield state
+    except BaseException:
+        # A test that failed with a gate closed must not leave the worker unable to
+        # stop: its own failure is the one to report.
+        guarantee = state.guarantee
+        for gate in (guarantee.gate, guarantee.revoke_gate, guarantee.visible_gate):
+            gate.set()
+        raise
     finally:
         state.stop.set()
         assert state.task is not None
