@@ -444,7 +444,9 @@ async def test_a_revoke_commits_what_is_staged_before_the_partitions_go() -> Non
 
 
 async def test_a_batch_handed_out_before_a_revoke_is_not_routed_but_read_again() -> None:
-    async with running() as worker:
+    # A fetch that waits for its batch: the worker is always in one when idle, never
+    # queued for the batch lock the revoke holds with the next batch still unfetched.
+    async with running(settings(fetch_timeout_ms=10_000)) as worker:
         worker.consumer.batches.put_nowait({P0: [Record(0, 5, delivery(1))]})
         await until(lambda: committed(worker, 0))
         # The group takes the partitions back just as the next batch is handed out: the
