@@ -7,8 +7,10 @@ first and a test reads only its own numbers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Collection, Mapping
 
+from aiokafka import TopicPartition
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -127,6 +129,13 @@ class WorkerMetrics:
             "Unix time of the last committed batch; old while consumer lag grows: a stuck worker.",
             registry=self.registry,
         )
+        self._lag = Gauge(
+            "processor_worker_consumer_lag",
+            "Records of a raw partition this worker owns that it has not committed yet: "
+            "the partition's high watermark less the offset the worker last committed.",
+            ["topic", "partition"],
+            registry=self.registry,
+        )
         self.produce_failures = Counter(
             "processor_worker_produce_failures",
             "Batches whose produce failed or timed out; each is retried from its first offsets.",
@@ -157,6 +166,16 @@ class WorkerMetrics:
 
     def breaker_paused(self, paused: int) -> None:
         self._paused.set(paused)
+
+    def set_lag(self, lags: Mapping[TopicPartition, int]) -> None:
+        for partition, records in lags.items():
+            self._lag.labels(partition.topic, str(partition.partition)).set(records)
+
+    def forget_lag(self, partitions: Collection[TopicPartition]) -> None:
+        """Partitions that moved to another worker: it reports them now."""
+        for partition in partitions:
+            with contextlib.suppress(KeyError):
+                self._lag.remove(partition.topic, str(partition.partition))
 
     def set_remembered(self, ids: int, nbytes: int) -> None:
         self._remembered.set(ids)

@@ -101,13 +101,17 @@ class Worker:
         self._leaving = False
         self._open: Staged | None = None
         self._revokes = 0  # rebalances that took partitions from this worker, so far
+        self._committed: dict[TopicPartition, int] = {}  # the offsets it last committed
 
     def not_ready(self) -> Unready | None:
         """Why this worker cannot route now, for /readyz; None when it can."""
         return self._health.not_ready()
 
-    def _revoked(self) -> None:
+    def _revoked(self, partitions: Collection[TopicPartition]) -> None:
         self._revokes += 1
+        for partition in partitions:
+            self._committed.pop(partition, None)
+        self._metrics.forget_lag(partitions)
 
     def leave_at_stop(self) -> None:
         """Leave the group when stopping, even as a static member (a scale-down: no
@@ -157,18 +161,31 @@ class Worker:
         self._summary.say(partitions=len(self._consumer.assignment()), lag=await self._lag())
 
     async def _lag(self) -> int | None:
-        """Records of the assigned partitions not read yet; None when no highwater is
-        known (no fetch answered yet) or a position is being reset."""
-        lag: int | None = None
+        """Records of the assigned partitions not committed yet (each partition's lag
+        also goes to the metric); None when no highwater is known (no fetch answered
+        yet) or a position is being reset."""
+        lags: dict[TopicPartition, int] = {}
         try:
             async with asyncio.timeout(LAG_TIMEOUT_S):
                 for partition in self._consumer.assignment():
-                    if (end := self._consumer.highwater(partition)) is not None:
-                        behind = end - await self._consumer.position(partition)
-                        lag = (lag or 0) + max(0, behind)
+                    if partition not in self._committed:  # nothing committed here yet
+                        offset = await self._consumer.committed(partition)
+                        if offset is None:  # nor by the group: from where reading began
+                            offset = await self._consumer.position(partition)
+                        self._committed[partition] = offset
         except (TimeoutError, KafkaError):
             return None
-        return lag
+        lags = self._lags({tp: self._committed[tp] for tp in self._consumer.assignment()})
+        self._metrics.set_lag(lags)
+        return sum(lags.values()) if lags else None
+
+    def _lags(self, offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """Each partition's records from `offsets` to its high watermark, where known."""
+        lags = {}
+        for partition, offset in offsets.items():
+            if (end := self._consumer.highwater(partition)) is not None:
+                lags[partition] = max(0, end - offset)
+        return lags
 
     async def _start(self, stop: asyncio.Event) -> bool:
         """Connect within kafka.connect_timeout_s, then join the group; False if stopped.
@@ -367,6 +384,7 @@ class Worker:
             self._health.commit_failed(failure, records=open_.records)
         else:
             self._health.committed()
+            self._note_committed(open_.next)
         self._health.written()
         self._settle(open_, open_.next)
         return False
@@ -397,8 +415,14 @@ class Worker:
             self._dedup.revoked(went_through)
             await self._dedup.assigned(went_through)
         self._rewind(starts)
-        self._settle(open_, open_.next.keys() - failed)
+        committed = open_.next.keys() - failed
+        self._note_committed({tp: open_.next[tp] for tp in committed} | went_through)
+        self._settle(open_, committed)
         return bool(retried)
+
+    def _note_committed(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self._committed |= offsets
+        self._metrics.set_lag(self._lags(offsets))
 
     def _settle(self, open_: Staged, partitions: Collection[TopicPartition]) -> None:
         """The checkpoint's batches of `partitions` are in Kafka: done, batch by batch."""

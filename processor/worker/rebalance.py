@@ -37,7 +37,7 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         dedup: Dedup | None,
         breakers: Breakers,
         commit: Callable[[], Awaitable[object]],
-        on_revoked: Callable[[], None] = lambda: None,
+        on_revoked: Callable[[Collection[TopicPartition]], None] = lambda revoked: None,
         on_moved: Callable[[], None] = lambda: None,
     ) -> None:
         self._in_flight = in_flight
@@ -57,7 +57,7 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
                 self._dedup.revoked(revoked)
             self._breakers.forget(revoked)
             if revoked:  # aiokafka also calls this, with nothing, before the first join
-                self._on_revoked()
+                self._on_revoked(revoked)
                 self._on_moved()
                 log.info("partitions.revoked", partitions=partition_names(revoked))
 

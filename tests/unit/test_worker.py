@@ -468,6 +468,31 @@ async def test_a_batch_handed_out_before_a_revoke_is_not_routed_but_read_again()
     assert worker.guarantee.checkpoints[1].committed == {P0: 7}
 
 
+async def test_each_partitions_lag_is_what_it_has_not_committed_and_goes_when_it_moves() -> None:
+    def lag(worker: Running) -> float | None:
+        labels = {"topic": RAW, "partition": "0"}
+        return worker.metrics.registry.get_sample_value("processor_worker_consumer_lag", labels)
+
+    async with running(settings(log_interval_s=0.02)) as worker:
+        worker.consumer.batches.put_nowait({P0: [Record(0, 5, delivery(1))]})
+        await until(lambda: committed(worker, 0))
+        assert lag(worker) == 0
+        worker.guarantee.gate.clear()  # the next checkpoint's commit waits
+        worker.guarantee.committing.clear()
+        worker.consumer.batches.put_nowait(
+            {P0: [Record(0, 6 + i, delivery(2 + i)) for i in range(3)]}
+        )
+        await until(worker.guarantee.committing.is_set)
+        await until(lambda: lag(worker) == 3)  # fetched, not committed: the summary says so
+        worker.guarantee.gate.set()
+        await until(lambda: committed(worker, 1))
+        assert lag(worker) == 0
+
+        worker.consumer.assigned = {P1}
+        await worker.consumer.listener.on_partitions_revoked({P0})
+        assert lag(worker) is None, "a partition another worker owns now is its to report"
+
+
 async def test_assigned_partitions_reach_the_guarantee() -> None:
     async with running() as worker:
         await until(lambda: worker.consumer.listener is not None)
