@@ -209,12 +209,6 @@ class WorkerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # than produce_timeout_s, so a live worker gives a transaction up before Kafka does.
     transaction_timeout_ms: PositiveInt = 60_000
 
-    @property
-    def checkpoint_interval_s(self) -> float:
-        """The checkpoint interval in force: commit_interval_ms, else the guarantee's."""
-        ms = self.commit_interval_ms
-        return (DEFAULT_COMMIT_INTERVAL_MS[self.guarantee] if ms is None else ms) / 1000
-
     # The DLQ circuit breaker (processor.worker.breaker): a partition is paused when more than
     # this share of its last dlq_window_records went to the DLQ (1.0 turns it off)...
     dlq_max_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
@@ -231,6 +225,12 @@ class WorkerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     metrics_port: Port | None = None
     # Loopback by default; 0.0.0.0 in containers, so probes and scrapers can reach it.
     metrics_host: str = "127.0.0.1"
+
+    @property
+    def checkpoint_interval_s(self) -> float:
+        """The checkpoint interval in force: commit_interval_ms, else the guarantee's."""
+        ms = self.commit_interval_ms
+        return (DEFAULT_COMMIT_INTERVAL_MS[self.guarantee] if ms is None else ms) / 1000
 
 
 class IngressConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -164,7 +164,6 @@ class Worker:
         """Records of the assigned partitions not committed yet (each partition's lag
         also goes to the metric); None when no highwater is known (no fetch answered
         yet) or a position is being reset."""
-        lags: dict[TopicPartition, int] = {}
         try:
             async with asyncio.timeout(LAG_TIMEOUT_S):
                 for partition in self._consumer.assignment():
