@@ -247,6 +247,7 @@ async def test_a_worker_restarted_after_its_window_partly_expired(
 # Long: `make drills` runs it, not make test.
 CHURN_S = 120
 CHURN_EVERY_S = 10
+CHURN_STEP_S = 0.5  # a chunk of deliveries this often
 
 
 @pytest.mark.drill
@@ -260,19 +261,18 @@ async def test_a_rebalance_every_ten_seconds_for_two_minutes_under_load(
     topic fills at about 200 records/s: every rebalance commits what each member staged
     before its partitions move, so nothing is routed twice, in either guarantee."""
     stream = mixed_stream(DELIVERIES, seed=61)
-    steps = int(CHURN_S / 0.5)
-    parts = chunks(with_retries(stream), steps)
+    parts = chunks(with_retries(stream), int(CHURN_S / CHURN_STEP_S))
     env = {"PROCESSOR_WORKER__GUARANTEE": guarantee}
     first = spawn_worker(**env)
     await wait_for_partitions(tmp_path / "worker0.log")
     joined: list[subprocess.Popen[bytes]] = []
     rebalances = 0
     spawned = 1
-    started = asyncio.get_running_loop().time()
+    clock = asyncio.get_running_loop().time
+    started = clock()
     for index, part in enumerate(parts):
         await produce_raw(config, part)
-        elapsed = asyncio.get_running_loop().time() - started
-        if elapsed >= (rebalances + 1) * CHURN_EVERY_S:
+        if clock() - started >= (rebalances + 1) * CHURN_EVERY_S:
             rebalances += 1
             if rebalances % 4 in (1, 2):
                 joined.append(spawn_worker(**env))
@@ -281,9 +281,7 @@ async def test_a_rebalance_every_ten_seconds_for_two_minutes_under_load(
                 leaving = joined.pop()
                 leaving.send_signal(signal.SIGTERM)  # a dynamic member leaves the group
                 assert await wait_exit(leaving, config.worker.shutdown_timeout_s) == 0
-        await asyncio.sleep(
-            max(0.0, started + (index + 1) * 0.5 - asyncio.get_running_loop().time())
-        )
+        await asyncio.sleep(max(0.0, started + (index + 1) * CHURN_STEP_S - clock()))
     outputs = await read_outputs(config, len(stream))
 
     print(
