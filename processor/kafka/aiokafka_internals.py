@@ -3,9 +3,13 @@
 aiokafka keeps private what a service that must survive outages needs: a client's
 metadata refresh and connections (to pace and report them), the fetcher's record
 reader (to park a record it cannot read), and a producer's sender, accumulator and
-transaction state (to close a producer for good, now, whatever the broker does). Nor
-does it speak LeaveGroup v3 (KIP-345), the one way a static member leaves its group:
-its protocol classes make that request here.
+transaction state (to close a producer for good, now, whatever the broker does), and a
+consumer's group generation. Nor does it speak three requests a worker needs: LeaveGroup
+v3 (KIP-345), the one way a static member leaves its group; TxnOffsetCommit v3
+(KIP-447), which commits a transaction's offsets with the group's generation so the
+broker fences a worker that lost its partitions; and OffsetFetch v7 with require_stable
+(KIP-447), which holds back offsets a transaction has not ended yet. Its protocol
+classes make those requests here.
 Nothing else in `processor` reaches past aiokafka's public API; this module checks at
 import that each internal it uses is where it expects it, and
 `tests/unit/test_aiokafka_internals.py` fails on any other aiokafka version, so an
@@ -15,29 +19,58 @@ upgrade starts by re-reading the aiokafka source behind each function here.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Final
 
 import aiokafka
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.client import AIOKafkaClient, CoordinationType
 from aiokafka.consumer import fetcher
+from aiokafka.consumer.group_coordinator import GroupCoordinator
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    IllegalGenerationError,
+    KafkaError,
+    NotCoordinatorForGroupError,
+    UnknownMemberIdError,
+    for_code,
+)
 from aiokafka.producer.message_accumulator import MessageAccumulator, MessageBatch
-from aiokafka.producer.sender import Sender
-from aiokafka.producer.transaction_manager import TransactionManager
+from aiokafka.producer.sender import Sender, TxnOffsetCommitHandler
+from aiokafka.producer.transaction_manager import TransactionManager, TransactionState
 from aiokafka.protocol.api import Request, RequestStruct, Response
-from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
+from aiokafka.protocol.types import (
+    Array,
+    Boolean,
+    CompactArray,
+    CompactString,
+    Int16,
+    Int32,
+    Int64,
+    Schema,
+    String,
+    TaggedFields,
+)
 from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.structs import OffsetAndMetadata
 
 __all__ = [
     "WRITTEN_FOR",
+    "GroupFenced",
+    "GroupMember",
     "MemoryRecords",
+    "UnstableOffsets",
     "abandon",
     "check_layout",
     "client_of",
+    "commit_offsets_as_member",
+    "group_member",
     "read_fetched_records_with",
+    "read_stable_offsets",
     "remove_static_member",
     "sender_failure",
     "wrap_connect",
@@ -56,12 +89,20 @@ def check_layout() -> None:
     aiokafka than the one it was written for). Run at import."""
     expected: dict[type[Any] | ModuleType, tuple[str, ...]] = {
         AIOKafkaClient: ("_metadata_update", "_get_conn", "coordinator_lookup", "send"),
-        AIOKafkaConsumer: ("_client",),
+        AIOKafkaConsumer: ("_client", "_coordinator", "_group_instance_id"),
         AIOKafkaProducer: ("_sender", "_message_accumulator", "_txn_manager", "_closed"),
-        Sender: ("sender_task",),
+        Sender: ("sender_task", "_do_txn_offset_commit", "_find_coordinator", "_coordinator_dead"),
+        TxnOffsetCommitHandler: ("create_request", "handle_response", "do", "_offsets"),
+        GroupCoordinator: ("generation", "member_id", "_do_fetch_commit_offsets", "_send_req"),
         MessageAccumulator: ("_batches", "_pending_batches", "_exception", "_closed"),
         MessageBatch: ("_drain_waiter", "retry_count", "future"),
-        TransactionManager: ("_transaction_waiter", "_pending_txn_offsets", "transactional_id"),
+        TransactionManager: (
+            "_transaction_waiter",
+            "_pending_txn_offsets",
+            "_pending_txn_partitions",
+            "_transition_to",
+            "transactional_id",
+        ),
         fetcher: ("MemoryRecords",),
     }
     missing = [
@@ -221,6 +262,321 @@ def _fail_transaction(producer: AIOKafkaProducer, reason: BaseException) -> None
 def _retrieved(future: asyncio.Future[Any]) -> None:
     if future.done() and not future.cancelled():
         future.exception()
+
+
+class GroupFenced(KafkaError):  # type: ignore[misc]
+    """The group refused a transaction's offsets: the member they were committed as is
+    not in the group at that generation any more, so another worker owns its
+    partitions. Kafka aborts the transaction; nothing of it becomes visible."""
+
+
+class UnstableOffsets(KafkaError):  # type: ignore[misc]
+    """A transaction holding offsets of the partition has not ended yet: asked again."""
+
+    retriable = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroupMember:
+    """Who a consumer is in its group at one generation: what a transaction's offsets
+    are committed as (KIP-447)."""
+
+    group_id: str
+    generation_id: int
+    member_id: str
+    group_instance_id: str | None
+
+
+def group_member(consumer: AIOKafkaConsumer) -> GroupMember:
+    """The started `consumer`'s group, generation and member id now (aiokafka's
+    `consumer_group_metadata()` is missing); within a rebalance listener's
+    `on_partitions_assigned`, the generation the partitions were assigned in."""
+    coordinator: GroupCoordinator = consumer._coordinator
+    return GroupMember(
+        group_id=coordinator.group_id,
+        generation_id=coordinator.generation,
+        member_id=coordinator.member_id,
+        group_instance_id=consumer._group_instance_id,
+    )
+
+
+# TxnOffsetCommit errors that say the member is not (or no longer) the one the
+# partitions were assigned to: ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID,
+# REBALANCE_IN_PROGRESS and FENCED_INSTANCE_ID.
+_NOT_THE_MEMBER: Final = frozenset(
+    {IllegalGenerationError.errno, UnknownMemberIdError.errno, 27, 82}
+)
+# OffsetFetch's UNSTABLE_OFFSET_COMMIT (aiokafka does not know it).
+_UNSTABLE_OFFSET_COMMIT: Final = 88
+
+
+def commit_offsets_as_member(
+    producer: AIOKafkaProducer, member_of: Callable[[str], GroupMember]
+) -> None:
+    """From now on the transactional `producer` commits a transaction's offsets for
+    group G as `member_of(G)` (TxnOffsetCommit v3, Kafka 2.5+): the group coordinator
+    refuses them, and the transaction fails with GroupFenced, unless that member still
+    belongs to G at that generation. aiokafka's `send_offsets_to_transaction` sends no
+    generation (v0), which any process may commit with."""
+    sender: Sender = producer._sender
+
+    async def txn_offset_commit(offsets: dict[TopicPartition, Any], group_id: str) -> None:
+        if not offsets:
+            return
+        try:
+            node_id = await sender._find_coordinator(CoordinationType.GROUP, group_id)
+        except GroupAuthorizationFailedError as exc:
+            sender._txn_manager.error_transaction(exc)
+            return
+        await _TxnOffsetCommitAsMember(sender, offsets, member_of(group_id)).do(node_id)
+
+    sender._do_txn_offset_commit = txn_offset_commit
+
+
+class _TxnOffsetCommitAsMember(TxnOffsetCommitHandler):  # type: ignore[misc]
+    """aiokafka's handler, speaking v3: the request names the member, and a refusal of
+    the member fails the transaction rather than the producer."""
+
+    def __init__(self, sender: Sender, offsets: dict[TopicPartition, Any], member: GroupMember):
+        super().__init__(sender, offsets, member.group_id)
+        self._member = member
+
+    def create_request(self) -> _TxnOffsetCommitV3:
+        manager = self._sender._txn_manager
+        topics: dict[str, list[tuple[Any, ...]]] = collections.defaultdict(list)
+        for partition, offset in sorted(self._offsets.items()):
+            # No leader epoch (-1): the broker then skips the check it enables.
+            topics[partition.topic].append(
+                (partition.partition, offset.offset, -1, offset.metadata, {})
+            )
+        member = self._member
+        return _TxnOffsetCommitV3(
+            (
+                manager.transactional_id,
+                member.group_id,
+                manager.producer_id,
+                manager.producer_epoch,
+                member.generation_id,
+                member.member_id,
+                member.group_instance_id,
+                [(topic, partitions, {}) for topic, partitions in topics.items()],
+                {},
+            )
+        )
+
+    def handle_response(self, response: Any) -> float | None:
+        errors = [
+            (topic, [(partition, code) for partition, code, _tags in partitions])
+            for topic, partitions, _tags in response.errors
+        ]
+        refused = {code for _, partitions in errors for _, code in partitions} & _NOT_THE_MEMBER
+        if refused:
+            member = self._member
+            _abortable_error(
+                self._sender._txn_manager,
+                GroupFenced(
+                    f"{member.group_id} refused offsets from member {member.member_id} of "
+                    f"generation {member.generation_id} ({for_code(min(refused)).__name__})"
+                ),
+            )
+            return None
+        # The rest as aiokafka handles v0, whose errors have the same codes.
+        result: float | None = super().handle_response(_TxnOffsetCommitErrors(errors))
+        return result
+
+
+def _abortable_error(manager: TransactionManager, reason: BaseException) -> None:
+    """aiokafka's `error_transaction`, but the transaction keeps its partitions, so that
+    the abort that follows reaches the broker. aiokafka's forgets them, then takes the
+    transaction for an empty one and skips the EndTxn: it stays open until Kafka's
+    transaction timeout, and read_committed subscribers of its partitions wait for it."""
+    manager._transition_to(TransactionState.ABORTABLE_ERROR)
+    manager._pending_txn_partitions.clear()
+    for _, _, offsets_committed in manager._pending_txn_offsets:
+        offsets_committed.set_exception(reason)
+    manager._pending_txn_offsets.clear()
+    manager._transaction_waiter.set_exception(reason)
+    # The caller hears it from the offsets' future; the abort makes a new waiter.
+    _retrieved(manager._transaction_waiter)
+
+
+@dataclass(frozen=True)
+class _TxnOffsetCommitErrors:
+    errors: list[tuple[str, list[tuple[int, int]]]]
+
+
+class _TxnOffsetCommitResponseV3(Response):  # type: ignore[misc]
+    API_KEY = 28
+    API_VERSION = 3
+    FLEXIBLE_VERSION = True
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        (
+            "errors",
+            CompactArray(
+                ("topic", CompactString("utf-8")),
+                (
+                    "partitions",
+                    CompactArray(
+                        ("partition", Int32), ("error_code", Int16), ("tags", TaggedFields)
+                    ),
+                ),
+                ("tags", TaggedFields),
+            ),
+        ),
+        ("tags", TaggedFields),
+    )
+
+
+class _TxnOffsetCommitRequestV3(RequestStruct):  # type: ignore[misc]
+    API_KEY = 28
+    API_VERSION = 3
+    FLEXIBLE_VERSION = True
+    RESPONSE_TYPE = _TxnOffsetCommitResponseV3
+    SCHEMA = Schema(
+        ("transactional_id", CompactString("utf-8")),
+        ("group_id", CompactString("utf-8")),
+        ("producer_id", Int64),
+        ("producer_epoch", Int16),
+        ("generation_id", Int32),
+        ("member_id", CompactString("utf-8")),
+        ("group_instance_id", CompactString("utf-8")),
+        (
+            "topics",
+            CompactArray(
+                ("topic", CompactString("utf-8")),
+                (
+                    "partitions",
+                    CompactArray(
+                        ("partition", Int32),
+                        ("offset", Int64),
+                        ("leader_epoch", Int32),
+                        ("metadata", CompactString("utf-8")),
+                        ("tags", TaggedFields),
+                    ),
+                ),
+                ("tags", TaggedFields),
+            ),
+        ),
+        ("tags", TaggedFields),
+    )
+
+
+class _TxnOffsetCommitV3(Request[_TxnOffsetCommitRequestV3]):  # type: ignore[misc]
+    API_KEY = 28
+
+    def __init__(self, fields: tuple[Any, ...]) -> None:
+        self._fields = fields
+
+    def build(
+        self, request_struct_class: type[_TxnOffsetCommitRequestV3]
+    ) -> _TxnOffsetCommitRequestV3:
+        return request_struct_class(*self._fields)
+
+
+def read_stable_offsets(consumer: AIOKafkaConsumer) -> None:
+    """From now on the started `consumer` reads its group's committed offsets with
+    require_stable (OffsetFetch v7, Kafka 2.5+): while a transaction that commits
+    offsets of a partition is open, the broker answers UNSTABLE_OFFSET_COMMIT and
+    aiokafka's fetch asks again after its retry backoff. Without it the next owner of a
+    partition reads the offset before that transaction and, should the transaction then
+    commit, routes its records a second time. Covers the positions of newly assigned
+    partitions and `committed()` alike."""
+    coordinator: GroupCoordinator = consumer._coordinator
+
+    async def fetch(partitions: list[TopicPartition]) -> dict[TopicPartition, OffsetAndMetadata]:
+        topics: dict[str, list[int]] = collections.defaultdict(list)
+        for partition in partitions:
+            topics[partition.topic].append(partition.partition)
+        response = await coordinator._send_req(
+            _StableOffsetFetch(coordinator.group_id, list(topics.items()))
+        )
+        if response.error_code:
+            raise _fetch_error(coordinator, response.error_code)
+        offsets = {}
+        for topic, found, _tags in response.topics:
+            for partition, offset, _epoch, metadata, code, _ in found:
+                if code == _UNSTABLE_OFFSET_COMMIT:
+                    raise UnstableOffsets(f"{topic}-{partition}")
+                if code:
+                    raise _fetch_error(coordinator, code)
+                if offset >= 0:  # -1: nothing committed
+                    offsets[TopicPartition(topic, partition)] = OffsetAndMetadata(
+                        offset, metadata or ""
+                    )
+        return offsets
+
+    coordinator._do_fetch_commit_offsets = fetch
+
+
+def _fetch_error(coordinator: GroupCoordinator, code: int) -> KafkaError:
+    """What aiokafka's own fetch does with an error: retriable ones are asked again."""
+    error: KafkaError = for_code(code)()
+    if isinstance(error, NotCoordinatorForGroupError):
+        coordinator.coordinator_dead()
+    return error
+
+
+class _OffsetFetchResponseV7(Response):  # type: ignore[misc]
+    API_KEY = 9
+    API_VERSION = 7
+    FLEXIBLE_VERSION = True
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        (
+            "topics",
+            CompactArray(
+                ("topic", CompactString("utf-8")),
+                (
+                    "partitions",
+                    CompactArray(
+                        ("partition", Int32),
+                        ("offset", Int64),
+                        ("leader_epoch", Int32),
+                        ("metadata", CompactString("utf-8")),
+                        ("error_code", Int16),
+                        ("tags", TaggedFields),
+                    ),
+                ),
+                ("tags", TaggedFields),
+            ),
+        ),
+        ("error_code", Int16),
+        ("tags", TaggedFields),
+    )
+
+
+class _OffsetFetchRequestV7(RequestStruct):  # type: ignore[misc]
+    API_KEY = 9
+    API_VERSION = 7
+    FLEXIBLE_VERSION = True
+    RESPONSE_TYPE = _OffsetFetchResponseV7
+    SCHEMA = Schema(
+        ("group_id", CompactString("utf-8")),
+        (
+            "topics",
+            CompactArray(
+                ("topic", CompactString("utf-8")),
+                ("partitions", CompactArray(Int32)),
+                ("tags", TaggedFields),
+            ),
+        ),
+        ("require_stable", Boolean),
+        ("tags", TaggedFields),
+    )
+
+
+class _StableOffsetFetch(Request[_OffsetFetchRequestV7]):  # type: ignore[misc]
+    API_KEY = 9
+
+    def __init__(self, group_id: str, topics: list[tuple[str, list[int]]]) -> None:
+        self._group_id = group_id
+        self._topics = topics
+
+    def build(self, request_struct_class: type[_OffsetFetchRequestV7]) -> _OffsetFetchRequestV7:
+        no_tags: dict[int, bytes] = {}
+        topics = [(topic, partitions, no_tags) for topic, partitions in self._topics]
+        return request_struct_class(self._group_id, topics, True, no_tags)
 
 
 class _LeaveGroupResponseV3(Response):  # type: ignore[misc]

@@ -23,12 +23,13 @@ from aiokafka.helpers import create_ssl_context
 
 from processor.config import HEADROOM_BYTES, Config, KafkaConfig
 from processor.errors import BrokerUnavailable, ConfigError, TopicsMissing
-from processor.kafka.aiokafka_internals import client_of, remove_static_member
+from processor.kafka.aiokafka_internals import client_of, read_stable_offsets, remove_static_member
 from processor.kafka.connectivity import Connectivity
 from processor.kafka.producers import BoundedProducer, RenewingProducer
 from processor.shutdown import unless_stopped
 
 __all__ = [
+    "StableOffsetsConsumer",
     "client_options",
     "connect",
     "group_instance_id",
@@ -113,6 +114,16 @@ def reader_options(config: Config, *, group_id: str | None = None) -> dict[str, 
         # Never a record some transactional producer aborted (a worker's, a replay's).
         "isolation_level": "read_committed",
     }
+
+
+class StableOffsetsConsumer(AIOKafkaConsumer):  # type: ignore[misc]
+    """The exactly-once worker's consumer: it reads the offsets a transaction commits
+    only once the transaction has ended (require_stable, KIP-447), so that it never
+    starts a partition before a transaction of its previous owner that commits later."""
+
+    async def start(self) -> None:
+        await super().start()
+        read_stable_offsets(self)
 
 
 def group_instance_id(config: Config) -> str | None:

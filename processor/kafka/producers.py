@@ -24,11 +24,11 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
 import structlog
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
     IllegalStateError,
     InvalidProducerEpoch,
@@ -41,10 +41,21 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 
-from processor.kafka.aiokafka_internals import abandon, sender_failure
+from processor.kafka.aiokafka_internals import (
+    GroupMember,
+    abandon,
+    commit_offsets_as_member,
+    sender_failure,
+)
 from processor.kafka.batching import BatchBuilder, BatchProducer
 
-__all__ = ["BoundedProducer", "ProducerRenewing", "RenewingProducer", "leaves_producer_unusable"]
+__all__ = [
+    "BoundedProducer",
+    "MemberProducer",
+    "ProducerRenewing",
+    "RenewingProducer",
+    "leaves_producer_unusable",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -123,6 +134,24 @@ class BoundedProducer(AIOKafkaProducer):  # type: ignore[misc]
     async def cluster_metadata(self) -> Any:
         """The cluster's metadata, asked of it now."""
         return await self.client.fetch_all_metadata()
+
+
+class MemberProducer(BoundedProducer):
+    """A transactional BoundedProducer that commits a transaction's offsets as a member
+    of the consumer group, at its generation (KIP-447): the group refuses a member that
+    lost its partitions, and its transaction fails with GroupFenced."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._members: dict[str, GroupMember] = {}
+        commit_offsets_as_member(self, self._members.__getitem__)
+
+    async def send_offsets_as(
+        self, offsets: Mapping[TopicPartition, int], member: GroupMember
+    ) -> None:
+        """Add `offsets` (the next offset per partition) to the transaction, as `member`."""
+        self._members[member.group_id] = member
+        await self.send_offsets_to_transaction(offsets, member.group_id)
 
 
 class OwnedProducer(BatchProducer, Protocol):

@@ -12,7 +12,7 @@ its size):
     await checkpoint.abort()                     # after ProduceFailed: give it all up
 
 `assigned` and `revoked` set up and tear down whatever a guarantee keeps per raw
-partition (the exactly-once one: a transactional producer per partition).
+partition (the exactly-once one: the group member they were assigned to).
 `went_through` says where a failed checkpoint's partitions go on from, and `visible`
 waits, at a revoke, until the next owner can read the offsets just committed: at
 least once, from where the checkpoint began, and at once; exactly once, a commit that
@@ -34,8 +34,9 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiokafka import TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError, ProducerFenced
+from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
 
+from processor.kafka.aiokafka_internals import GroupFenced
 from processor.kafka.batching import BatchProducer, OutgoingRecord, produce_batch
 
 __all__ = [
@@ -69,7 +70,7 @@ class ProduceFailed(Exception):
 
     def fenced(self, partition: TopicPartition) -> bool:
         """Another worker owns `partition` now: its records are not this worker's to retry."""
-        return self.failed is not None and isinstance(self.failed.get(partition), ProducerFenced)
+        return self.failed is not None and isinstance(self.failed.get(partition), GroupFenced)
 
     @property
     def needs_a_human(self) -> bool:

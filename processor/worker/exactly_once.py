@@ -1,36 +1,40 @@
 """Exactly once: a checkpoint's outputs, dedup changelog and offsets in one Kafka
-transaction per raw partition. Subscribers that read with
+transaction, by one transactional producer per worker. Subscribers that read with
 isolation_level="read_committed" see each of them once or not at all. The group's
 committed offsets say where a failed checkpoint goes on from (its commit may have
 reached the broker) and when a revoked partition's last offsets show to its next owner.
 
-Why a transactional producer per raw partition, not one per worker: aiokafka's
-`send_offsets_to_transaction(offsets, group_id)` sends no consumer-group generation
-(it predates KIP-447), so the broker cannot tell a worker that lost its partitions
-(a long pause, a network partition) from their owner, and such a zombie could still
-commit. With a transactional id per (group, topic, partition), the next owner's
-`init_transactions` (in `start`) fences the previous one: the zombie's commit fails
-with ProducerFenced and nothing of its batch becomes visible.
+Fencing (KIP-447, as Kafka Streams' exactly_once_v2): a transaction's offsets are
+committed as the group member, at the generation, its partitions were assigned to
+(TxnOffsetCommit v3, `processor.kafka.aiokafka_internals`). A worker that lost its
+partitions without knowing (a long pause, a network partition) is a zombie: its
+commit is refused by the group coordinator (GroupFenced), Kafka aborts its
+transaction, and nothing of it becomes visible. The next owner reads committed
+offsets with require_stable, so it starts after a zombie's transaction has ended,
+whichever way. The transactional id is the worker's own: its static member id when
+it has one (a restart aborts what it left open at once), else random per process
+(what a crashed worker left open is aborted after `worker.transaction_timeout_ms`).
 
 Known aiokafka transaction issues this shape avoids: a rebalance during a transaction
 (aiokafka#844) cannot happen, since a revoke waits for the batch in flight and commits
 the open checkpoint first; concurrent offset commits on one producer
-(aiokafka#1098, a KeyError in TxnOffsetCommitHandler) cannot happen, since each
-producer runs one transaction at a time; the transaction coordinator moving
+(aiokafka#1098, a KeyError in TxnOffsetCommitHandler) cannot happen, since the
+worker runs one checkpoint at a time; the transaction coordinator moving
 (aiokafka#1134, #1151) is fixed in the 0.14 this project pins.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Protocol
 
 import structlog
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError, ProducerClosed, ProducerFenced
+from aiokafka.errors import KafkaError, ProducerClosed
 
+from processor.kafka.aiokafka_internals import GroupFenced, GroupMember
 from processor.kafka.batching import OutgoingRecord, produce_batch
 from processor.worker.checkpoint import CommittedOffsets, ProduceFailed, Producer
 from processor.worker.rebalance import partition_names
@@ -41,11 +45,11 @@ log = structlog.get_logger(__name__)
 
 
 class TransactionalProducer(Producer, Protocol):
-    """What a transaction needs of a producer: a BoundedProducer with a transactional_id."""
+    """What a transaction needs of a producer: processor.kafka.producers.MemberProducer."""
 
     @property
     def failure(self) -> BaseException | None:
-        """What ended the producer's sender for good (ProducerFenced for a zombie)."""
+        """What ended the producer's sender for good."""
 
     async def abandon(self, reason: BaseException) -> None:
         """Close at once, without flushing; what is queued or in flight fails."""
@@ -53,79 +57,80 @@ class TransactionalProducer(Producer, Protocol):
     async def begin_transaction(self) -> None: ...
     async def commit_transaction(self) -> None: ...
     async def abort_transaction(self) -> None: ...
-    async def send_offsets_to_transaction(
-        self, offsets: Mapping[TopicPartition, int], group_id: str
+    async def send_offsets_as(
+        self, offsets: Mapping[TopicPartition, int], member: GroupMember
     ) -> None: ...
 
 
-def transactional_id(group_id: str, partition: TopicPartition) -> str:
-    """One id per raw partition of a group: whoever owns the partition next fences the
-    previous owner by starting a producer with the same id."""
-    return f"{group_id}.{partition.topic}.{partition.partition}"
+def transactional_id(group_id: str, group_instance_id: str | None) -> str:
+    """The worker's transactional id: its static member id, so that a restart aborts at
+    once what the process before it left open; else unique to this process."""
+    return f"{group_id}.{group_instance_id or uuid.uuid4().hex}"
 
 
 class ExactlyOnce:
-    """A transactional producer per assigned raw partition; one transaction per batch each."""
+    """One transactional producer; one transaction per checkpoint, committed as the
+    group member the partitions were assigned to."""
 
     def __init__(
         self,
         *,
-        group_id: str,
-        producer_for: Callable[[str], TransactionalProducer],
+        producer_for: Callable[[], TransactionalProducer],
+        member: Callable[[], GroupMember],
         consumer: CommittedOffsets,
         produce_timeout_s: float,
         commit_timeout_s: float,
     ) -> None:
-        self._group_id = group_id
         self._producer_for = producer_for
+        self._member_now = member
         self._consumer = consumer
         self._produce_timeout_s = produce_timeout_s
         self._commit_timeout_s = commit_timeout_s
-        self._producers: dict[TopicPartition, TransactionalProducer] = {}
-        # Partitions another worker fenced us out of, until the group says otherwise.
-        self._fenced: set[TopicPartition] = set()
+        self._producer: TransactionalProducer | None = None
+        # Who the partitions were assigned to; None until they are, and once the group
+        # refused it (this worker is a zombie until it is assigned partitions again).
+        self._member: GroupMember | None = None
+        self._fenced: set[TopicPartition] = set()  # said once each, until assigned again
 
     async def start(self) -> None:
-        """Producers start with their partitions (`assigned`)."""
+        """Start the producer now, so that a worker that cannot write says so at once;
+        one that cannot start now is started by the first transaction."""
+        try:
+            async with asyncio.timeout(self._produce_timeout_s):
+                await self._started()
+        except (KafkaError, TimeoutError) as exc:
+            log.warning(
+                "producer.start_failed",
+                error=repr(exc),
+                detail="the first transaction starts it again",
+            )
 
     async def stop(self) -> None:
-        await self.revoked(list(self._producers))
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
 
-    def begin(self) -> _Transactions:
-        return _Transactions(self)
+    def begin(self) -> _Transaction:
+        return _Transaction(self)
 
     async def assigned(self, partitions: Collection[TopicPartition]) -> None:
-        """Start each partition's producer at once: this fences whoever owned it before,
-        before its dedup state is restored. One that cannot start now is started by the
-        partition's first transaction."""
-        for partition in partitions:
-            self._fenced.discard(partition)
-            try:
-                async with asyncio.timeout(self._produce_timeout_s):
-                    await self._producer(partition)
-            except (KafkaError, TimeoutError) as exc:
-                log.warning(
-                    "partition.producer_start_failed",
-                    topic=partition.topic,
-                    partition=partition.partition,
-                    error=repr(exc),
-                    detail="its first transaction starts it again",
-                )
-
-    async def revoked(self, partitions: Collection[TopicPartition]) -> None:
-        # Together: each may wait out its flush, and shutdown bounds them all at once.
-        await asyncio.gather(*(self._drop(partition) for partition in partitions))
+        """Remember who the partitions were assigned to: their offsets are committed as
+        that member, at that generation, until the next assignment."""
+        self._member = self._member_now()
         self._fenced.difference_update(partitions)
 
+    async def revoked(self, partitions: Collection[TopicPartition]) -> None:
+        """The producer serves whatever the worker is assigned next."""
+
     async def went_through(self, starts: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
-        """A commit that timed out here may have reached the broker: starting the
-        partitions' producers again completes or aborts what their transactions left,
-        and the group's offsets then say where to go on from. Kafka not answering
+        """A commit that timed out here may have reached the broker: starting a new
+        producer of the worker's transactional id completes or aborts what the old one
+        left, and the group's offsets then say where to go on from. Kafka not answering
         meanwhile, none: the checkpoint is retried from where it began."""
         moved: dict[TopicPartition, int] = {}
         try:
             async with asyncio.timeout(self._produce_timeout_s):
-                await self.assigned(list(starts))
+                await self._started()
             async with asyncio.timeout(self._commit_timeout_s):
                 for partition, first in starts.items():
                     offset = await self._consumer.committed(partition)
@@ -161,119 +166,105 @@ class ExactlyOnce:
                 "owner may route some of their records again",
             )
 
-    async def _producer(self, partition: TopicPartition) -> TransactionalProducer:
-        """The partition's started producer; a new one's start aborts what an old one of
-        the same transactional id left open."""
-        producer = self._producers.get(partition)
+    async def _started(self) -> TransactionalProducer:
+        """The started producer; a new one's start completes or aborts what an old one
+        of the same transactional id left open. One whose sender died is replaced."""
+        producer = self._producer
+        if producer is not None and producer.failure is not None:
+            await self._drop(producer.failure)
+            producer = None
         if producer is None:
-            producer = self._producer_for(transactional_id(self._group_id, partition))
+            producer = self._producer_for()
             try:
                 await producer.start()
             except BaseException:
                 await producer.abandon(ProducerClosed())
                 raise
-            self._producers[partition] = producer
+            self._producer = producer
         return producer
 
-    async def _drop(
-        self, partition: TopicPartition, *, failed: BaseException | None = None
-    ) -> None:
-        """Close the partition's producer: at once after a failure (its transaction is
-        aborted by the next producer of its id), else within its flush deadline. A
-        producer whose sender was fenced meanwhile (a zombie) says so here, once."""
-        producer = self._producers.pop(partition, None)
-        if producer is None:
-            return
-        if failed is not None:
+    async def _drop(self, failed: BaseException) -> None:
+        """Close the producer at once: its transaction is aborted by the next producer of
+        its id (or Kafka, after the transaction timeout)."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
             await producer.abandon(failed)
-        else:
-            await producer.stop()
-        if isinstance(producer.failure, ProducerFenced):
-            self._was_fenced(partition)
 
-    def _was_fenced(self, partition: TopicPartition) -> None:
-        if partition in self._fenced:
-            return
-        self._fenced.add(partition)
-        log.warning(
-            "partition.fenced",
-            topic=partition.topic,
-            partition=partition.partition,
-            detail="another worker owns this partition now (this one was paused or cut "
-            "off past its session); its open transaction was aborted by Kafka and its "
-            "records are routed by the new owner. This worker rejoins the group.",
-        )
+    def _was_fenced(self, partitions: Collection[TopicPartition], cause: GroupFenced) -> None:
+        for partition in sorted(set(partitions) - self._fenced):
+            log.warning(
+                "partition.fenced",
+                topic=partition.topic,
+                partition=partition.partition,
+                error=str(cause),
+                detail="another worker owns this partition now (this one was paused or cut "
+                "off past its session); its transaction was aborted and its records are "
+                "routed by the new owner. This worker rejoins the group.",
+            )
+        self._fenced.update(partitions)
 
     async def _commit(
-        self,
-        partition: TopicPartition,
-        records: Sequence[OutgoingRecord],
-        offset: int,
+        self, records: Sequence[OutgoingRecord], offsets: Mapping[TopicPartition, int]
     ) -> None:
-        if partition in self._fenced:
-            raise ProducerFenced()  # another worker owns it now
+        member = self._member
+        if member is None:
+            refused = GroupFenced("the group refused this worker's last transaction")
+            self._was_fenced(offsets, refused)
+            raise refused
         try:
             async with asyncio.timeout(self._produce_timeout_s):
-                producer = await self._producer(partition)
+                producer = await self._started()
                 await producer.begin_transaction()
                 acks = await produce_batch(producer, records)
                 await asyncio.gather(*acks)
-                await producer.send_offsets_to_transaction({partition: offset}, self._group_id)
+                await producer.send_offsets_as(offsets, member)
                 await producer.commit_transaction()
-        except ProducerFenced as exc:
-            # Another worker started this partition's producer: it owns the partition.
-            # Kafka aborted this transaction; no retry may write it.
-            self._was_fenced(partition)
-            await self._drop(partition, failed=exc)
+        except GroupFenced as exc:
+            # Another worker owns the partitions: no retry may write them, and whatever
+            # this worker fetched before the group tells it so is refused at once.
+            self._member = None
+            self._was_fenced(offsets, exc)
+            await self._abort()
             raise
         except Exception as exc:
-            # The transaction may be open or half-ended: the next attempt's new producer
-            # aborts it when it starts.
-            await self._drop(partition, failed=exc)
+            # The transaction may be open or half-ended: the next producer aborts it.
+            await self._drop(exc)
             raise
 
+    async def _abort(self) -> None:
+        """End a refused transaction now: its outputs would hold read_committed
+        subscribers back until the transaction timeout."""
+        producer = self._producer
+        if producer is None:
+            return
+        try:
+            async with asyncio.timeout(self._commit_timeout_s):
+                await producer.abort_transaction()
+        except (KafkaError, TimeoutError) as exc:
+            await self._drop(exc)
 
-class _Transactions:
-    """One checkpoint: a transaction per raw partition, committed concurrently."""
+
+class _Transaction:
+    """One checkpoint: everything it staged, in one transaction."""
 
     def __init__(self, guarantee: ExactlyOnce) -> None:
         self._guarantee = guarantee
-        self._staged: dict[TopicPartition, list[Sequence[OutgoingRecord]]] = {}
+        self._staged: list[OutgoingRecord] = []
 
     async def produce(self, outputs: Mapping[TopicPartition, Sequence[OutgoingRecord]]) -> None:
-        for partition, records in outputs.items():
-            self._staged.setdefault(partition, []).append(records)
+        for records in outputs.values():
+            self._staged.extend(records)
 
     def add_state(self, partition: TopicPartition, records: Sequence[OutgoingRecord]) -> None:
-        self._staged.setdefault(partition, []).append(records)
+        self._staged.extend(records)
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        partitions = list(offsets)
-        results = await asyncio.gather(
-            *(
-                self._guarantee._commit(
-                    partition,
-                    list(itertools.chain.from_iterable(self._staged.get(partition, ()))),
-                    offsets[partition],
-                )
-                for partition in partitions
-            ),
-            return_exceptions=True,
-        )
-        failed: dict[TopicPartition, BaseException] = {
-            partition: result
-            for partition, result in zip(partitions, results, strict=True)
-            if isinstance(result, BaseException)
-        }
-        if failed:
-            for result in failed.values():
-                if not isinstance(result, Exception):
-                    raise result  # a cancellation, not a Kafka failure
-            # The cause reported is one worth retrying, if any: a fence is logged apart.
-            causes = [e for e in failed.values() if not isinstance(e, ProducerFenced)]
-            raise ProduceFailed((causes or list(failed.values()))[0], failed=failed)
+        try:
+            await self._guarantee._commit(self._staged, offsets)
+        except Exception as exc:
+            # All or nothing: every partition of the transaction failed with it.
+            raise ProduceFailed(exc, failed=dict.fromkeys(offsets, exc)) from exc
 
     async def abort(self) -> None:
-        # Each failed partition's transaction was aborted with its producer; committed
-        # partitions stay committed.
+        # The failed transaction was aborted with its producer.
         self._staged.clear()

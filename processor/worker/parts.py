@@ -1,9 +1,9 @@
 """What a Worker is made of, and the one place that makes it from the config.
 
 `WorkerParts` is everything the worker does I/O or keeps time with: its consumer, its
-guarantee (at least once, or exactly once with a transactional producer per raw
-partition), dedup and its changelog reader, how to wait for the cluster and whether it
-answers, and the clock. `kafka_parts` builds them with aiokafka, each client watched
+guarantee (at least once, or exactly once with one transactional producer), dedup and
+its changelog reader, how to wait for the cluster and whether it answers, and the
+clock. `kafka_parts` builds them with aiokafka, each client watched
 for outages by one Connectivity; tests and benchmarks hand the same constructor fakes
 (processor.testing), so there is one way to build a Worker.
 """
@@ -23,8 +23,9 @@ from processor.dedup.changelog import KafkaChangelog
 from processor.dedup.record import ids_per_record
 from processor.dedup.screen import Dedup
 from processor.kafka import unreadable
-from processor.kafka.aiokafka_internals import client_of
+from processor.kafka.aiokafka_internals import client_of, group_member
 from processor.kafka.clients import (
+    StableOffsetsConsumer,
     group_instance_id,
     leave_group,
     renewing_producer,
@@ -33,10 +34,10 @@ from processor.kafka.clients import (
     worker_producer_options,
 )
 from processor.kafka.connectivity import Connectivity
-from processor.kafka.producers import BoundedProducer
+from processor.kafka.producers import MemberProducer
 from processor.metrics import WorkerMetrics
 from processor.worker.checkpoint import AtLeastOnce, Guarantee
-from processor.worker.exactly_once import ExactlyOnce, TransactionalProducer
+from processor.worker.exactly_once import ExactlyOnce, TransactionalProducer, transactional_id
 
 __all__ = ["Batch", "Consumer", "Service", "WorkerParts", "kafka_parts"]
 
@@ -96,15 +97,16 @@ def kafka_parts(config: Config, metrics: WorkerMetrics) -> WorkerParts:
     # A record aiokafka cannot read reaches the router marked, to be parked.
     unreadable.install()
     connectivity = Connectivity(bootstrap=config.kafka.bootstrap_servers, registry=metrics.registry)
-    consumer = AIOKafkaConsumer(**worker_consumer_options(config))
-    connectivity.watch(client_of(consumer))
+    member = group_instance_id(config)
     guarantee: Guarantee
     if config.worker.guarantee == "exactly_once":
+        consumer: AIOKafkaConsumer = StableOffsetsConsumer(**worker_consumer_options(config))
+        worker_id = transactional_id(config.worker.group_id, member)
 
-        def producer_for(transactional_id: str) -> TransactionalProducer:
-            producer = BoundedProducer(
+        def producer_for() -> TransactionalProducer:
+            producer = MemberProducer(
                 **worker_producer_options(config),
-                transactional_id=transactional_id,
+                transactional_id=worker_id,
                 transaction_timeout_ms=config.worker.transaction_timeout_ms,
                 flush_timeout_s=config.worker.produce_timeout_s,
             )
@@ -112,13 +114,14 @@ def kafka_parts(config: Config, metrics: WorkerMetrics) -> WorkerParts:
             return producer
 
         guarantee = ExactlyOnce(
-            group_id=config.worker.group_id,
             producer_for=producer_for,
+            member=functools.partial(group_member, consumer),
             consumer=consumer,
             produce_timeout_s=config.worker.produce_timeout_s,
             commit_timeout_s=config.worker.commit_timeout_s,
         )
     else:
+        consumer = AIOKafkaConsumer(**worker_consumer_options(config))
         guarantee = AtLeastOnce(
             producer=renewing_producer(
                 config,
@@ -130,9 +133,9 @@ def kafka_parts(config: Config, metrics: WorkerMetrics) -> WorkerParts:
             produce_timeout_s=config.worker.produce_timeout_s,
             commit_timeout_s=config.worker.commit_timeout_s,
         )
+    connectivity.watch(client_of(consumer))
     changelog = dedup = None
     clock = time.time
-    member = group_instance_id(config)
     if config.dedup.enabled:
         changelog = KafkaChangelog(config)
         connectivity.watch(client_of(changelog.consumer))

@@ -7,19 +7,20 @@ Outputs are read with isolation_level="read_committed", as subscribers are told 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+import dataclasses
 
 import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import ProducerFenced
 from aiokafka.partitioner import DefaultPartitioner
 
 from processor.config import Config
 from processor.dedup.idwindow import fingerprint, id_hash
+from processor.kafka.aiokafka_internals import GroupFenced, GroupMember, group_member
 from processor.kafka.batching import produce_batch
-from processor.kafka.clients import read_to_end
+from processor.kafka.clients import StableOffsetsConsumer, read_to_end
+from processor.kafka.producers import MemberProducer
 from processor.kafka.topics import changelog_configs, create_topics
 from tests.deliveries import mixed_stream, with_retries
 from tests.harness import (
@@ -61,41 +62,115 @@ async def test_provider_retries_are_swallowed_and_each_delivery_lands_once(
     assert len(outputs) == len(stream)
 
 
-async def test_the_next_owners_producer_fences_a_zombies_open_transaction(
+async def test_a_transactions_offsets_commit_as_the_member_and_a_stale_one_is_refused(
     kafka_bootstrap: str, create_topics: object, unique_name: object
 ) -> None:
-    """The mechanism exactly-once relies on: a second producer with the same
-    transactional id aborts the first one's open transaction, whose commit then fails."""
-    topic = unique_name("fenced")  # type: ignore[operator]
-    await create_topics(topic)  # type: ignore[operator]
-    zombie = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=topic)
-    owner = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=topic)
-    await zombie.start()
+    """KIP-447 through aiokafka: offsets committed as the group's current member show in
+    the group; a member of an older generation (a zombie) is refused with GroupFenced,
+    and nothing of its transaction becomes visible."""
+    raw, out, group = (unique_name(n) for n in ("raw", "out", "group"))  # type: ignore[operator]
+    await create_topics(raw, out)  # type: ignore[operator]
+    partition = TopicPartition(raw, 0)
+    async with AIOKafkaProducer(bootstrap_servers=kafka_bootstrap) as plain:
+        for value in (b"a", b"b", b"c"):
+            await plain.send_and_wait(raw, value, partition=0)
+    consumer = StableOffsetsConsumer(
+        bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False
+    )
+    producer = MemberProducer(
+        bootstrap_servers=kafka_bootstrap, transactional_id=group, flush_timeout_s=5
+    )
+    await consumer.start()
+    await producer.start()
     try:
-        await zombie.begin_transaction()
-        await (await zombie.send(topic, b"from the zombie"))
-        await owner.start()  # init_transactions: fences the zombie, aborts its transaction
-        async with owner.transaction():
-            await (await owner.send(topic, b"from the owner"))
-        with pytest.raises(ProducerFenced, match="ProducerFenced"):
-            await zombie.commit_transaction()
-    finally:
-        await owner.stop()
-        await zombie.stop()
+        consumer.subscribe([raw])
+        async with asyncio.timeout(30):
+            while not consumer.assignment():
+                await consumer.getmany(timeout_ms=200)
+        member = group_member(consumer)
+        async with producer.transaction():
+            await (await producer.send(out, b"by the member"))
+            await producer.send_offsets_as({partition: 2}, member)
+        assert await consumer.committed(partition) == 2
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, isolation_level="read_committed")
+        zombie = dataclasses.replace(member, generation_id=member.generation_id - 1)
+        await producer.begin_transaction()
+        await (await producer.send(out, b"by a zombie"))
+        with pytest.raises(GroupFenced, match="IllegalGenerationError"):
+            await producer.send_offsets_as({partition: 3}, zombie)
+        async with asyncio.timeout(5):
+            await producer.abort_transaction()
+        assert await consumer.committed(partition) == 2
+        # Aborted on the broker now, not after the transaction timeout: subscribers go on.
+        assert await no_open_transaction(kafka_bootstrap, TopicPartition(out, 0))
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    assert await read_committed(kafka_bootstrap, TopicPartition(out, 0)) == [b"by the member"]
+
+
+async def no_open_transaction(bootstrap: str, partition: TopicPartition) -> bool:
+    """Whether read_committed subscribers may read `partition` to its end: its last
+    stable offset (where its first open transaction begins) is its high watermark."""
+    committed = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
+    uncommitted = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await committed.start()
+    await uncommitted.start()
+    try:
+        stable: int = (await committed.end_offsets([partition]))[partition]
+        high: int = (await uncommitted.end_offsets([partition]))[partition]
+        return stable == high
+    finally:
+        await committed.stop()
+        await uncommitted.stop()
+
+
+async def read_committed(bootstrap: str, partition: TopicPartition) -> list[bytes]:
+    """What a subscriber sees of `partition`: its committed records, in order."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
     await consumer.start()
     try:
-        partition = TopicPartition(topic, 0)
         consumer.assign([partition])
         await consumer.seek_to_beginning(partition)
-        values: Counter[bytes] = Counter()
+        values: list[bytes] = []
         async with asyncio.timeout(30):
             async for _, records in read_to_end(consumer, [partition]):
-                values.update(record.value for record in records)
+                values.extend(record.value for record in records)
+        return values
     finally:
         await consumer.stop()
-    assert values == Counter({b"from the owner": 1})
+
+
+async def test_the_next_owner_waits_for_a_transaction_that_holds_offsets_to_end(
+    kafka_bootstrap: str, create_topics: object, unique_name: object
+) -> None:
+    """A transaction that sent its offsets and has not ended yet holds the next owner's
+    committed offset back (require_stable) until it ends, so that the owner never starts
+    from before a transaction that commits after all."""
+    raw, group = unique_name("raw"), unique_name("group")  # type: ignore[operator]
+    await create_topics(raw)  # type: ignore[operator]
+    partition = TopicPartition(raw, 0)
+    owner = StableOffsetsConsumer(
+        bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False
+    )
+    producer = MemberProducer(
+        bootstrap_servers=kafka_bootstrap, transactional_id=group, flush_timeout_s=5
+    )
+    await owner.start()
+    await producer.start()
+    try:
+        owner.assign([partition])
+        member = GroupMember(group_id=group, generation_id=-1, member_id="", group_instance_id=None)
+        await producer.begin_transaction()
+        await producer.send_offsets_as({partition: 7}, member)
+        asking = asyncio.create_task(owner.committed(partition))
+        await asyncio.sleep(1)
+        assert not asking.done(), f"read {asking.result()} while the transaction was open"
+        await producer.commit_transaction()
+        assert await asyncio.wait_for(asking, 10) == 7
+    finally:
+        await producer.stop()
+        await owner.stop()
 
 
 async def test_a_worker_upgraded_in_place_restores_a_changelog_written_one_record_per_id(

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from processor.devtools.broker import LocalBroker
@@ -137,7 +136,7 @@ async def test_a_broker_outage_under_load_loses_nothing_and_heals_by_itself(
 
 async def node_of(cluster: LocalCluster, pipeline: Pipeline, victim: str) -> int:
     """The node to take away: a fixed one, or the exactly-once group's coordinator, or
-    the transaction coordinator of its first partition's transactional id."""
+    the transaction coordinator of its workers' transactional ids."""
     if victim == "node 2":
         return 2
     admin = AIOKafkaAdminClient(bootstrap_servers=cluster.bootstrap)
@@ -147,8 +146,9 @@ async def node_of(cluster: LocalCluster, pipeline: Pipeline, victim: str) -> int
         if victim == "group coordinator":
             node = await admin.find_coordinator(exactly_once, coordinator_type=0)
         else:
-            first = transactional_id(exactly_once, TopicPartition(pipeline.raw, 0))
-            node = await admin.find_coordinator(first, coordinator_type=1)
+            # Any worker's id: every id maps to the one partition of the transaction log.
+            some = transactional_id(exactly_once, None)
+            node = await admin.find_coordinator(some, coordinator_type=1)
         return int(node)
     finally:
         await admin.close()
