@@ -169,11 +169,13 @@ class WorkerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     group_id: str = "processor-workers"
     # at_least_once: outputs, dedup changelog, then offsets, each after the last is
     # acknowledged (a crash may write a batch twice). exactly_once: all three in one
-    # Kafka transaction per raw partition (subscribers read with read_committed).
+    # Kafka transaction per checkpoint (subscribers read with read_committed).
     guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     # Static membership (Kubernetes: the pod name): a restarted pod gets its partitions
     # back without a rebalance if it returns within session_timeout_ms. `{hostname}` is
-    # replaced by the host name, stable across restarts of one container.
+    # replaced by the host name, stable across restarts of one container. Exactly once,
+    # it also names the worker's transactional id, so a restart aborts at once what the
+    # process before it left open (a dynamic member's waits for transaction_timeout_ms).
     group_instance_id: str | None = None
     # Records per getmany(): large enough to amortise a produce round trip.
     max_batch_records: PositiveInt = 2_000
@@ -184,7 +186,7 @@ class WorkerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # Offsets commit is one round trip to the group coordinator.
     commit_timeout_s: PositiveFloat = 10.0
     # A checkpoint (outputs acknowledged, dedup changelog written, offsets committed;
-    # exactly once: one transaction per raw partition) covers the batches of this long,
+    # exactly once: one transaction) covers the batches of this long,
     # or this many records, whichever comes first; and is taken at every rebalance and
     # stop. 0: every batch; None: the guarantee's default (DEFAULT_COMMIT_INTERVAL_MS).
     # At least once, outputs are produced as records are fetched and a crash re-routes
