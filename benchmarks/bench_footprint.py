@@ -5,8 +5,8 @@ Each run starts one `processor worker` process (config.yaml's defaults, the topi
 its own made by `processor topics create` with `--partitions` raw partitions), waits
 for its `partitions.assigned` line, lets it settle 5 s, then counts its established
 TCP connections (`ss -tnp`), its RSS (/proc) and threads, and stops it with SIGTERM.
-Exactly once starts a transactional producer per raw partition (each with its own
-connections); at least once, one producer for all.
+Both guarantees run one producer per worker (exactly once, a transactional one; before
+KIP-447 offsets, one per raw partition, each with its own connections).
 
 Rerun (from the repository root; starts and stops its own broker unless given one):
 

@@ -16,8 +16,7 @@ changelog topic of its own:
                         instead of the worker's (processor.worker.collector; every
                         other worker variant runs with the worker's, as
                         `processor worker` does);
-- `worker-eos`:         exactly once (a transaction per raw partition per
-                        checkpoint), dedup on;
+- `worker-eos`:         exactly once (a transaction per checkpoint), dedup on;
 - `worker-eos-nodedup`: exactly once, dedup off;
 - `bare`:   the worker's loop without decoding: `getmany`, every record passed through
             unchanged to one topic with `processor.kafka.batching.produce_batch`, wait for
@@ -36,14 +35,14 @@ A run starts when the variant's task is created (clients start, join the group)
 and ends when the group's committed offsets reach the raw topic's end offsets,
 seen by polling the group coordinator every 20 ms; exactly once commits its offsets
 inside its transactions, and the coordinator reports them once those commit.
-`join s` is the time until the group is Stable (an exactly-once worker then starts
-a producer per partition and dedup restores its changelog: both count in the run);
+`join s` is the time until the group is Stable (dedup then restores its changelog:
+that counts in the run);
 `rec/s` counts the raw records, retries included, over the time after the join,
 `rec/s incl. join` over the whole run. `CPU us/rec` is this process's CPU time (the
 Python clients, not the broker) per record: steadier than rec/s when other processes
 share the machine. `ms/batch` is the worker's mean time from a batch's fetch to its
 commit (its `processor_worker_batch_seconds`), `rec/batch` the raw records per batch
-(exactly once commits a transaction per raw partition of a batch). Rounds alternate
+(exactly once commits a transaction per checkpoint). Rounds alternate
 the order of the variants; the summary takes medians over rounds, each variant's
 rec/s as a ratio to `bare`'s and `worker-alo`'s, and the exactly-once / at-least-once
 throughput ratio (dedup on both) by which the default guarantee is chosen: exactly
