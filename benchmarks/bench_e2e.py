@@ -432,6 +432,7 @@ class Pipeline:
             str(ROOT / "config.yaml"),
         ]
         self.url = f"http://127.0.0.1:{env['PROCESSOR_INGRESS__PORT']}"
+        self.management = f"http://127.0.0.1:{env['PROCESSOR_INGRESS__MANAGEMENT_PORT']}"
 
     async def _spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> Child:
         with (self.log_dir / f"{name}.log").open("wb") as log:
@@ -446,7 +447,7 @@ class Pipeline:
         if await topics.process.wait() != 0:
             raise SystemExit(f"`processor topics create` failed: see {self.log_dir}/topics.log")
         ingress = await self._spawn("ingress", ["ingress"], self.env)
-        ingress.metrics_url = f"{self.url}/metrics"
+        ingress.metrics_url = f"{self.management}/metrics"
         self.children.append(ingress)
         for n in range(1, WORKERS + 1):
             port = free_port()
@@ -478,7 +479,10 @@ class Pipeline:
 
     async def _ingress_ready(self) -> bool:
         with contextlib.suppress(aiohttp.ClientError):
-            async with aiohttp.ClientSession() as session, session.get(f"{self.url}/readyz") as r:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"{self.management}/readyz") as r,
+            ):
                 return r.status == 200
         return False
 
@@ -696,7 +700,7 @@ async def run_phase(
 ) -> PhaseResult:
     """One rate: load it, wait for its deliveries, measure."""
     workers = [c.metrics_url for c in pipeline.workers if c.metrics_url]
-    ingress_metrics = f"{pipeline.url}/metrics"
+    ingress_metrics = f"{pipeline.management}/metrics"
     publish_before = await scrape(ingress_metrics, "processor_ingress_publish_seconds")
     batch_before = await _workers_histogram(workers)
     cpu_before = {name: sum(cpu_seconds(p) for p in group) for name, group in pids.items()}
@@ -881,6 +885,7 @@ def child_env(args: argparse.Namespace, bootstrap: str) -> dict[str, str]:
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "WEBHOOK_SECRET": secrets.token_hex(24),
         "PROCESSOR_INGRESS__PORT": str(free_port()),
+        "PROCESSOR_INGRESS__MANAGEMENT_PORT": str(free_port()),
         "PROCESSOR_LOGGING__LEVEL": args.log_level,
         "PROCESSOR_LOGGING__FORMAT": "json",
     }
@@ -905,8 +910,10 @@ async def bench(args: argparse.Namespace, bootstrap: str, broker_pid: int | None
     args.log_dir.mkdir(parents=True, exist_ok=True)
     pipeline = Pipeline(env, args.log_dir)
     reader = Reader(config, args.run)
-    changed = [f"{k}={v}" for k, v in sorted(env.items()) if k.startswith("PROCESSOR_")
-               and k not in ("PROCESSOR_INGRESS__PORT", "PROCESSOR_LOGGING__FORMAT")]  # fmt: skip
+    ours = {"PROCESSOR_LOGGING__FORMAT", "PROCESSOR_INGRESS__PORT"}
+    ours.add("PROCESSOR_INGRESS__MANAGEMENT_PORT")
+    changed = [f"{k}={v}" for k, v in sorted(env.items())
+               if k.startswith("PROCESSOR_") and k not in ours]  # fmt: skip
     print(
         f"pipeline: Kafka at {bootstrap} ({'given' if args.bootstrap else 'started for the run'}), "
         f"ingress, {WORKERS} workers; config.yaml + {', '.join(changed)}; {os.cpu_count()} CPUs; "

@@ -733,11 +733,12 @@ def load_command(args: argparse.Namespace, url: str, secret: str) -> list[str]:
 
 
 async def ingress_soak(args: argparse.Namespace, bootstrap: str) -> Soak:
-    port = free_port()
+    port, management = free_port(), free_port()
     env = clean_env(
         KAFKA_BOOTSTRAP_SERVERS=bootstrap,
         WEBHOOK_SECRET=secrets.token_hex(32),
         PROCESSOR_INGRESS__PORT=str(port),
+        PROCESSOR_INGRESS__MANAGEMENT_PORT=str(management),
         PROCESSOR_TOPICS__RAW=f"soak.ingress.{uuid.uuid4().hex[:8]}.raw",
         PROCESSOR_LOGGING__FORMAT="json",
     )
@@ -751,12 +752,12 @@ async def ingress_soak(args: argparse.Namespace, bootstrap: str) -> Soak:
         judged=True,
     )
     log, load_log = args.log_dir / "ingress.log", args.log_dir / "ingress-load.log"
-    base = f"http://127.0.0.1:{port}"
+    base, probes = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{management}"
     load = load_command(args, f"{base}{config.ingress.path}", config.ingress.secrets[0])
     by_code: dict[str, int] = {}
 
     async def progress() -> int:
-        metrics = await scrape(session, f"{base}/metrics")
+        metrics = await scrape(session, f"{probes}/metrics")
         by_code.clear()
         for (name, code), value in metrics.items():
             if name == "processor_ingress_requests_total":
@@ -775,7 +776,7 @@ async def ingress_soak(args: argparse.Namespace, bootstrap: str) -> Soak:
     async with Admin(config) as admin, aiohttp.ClientSession() as session:
         command = [str(PROCESSOR), "--config", str(CONFIG), "ingress"]
         with running(command, env, log) as ingress:
-            await wait_for_200(session, f"{base}/readyz", ingress, log)
+            await wait_for_200(session, f"{probes}/readyz", ingress, log)
             with running(load, clean_env(), load_log) as generator:
                 await sample_until(soak, total, progress=progress, sample=sample, check=check)
                 generator.send_signal(signal.SIGINT)  # wrk: print the summary and exit

@@ -219,6 +219,7 @@ def dev(args: argparse.Namespace, config: Config) -> int:
         config_path=args.config,
         workers=args.workers,
         ingress_port=args.port or config.ingress.port,
+        management_port=args.management_port or config.ingress.management_port,
         metrics_port=args.metrics_port or config.worker.metrics_port or DEFAULT_DEV_METRICS_PORT,
         kafka_port=args.kafka_port,
         broker_dir=args.dir,
@@ -428,6 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=_positive, default=2, help="worker processes (default: 2)"
     )
     dev_parser.add_argument("--port", type=int, help="ingress port (default: ingress.port, 8080)")
+    dev_parser.add_argument(
+        "--management-port",
+        type=int,
+        help="the ingress's /healthz /readyz /metrics port "
+        "(default: ingress.management_port, 8081)",
+    )
     dev_parser.add_argument(
         "--metrics-port",
         type=int,

@@ -123,7 +123,7 @@ class Process:
     name: str
     log: Path
     popen: subprocess.Popen[bytes]
-    http: str  # base URL of its /readyz
+    http: str  # base URL of its /readyz (the ingress's management port)
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -177,6 +177,7 @@ class Pipeline:
             group_config(base, self.raw, "exactly_once", f"{tag}.eos"),
         ]
         self.ingress: Process | None = None
+        self.webhooks = ""  # where the provider posts, once started
         self.workers: list[Process] = []
 
     @property
@@ -186,14 +187,19 @@ class Pipeline:
     async def start(self) -> None:
         for config in self.groups:
             await create_topics(config)
-        port = free_port()
+        port, management = free_port(), free_port()
         self.ingress = self._spawn(
             "ingress",
             "ingress",
             self.groups[0],
-            {"PROCESSOR_INGRESS__PORT": str(port), "WEBHOOK_SECRET": SECRET},
-            f"http://127.0.0.1:{port}",
+            {
+                "PROCESSOR_INGRESS__PORT": str(port),
+                "PROCESSOR_INGRESS__MANAGEMENT_PORT": str(management),
+                "WEBHOOK_SECRET": SECRET,
+            },
+            f"http://127.0.0.1:{management}",
         )
+        self.webhooks = f"http://127.0.0.1:{port}{self.groups[0].ingress.path}"
         for config in self.groups:
             port = free_port()
             self.workers.append(
@@ -393,7 +399,7 @@ async def under_load(
     until its end."""
     await pipeline.start()
     assert pipeline.ingress is not None
-    provider = Provider(f"{pipeline.ingress.http}/webhooks", users_per_partition())
+    provider = Provider(pipeline.webhooks, users_per_partition())
     stop = asyncio.Event()
     async with aiohttp.ClientSession() as session:
         task = asyncio.create_task(provider.run(session, stop))

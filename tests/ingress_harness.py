@@ -20,7 +20,8 @@ import msgspec
 from prometheus_client import CollectorRegistry
 
 from processor.config import Config, LoggingConfig
-from processor.ingress.app import create_app
+from processor.http_probes import serve_probes
+from processor.ingress.app import create_apps
 from processor.ingress.publisher import Publisher
 from processor.ingress.server import listen
 from processor.ingress.signing import sign_hmac_sha256
@@ -96,14 +97,22 @@ class RecordingPublisher:
 
 
 class Served:
-    """A client of the served ingress: `post`/`get` take paths, as aiohttp's TestClient."""
+    """A client of the served ingress: `post`/`get` take paths on its public port, as
+    aiohttp's TestClient; `probe` gets a path on its management port."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, *, host: str, port: int, publisher: Publisher
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        host: str,
+        port: int,
+        management_port: int,
+        publisher: Publisher,
     ) -> None:
         self.session = session
         self.host = host
         self.port = port
+        self.management_port = management_port
         self.publisher = publisher
 
     def url(self, path: str) -> str:
@@ -114,6 +123,10 @@ class Served:
 
     def get(self, path: str, **kwargs: Any) -> Any:
         return self.session.get(self.url(path), **kwargs)
+
+    def probe(self, path: str) -> Any:
+        """GET `path` (/readyz, /metrics, /healthz) on the management port."""
+        return self.session.get(f"http://{self.host}:{self.management_port}{path}")
 
     async def open_raw(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A bare TCP connection, for what an HTTP client library would never send."""
@@ -131,15 +144,26 @@ def published(client: Served) -> list[bytes]:
 
 @contextlib.asynccontextmanager
 async def serving(config: Config, publisher: Publisher, **ingress: Any) -> AsyncIterator[Served]:
-    """The ingress on 127.0.0.1 and a free port; `ingress` overrides IngressConfig keys."""
+    """The ingress on 127.0.0.1 and free ports; `ingress` overrides IngressConfig keys."""
     settings = msgspec.structs.replace(config.ingress, host="127.0.0.1", port=0, **ingress)
-    app = create_app(config=msgspec.structs.replace(config, ingress=settings), publisher=publisher)
-    listener = await listen(app, settings)
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield Served(session, host="127.0.0.1", port=listener.port, publisher=publisher)
-    finally:
-        await listener.close()
+    apps = create_apps(
+        config=msgspec.structs.replace(config, ingress=settings), publisher=publisher
+    )
+    async with serve_probes(
+        apps.management, host="127.0.0.1", port=0, setting="test", event="test.probes"
+    ) as management_port:
+        listener = await listen(apps.public, settings)
+        try:
+            async with aiohttp.ClientSession() as session:
+                yield Served(
+                    session,
+                    host="127.0.0.1",
+                    port=listener.port,
+                    management_port=management_port,
+                    publisher=publisher,
+                )
+        finally:
+            await listener.close()
 
 
 @contextlib.contextmanager

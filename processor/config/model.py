@@ -241,6 +241,11 @@ class IngressConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
     host: str = "127.0.0.1"
     port: Port = 8080
     path: str = "/webhooks"
+    # /readyz, /metrics and /healthz for probes and scrapers, on a port of their own: the
+    # public port answers deliveries and a /healthz for load balancers, nothing else.
+    # Loopback by default; 0.0.0.0 in containers, so probes and scrapers can reach it.
+    management_port: Port = 8081
+    management_host: str = "127.0.0.1"
     # Larger bodies are refused with 413 before being read; provider events are a few KiB.
     max_body_bytes: PositiveInt = 1_048_576
     # 503 + Retry-After when Kafka has not acknowledged within this; the provider retries.

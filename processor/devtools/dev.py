@@ -55,6 +55,7 @@ class DevOptions:
     config_path: Path | None  # None: the defaults, as this `processor dev` runs with
     workers: int
     ingress_port: int
+    management_port: int  # the ingress's /healthz /readyz /metrics
     metrics_port: int  # worker-1's /healthz /readyz /metrics; worker-N's is N - 1 above
     kafka_port: int
     broker_dir: Path
@@ -64,7 +65,7 @@ class DevOptions:
 class _Child:
     name: str
     process: asyncio.subprocess.Process
-    url: str  # where it answers /readyz
+    url: str  # where it answers /readyz (the ingress: its management port)
     listening: asyncio.Event = field(default_factory=asyncio.Event)  # it said so itself
     pump: asyncio.Task[None] | None = None
 
@@ -116,7 +117,7 @@ def _the_only_dev(directory: Path) -> Iterator[None]:
             raise DevConflict(
                 f"another processor dev (pid {pid}) is running from {directory}: use that "
                 "one, or stop it (Ctrl-C in its terminal) first; two at once need their own "
-                "--dir, --port, --metrics-port and --kafka-port"
+                "--dir, --port, --management-port, --metrics-port and --kafka-port"
             ) from None
         lock.truncate(0)
         lock.write(f"{os.getpid()}\n")
@@ -125,7 +126,15 @@ def _the_only_dev(directory: Path) -> Iterator[None]:
 
 
 def _check_ports(config: Config, options: DevOptions) -> None:
-    wanted = [(config.ingress.host, options.ingress_port, "the ingress", "--port")]
+    wanted = [
+        (config.ingress.host, options.ingress_port, "the ingress", "--port"),
+        (
+            config.ingress.management_host,
+            options.management_port,
+            "the ingress's probes",
+            "--management-port",
+        ),
+    ]
     wanted += [
         (config.worker.metrics_host, port, f"worker-{index}'s metrics", "--metrics-port")
         for index, port in _worker_ports(options)
@@ -155,6 +164,7 @@ async def _run_children(
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "PROCESSOR_INGRESS__PORT": str(options.ingress_port),
+        "PROCESSOR_INGRESS__MANAGEMENT_PORT": str(options.management_port),
         "PROCESSOR_LOGGING__FORMAT": "console",
     }
     generated: str | None = None
@@ -164,15 +174,17 @@ async def _run_children(
     config = msgspec.structs.replace(
         config,
         kafka=msgspec.structs.replace(config.kafka, bootstrap_servers=bootstrap),
-        ingress=msgspec.structs.replace(config.ingress, port=options.ingress_port),
+        ingress=msgspec.structs.replace(
+            config.ingress, port=options.ingress_port, management_port=options.management_port
+        ),
     )
     await create_topics(config)
 
     command = [sys.executable, "-m", "processor.cli"]
     if options.config_path is not None:
         command += ["--config", str(options.config_path)]
-    url = f"http://{config.ingress.host}:{config.ingress.port}"
-    children = [await _spawn("ingress", [*command, "ingress"], env, url=url)]
+    probes = f"http://{config.ingress.management_host}:{config.ingress.management_port}"
+    children = [await _spawn("ingress", [*command, "ingress"], env, url=probes)]
     try:
         for index, port in _worker_ports(options):
             worker_env = env | _member(config, index)
@@ -305,8 +317,10 @@ def _banner(
     export = f"\n      export WEBHOOK_SECRET={generated}" if generated else ""
     topics = "\n".join(f"      {topic}" for topic in all_topics(config))
     worker_urls = "\n".join(f"      {w.name}: {w.url}   /healthz /readyz /metrics" for w in workers)
+    public = f"http://{config.ingress.host}:{config.ingress.port}"
     return f"""pipeline is up
-    ingress:  POST {ingress.url}{config.ingress.path}   (also /healthz /readyz /metrics)
+    ingress:  POST {public}{config.ingress.path}
+              {ingress.url}   /healthz /readyz /metrics
     workers:
 {worker_urls}
     kafka:    {bootstrap}
@@ -317,7 +331,7 @@ def _banner(
     send a signed delivery:{export}
       BODY='{body}'
       SIG=$(printf '%s' "$BODY" | openssl dgst -sha256 -hmac "$WEBHOOK_SECRET" | sed 's/^.* //')
-      curl -i {ingress.url}{config.ingress.path} -H 'Content-Type: application/json' \\
+      curl -i {public}{config.ingress.path} -H 'Content-Type: application/json' \\
            -H "X-Webhook-Signature: $SIG" --data-binary "$BODY"
 
     watch where it lands:

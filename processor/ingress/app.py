@@ -7,7 +7,8 @@ envelope's `id`, `event` and `data.uid` (400); then produces the body to the raw
 topic with acks=all and answers `202 {"id": ...}` once Kafka has acknowledged, or
 `503` + `Retry-After` so the provider retries. Every other answer is JSON
 (processor.ingress.responses). Full validation is the worker's job; the ingress stays
-thin so it is never the bottleneck.
+thin so it is never the bottleneck. The public port serves that and a `/healthz` for
+load balancers only; `/readyz` and `/metrics` are on the management port.
 
 Throughput comes from concurrency, not from cutting corners: requests in flight hand
 their records to one publisher, which submits everything that arrived while Kafka was
@@ -19,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, NamedTuple
 
 import msgspec
 import structlog
@@ -33,7 +34,7 @@ from processor.headers import (
     RECEIVED_AT,
     format_received_at,
 )
-from processor.http_probes import hide_versions, probe_routes
+from processor.http_probes import healthz, hide_versions, probe_routes, serve_probes
 from processor.ingress.allocator import return_freed_memory
 from processor.ingress.checks import (
     Envelope,
@@ -66,7 +67,7 @@ from processor.kafka.producers import RenewingProducer
 from processor.metrics import IngressMetrics
 from processor.shutdown import stop_on_signals
 
-__all__ = ["READY_TIMEOUT_S", "create_app", "run_ingress"]
+__all__ = ["READY_TIMEOUT_S", "IngressApps", "create_apps", "run_ingress"]
 
 log = structlog.get_logger(__name__)
 
@@ -225,14 +226,25 @@ class _Ingress:
         return web.json_response({"error": error, "detail": detail}, status=503)
 
 
-def create_app(
+class IngressApps(NamedTuple):
+    """The ingress's two ports, as aiohttp apps (tests and benchmarks serve them
+    in-process)."""
+
+    # POST <ingress.path> and GET /healthz (for load balancers): the port exposed to the
+    # internet, which tells nobody anything about the process.
+    public: web.Application
+    # GET /readyz, /metrics and /healthz: probes and scrapers, on ingress.management_port.
+    management: web.Application
+
+
+def create_apps(
     *, config: Config, publisher: Publisher, metrics: IngressMetrics | None = None
-) -> web.Application:
-    """The ingress as an aiohttp app, so tests and benchmarks can serve it in-process.
+) -> IngressApps:
+    """The ingress's apps.
 
     `publisher` persists accepted deliveries: `KafkaPublisher` over a producer the
-    caller starts and stops (acks="all", idempotent), or a fake in tests. `metrics`
-    is what /metrics serves (a fresh set by default).
+    caller starts and stops (acks="all", idempotent), or a fake in tests; the public
+    app runs it. `metrics` is what /metrics serves (a fresh set by default).
     Raises ConfigError when the signature scheme cannot work.
     """
     verifier = build_verifier(config.ingress)
@@ -253,18 +265,20 @@ def create_app(
         )
     metrics = IngressMetrics() if metrics is None else metrics
     ingress = _Ingress(config=config, publisher=publisher, verifier=verifier, metrics=metrics)
-    app = web.Application(middlewares=[errors_as_json(webhook_path=config.ingress.path)])
-    hide_versions(app)
-    app[INGRESS_METRICS] = metrics
-    app.cleanup_ctx.append(lambda _: publisher.running())
-    app.add_routes(
+    public = web.Application(middlewares=[errors_as_json(webhook_path=config.ingress.path)])
+    hide_versions(public)
+    public[INGRESS_METRICS] = metrics
+    public.cleanup_ctx.append(lambda _: publisher.running())
+    public.add_routes(
         [
             web.post(config.ingress.path, ingress.webhook, expect_handler=ingress.expect),
-            web.get("/readyz", ingress.readyz),
-            *probe_routes(metrics.registry),
+            web.get("/healthz", healthz),
         ]
     )
-    return app
+    management = web.Application()
+    hide_versions(management)
+    management.add_routes([web.get("/readyz", ingress.readyz), *probe_routes(metrics.registry)])
+    return IngressApps(public, management)
 
 
 async def run_ingress(config: Config) -> None:
@@ -289,7 +303,7 @@ async def run_ingress(config: Config) -> None:
         )
         listener: Listener | None = None
         try:
-            app = create_app(config=config, publisher=KafkaPublisher(producer), metrics=metrics)
+            apps = create_apps(config=config, publisher=KafkaPublisher(producer), metrics=metrics)
 
             async def start_producer() -> None:
                 await wait_until_reachable(config.kafka)
@@ -297,19 +311,31 @@ async def run_ingress(config: Config) -> None:
 
             if not await connect(start_producer, config=config.kafka, stop=stop):
                 return
-            listener = await listen(app, settings)
-            log.info(
-                "ingress.started",
-                host=settings.host,
-                port=settings.port,
-                path=settings.path,
-                topic=config.topics.raw,
-                signature_scheme=settings.signature_scheme,
-                secrets=len(settings.secrets),
-            )
-            await stop.wait()
-            log.info("ingress.stopping")
+            async with serve_probes(
+                apps.management,
+                host=settings.management_host,
+                port=settings.management_port,
+                setting="ingress.management_port",
+                event="ingress.management_listening",
+            ):
+                listener = await listen(apps.public, settings)
+                log.info(
+                    "ingress.started",
+                    host=settings.host,
+                    port=settings.port,
+                    path=settings.path,
+                    management_port=settings.management_port,
+                    topic=config.topics.raw,
+                    signature_scheme=settings.signature_scheme,
+                    secrets=len(settings.secrets),
+                )
+                await stop.wait()
+                log.info("ingress.stopping")
+                # Deliveries in flight end before the probes go: readiness answers meanwhile.
+                await _drain(listener, producer, within_s=settings.shutdown_timeout_s)
+                listener = None
         finally:
+            # After a failure on the way; a second stop of the producer does nothing.
             await _drain(listener, producer, within_s=settings.shutdown_timeout_s)
             log.info("ingress.stopped")
 

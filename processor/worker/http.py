@@ -8,27 +8,16 @@ and workers sharing a laptop would fight over one port.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Final
 
-import structlog
 from aiohttp import web
 
-from processor.http_probes import cannot_listen, hide_versions, probe_routes
+from processor.http_probes import CLOSE_TIMEOUT_S, hide_versions, probe_routes, serve_probes
 from processor.metrics import WorkerMetrics
 
 __all__ = ["CLOSE_TIMEOUT_S", "Unready", "create_app", "serve_health_and_metrics"]
-
-log = structlog.get_logger(__name__)
-
-# Both routes answer from memory in milliseconds: a request still running at shutdown
-# after this is a stuck client, not worth holding the exit for.
-REQUEST_GRACE_S: Final = 1.0
-# Closing the port, that grace included, never delays the worker's exit longer than this.
-CLOSE_TIMEOUT_S: Final = 2.0
 
 
 @dataclass(frozen=True)
@@ -82,24 +71,8 @@ async def serve_health_and_metrics(
     Raises ConfigError when the port cannot be bound. Closing takes at most
     CLOSE_TIMEOUT_S, so the port never holds up the worker's exit.
     """
-    runner = web.AppRunner(
-        create_app(metrics, not_ready),
-        access_log=None,
-        handle_signals=False,
-        shutdown_timeout=REQUEST_GRACE_S,
-    )
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise cannot_listen(host, port, exc, setting="worker.metrics_port") from None
-    log.info("worker.metrics_listening", host=host, port=port)
-    try:
+    app = create_app(metrics, not_ready)
+    async with serve_probes(
+        app, host=host, port=port, setting="worker.metrics_port", event="worker.metrics_listening"
+    ):
         yield
-    finally:
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await runner.cleanup()
-        except TimeoutError:
-            log.warning("worker.metrics_close_timeout", timeout_s=CLOSE_TIMEOUT_S)

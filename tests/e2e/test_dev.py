@@ -35,6 +35,7 @@ SECRET = "readme-example-secret"
 class Pipeline:
     process: subprocess.Popen[str]
     ingress_port: int
+    management_port: int
     metrics_port: int
     kafka_port: int
     directory: Path
@@ -42,8 +43,10 @@ class Pipeline:
 
     def localise(self, text: str) -> str:
         """README examples use the default ports; this pipeline runs on free ones."""
-        return text.replace("127.0.0.1:8080", f"127.0.0.1:{self.ingress_port}").replace(
-            "127.0.0.1:9092", f"127.0.0.1:{self.kafka_port}"
+        return (
+            text.replace("127.0.0.1:8080", f"127.0.0.1:{self.ingress_port}")
+            .replace("127.0.0.1:8081", f"127.0.0.1:{self.management_port}")
+            .replace("127.0.0.1:9092", f"127.0.0.1:{self.kafka_port}")
         )
 
     def wait_for_output(self, text: str, timeout: float) -> None:
@@ -109,13 +112,15 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     directory = tmp_path_factory.mktemp("dev") / "kafka"
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
     env["WEBHOOK_SECRET"] = SECRET
-    ingress_port, metrics_port, kafka_port = free_port(), free_ports_in_a_row(2), free_port()
+    ingress_port, management_port, kafka_port = free_port(), free_port(), free_port()
+    metrics_port = free_ports_in_a_row(2)
     process = subprocess.Popen(
-        dev_command("--port", str(ingress_port), "--metrics-port", str(metrics_port),
-                    "--kafka-port", str(kafka_port), "--dir", str(directory)),
+        dev_command("--port", str(ingress_port), "--management-port", str(management_port),
+                    "--metrics-port", str(metrics_port), "--kafka-port", str(kafka_port),
+                    "--dir", str(directory)),
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    running = Pipeline(process, ingress_port, metrics_port, kafka_port, directory)
+    running = Pipeline(process, ingress_port, management_port, metrics_port, kafka_port, directory)
     assert process.stdout is not None
     reader = threading.Thread(target=lambda: running.output.extend(process.stdout or ()))
     reader.start()
@@ -143,10 +148,14 @@ def test_banner_shows_the_url_the_secret_and_every_topic(pipeline: Pipeline) -> 
         assert topic in banner
 
 
-def test_banner_lists_each_worker_answering_ready_on_a_port_of_its_own(
+def test_banner_lists_each_process_answering_ready_on_a_port_of_its_own(
     pipeline: Pipeline,
 ) -> None:
     banner = "".join(pipeline.output)
+    probes = f"http://127.0.0.1:{pipeline.management_port}"
+    assert f"{probes}   /healthz /readyz /metrics" in banner
+    with urllib.request.urlopen(f"{probes}/readyz", timeout=5) as response:  # noqa: S310 (http)
+        assert response.status == 200
     for index in (1, 2):
         url = f"http://127.0.0.1:{pipeline.metrics_port + index - 1}"
         assert f"worker-{index}: {url}" in banner
@@ -168,6 +177,7 @@ def test_a_second_dev_that_would_collide_is_refused_before_it_starts_anything(
     options = {
         "--dir": str(pipeline.directory if same == "directory" else tmp_path / "kafka"),
         "--port": str(pipeline.ingress_port if same == "ingress port" else free_port()),
+        "--management-port": str(free_port()),
         "--metrics-port": str(
             pipeline.metrics_port if same == "metrics port" else free_ports_in_a_row(2)
         ),

@@ -179,11 +179,11 @@ async def test_topic_holds_exactly_the_accepted_deliveries(
 async def test_healthz_readyz_and_metrics_answer(serve: Serve) -> None:
     client = await serve()
     assert (await client.get("/healthz")).status == 200
-    assert (await client.get("/readyz")).status == 200
+    assert (await client.probe("/readyz")).status == 200
     await client.post("/webhooks", data=delivery(1), headers=signed(delivery(1)))
     await client.post("/webhooks", data=delivery(2), headers={"Content-Type": "application/json"})
 
-    response = await client.get("/metrics")
+    response = await client.probe("/metrics")
     assert response.status == 200
     assert response.headers["Content-Type"].startswith("text/plain")
     text = await response.text()
@@ -199,7 +199,7 @@ async def test_readyz_is_503_when_the_raw_topic_is_missing(
     missing = msgspec.structs.replace(config.topics, raw=unique_name("missing"))
     config = msgspec.structs.replace(config, topics=missing)
     async with serving(config, KafkaPublisher(producer), secrets=(SECRET,)) as client:
-        response = await client.get("/readyz")
+        response = await client.probe("/readyz")
         assert response.status == 503
         assert (await response.json())["error"] == "topic_missing"
 
@@ -253,7 +253,7 @@ async def test_kafka_outage_is_503_with_retry_after_then_recovers(
         assert all(r.headers["Retry-After"] == "7" for r in during)
         assert (await during[0].json())["error"] in ("kafka_timeout", "kafka_unavailable")
         started = time.monotonic()
-        assert (await client.get("/readyz")).status == 503
+        assert (await client.probe("/readyz")).status == 503
         assert time.monotonic() - started < READY_TIMEOUT_S + 1
 
         await asyncio.to_thread(throwaway_broker.start)
@@ -262,7 +262,7 @@ async def test_kafka_outage_is_503_with_retry_after_then_recovers(
             while (status := (await post("after")).status) != 202:
                 assert status == 503
                 await asyncio.sleep(0.5)
-        assert (await client.get("/readyz")).status == 200
+        assert (await client.probe("/readyz")).status == 200
 
     stored = set(ids_of(await read_topic(bootstrap, config.topics.raw)))
     # Every 202 is in the topic; a 503'd record may also have landed (the provider's
@@ -300,6 +300,7 @@ async def test_sigterm_finishes_in_flight_deliveries_and_exits_zero(
         "WEBHOOK_SECRET": SECRET,
         "PROCESSOR_TOPICS__RAW": config.topics.raw,
         "PROCESSOR_INGRESS__PORT": str(port),
+        "PROCESSOR_INGRESS__MANAGEMENT_PORT": str(free_port()),
         "PROCESSOR_LOGGING__FORMAT": "json",
     }
     script = (

@@ -51,7 +51,13 @@ def ingress_process(log: Path, **env: str) -> Iterator[subprocess.Popen[bytes]]:
                 str(REPO / "config.yaml"),
                 "ingress",
             ],
-            env=os.environ | {"WEBHOOK_SECRET": SECRET, "PROCESSOR_LOGGING__FORMAT": "json"} | env,
+            env=os.environ
+            | {
+                "WEBHOOK_SECRET": SECRET,
+                "PROCESSOR_LOGGING__FORMAT": "json",
+                "PROCESSOR_INGRESS__MANAGEMENT_PORT": str(free_port()),
+            }
+            | env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )

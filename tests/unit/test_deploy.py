@@ -22,7 +22,7 @@ import yaml
 from processor.config import Config, load_config
 from processor.devtools.jars import KAFKA_VERSION
 from processor.errors import ConfigError
-from processor.ingress.app import create_app
+from processor.ingress.app import create_apps
 from processor.ingress.signing import build_verifier
 from processor.kafka.topics import all_topics, topic_configs
 from processor.metrics import WorkerMetrics
@@ -525,23 +525,34 @@ def test_worker_joins_the_group_statically_as_its_pod_name(
     assert workload(manifests, "worker")["metadata"]["name"] in pdbs
 
 
-def test_ingress_probes_hit_the_ingress_routes(
+def test_ingress_probes_and_scrape_hit_its_management_port_and_the_service_its_public_one(
     manifests: list[dict[str, Any]], config: Config
 ) -> None:
-    app = create_app(
-        config=load_config(None, env={"WEBHOOK_SECRET": "probe-test-signing-secret"}),
-        publisher=RecordingPublisher(),  # routing only: nothing is published
-    )
-    routes = {r.resource.canonical for r in app.router.routes() if r.method == "GET" and r.resource}
     ingress = container(manifests, "ingress")
-    assert ingress["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert ingress["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert {"/readyz", "/healthz"} <= routes
-    (port,) = ingress["ports"]
-    assert port["containerPort"] == config.ingress.port
-    assert ingress["readinessProbe"]["httpGet"]["port"] == port["name"]
+    loaded = load_config(
+        ROOT / "config.yaml",
+        env=plain_env(ingress) | {"WEBHOOK_SECRET": "probe-test-signing-secret"},
+    )
+    apps = create_apps(config=loaded, publisher=RecordingPublisher())  # routes only
+    assert loaded.ingress.management_host == ALL_INTERFACES
+    ports = {port["name"]: port["containerPort"] for port in ingress["ports"]}
+    assert ports == {"http": loaded.ingress.port, "management": loaded.ingress.management_port}
+    served = {
+        r.resource.canonical
+        for r in apps.management.router.routes()
+        if r.method == "GET" and r.resource
+    }
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        assert ingress[probe]["httpGet"] == {"path": path, "port": "management"}
+        assert path in served
+    annotations = workload(manifests, "ingress")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == loaded.ingress.management_port
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert "/metrics" in served
+    # The Service (what the internet reaches) exposes the public port only.
     (service,) = [s for s in of_kind(manifests, "Service") if s["spec"].get("ports")]
-    assert service["spec"]["ports"][0]["targetPort"] == port["name"]
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
 
 
 def test_ingress_startup_probe_outlasts_the_kafka_connect_timeout(
@@ -549,18 +560,9 @@ def test_ingress_startup_probe_outlasts_the_kafka_connect_timeout(
 ) -> None:
     # The ingress listens only once Kafka answers: until then liveness must not run.
     probe = container(manifests, "ingress")["startupProbe"]
-    assert probe["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert probe["httpGet"] == {"path": "/healthz", "port": "management"}
     budget = probe["periodSeconds"] * probe["failureThreshold"]
     assert budget > config.kafka.connect_timeout_s + probe["timeoutSeconds"]
-
-
-def test_ingress_pods_carry_the_scrape_annotations_of_their_port(
-    manifests: list[dict[str, Any]], config: Config
-) -> None:
-    annotations = workload(manifests, "ingress")["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/scrape"] == "true"
-    assert int(annotations["prometheus.io/port"]) == config.ingress.port
-    assert annotations["prometheus.io/path"] == "/metrics"
 
 
 def test_worker_liveness_probe_and_scrape_hit_the_port_its_config_serves(

@@ -230,6 +230,29 @@ async def test_refuses_to_start_without_a_secret() -> None:
         await run_ingress(Config())
 
 
+# --- the public port and the management port ------------------------------------------
+
+
+async def test_the_public_port_serves_deliveries_and_healthz_only(serve: Serve) -> None:
+    client = await serve()
+    assert (await client.get("/healthz")).status == 200  # for load balancers
+    for path in ("/metrics", "/readyz"):
+        response = await client.get(path)
+        assert response.status == 404, path
+        assert (await response.json())["error"] == "not_found"
+
+
+async def test_the_management_port_serves_probes_and_metrics(serve: Serve) -> None:
+    client = await serve()
+    await client.post("/webhooks", data=delivery(1), headers=signed(delivery(1)))
+
+    assert (await client.probe("/healthz")).status == 200
+    assert (await client.probe("/readyz")).status == 200
+    metrics = await (await client.probe("/metrics")).text()
+    assert 'processor_ingress_requests_total{code="202"} 1.0' in metrics
+    assert (await client.probe("/webhooks")).status in (404, 405), "no deliveries here"
+
+
 # --- Kafka not taking the write: what the ingress decides -------------------------------
 
 
@@ -289,7 +312,7 @@ async def test_a_signed_body_nested_too_deeply_is_400_counted_and_logged(serve: 
     with captured_logs(buffer):
         client = await serve()
         response = await client.post("/webhooks", data=body, headers=signed(body))
-        metrics = await (await client.get("/metrics")).text()
+        metrics = await (await client.probe("/metrics")).text()
 
     assert response.status == 400
     payload = await response.json()

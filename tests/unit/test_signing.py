@@ -13,7 +13,7 @@ from multidict import CIMultiDict
 
 from processor.config import Config, IngressConfig, load_config
 from processor.errors import ConfigError
-from processor.ingress.app import create_app
+from processor.ingress.app import create_apps
 from processor.ingress.signing import (
     HmacSha256Verifier,
     NoVerification,
@@ -307,7 +307,7 @@ def test_the_ingress_warns_once_at_start_of_a_short_secret() -> None:
     config = Config(ingress=IngressConfig(secrets=(NEW_SECRET, "fifteen-bytes!!")))
     buffer = io.StringIO()
     with captured_logs(buffer):
-        create_app(config=config, publisher=RecordingPublisher())
+        create_apps(config=config, publisher=RecordingPublisher())
 
     logs = [json.loads(line) for line in buffer.getvalue().splitlines()]
     warned = [entry for entry in logs if entry["event"] == "ingress.short_secret"]
