@@ -276,7 +276,7 @@ class IngressConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
     max_header_line_bytes: PositiveInt = 8190
     # A line per accepted delivery at INFO costs about a fifth of a request's CPU
     # (README, Benchmarks); the record in the raw topic and the metrics count each one
-    # anyway. Refusals are always logged.
+    # anyway. Refusals are always logged (503s while Kafka refuses: one line per streak).
     log_accepted: bool = False
 
 

@@ -73,6 +73,8 @@ log = structlog.get_logger(__name__)
 
 # A readiness probe must answer before the orchestrator gives up on it, broker down or not.
 READY_TIMEOUT_S: Final = 2.0
+# While Kafka refuses, one line this often says how many deliveries were refused since.
+REFUSING_SUMMARY_S: Final = 30.0
 
 _encode_json = msgspec.json.encode
 
@@ -98,6 +100,7 @@ class _Ingress:
         # The last /readyz answer's reason: a probe every few seconds during an outage
         # logs the change, not every probe.
         self._not_ready: str | None = None
+        self._refusing = _Streak()
 
     async def webhook(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -107,6 +110,8 @@ class _Ingress:
         except Refusal as refusal:
             return self._refused(refusal, started)
         self._metrics.count_response(202)
+        if self._refusing.active:
+            log.info("ingress.accepting", **self._refusing.end())
         if self._log_accepted:
             log.info(
                 "ingress.accepted",
@@ -135,7 +140,9 @@ class _Ingress:
 
     def _refused(self, refusal: Refusal, started: float) -> web.Response:
         self._metrics.count_response(refusal.status)
-        (log.warning if refusal.status >= 500 else log.info)(
+        if refusal.status == 503:
+            self._refusing_to_write(refusal)
+        (log.debug if refusal.status == 503 else log.info)(
             "ingress.rejected",
             delivery_id=refusal.delivery_id,
             status=refusal.status,
@@ -144,6 +151,24 @@ class _Ingress:
             latency_ms=_ms_since(started),
         )
         return refusal.response()
+
+    def _refusing_to_write(self, refusal: Refusal) -> None:
+        """Kafka not taking writes is a state: said when it begins, summarised while it
+        lasts, and ended by the next 202 (`ingress.accepting`); each refused request is a
+        DEBUG line and a count in /metrics, not a warning of its own."""
+        now = time.monotonic()
+        if not self._refusing.active:
+            self._refusing.begin(now)
+            log.warning(
+                "ingress.refusing",
+                delivery_id=refusal.delivery_id,
+                error=refusal.error,
+                detail=refusal.detail,
+                then="every delivery is answered 503 + Retry-After until Kafka takes one again",
+            )
+        elif (summary := self._refusing.due(now, every_s=REFUSING_SUMMARY_S)) is not None:
+            log.warning("ingress.still_refusing", error=refusal.error, **summary)
+        self._refusing.count()
 
     async def _accept(self, request: web.Request, received_at: str) -> Envelope:
         """Run every check, then publish; raises Refusal at the first that fails."""
@@ -357,6 +382,41 @@ async def _drain(listener: Listener | None, producer: RenewingProducer, *, withi
     # A record still queued now was never answered 2xx, so the provider will retry it:
     # the flush is a courtesy, bounded so that shutdown always ends.
     await producer.stop(flush_timeout_s=max(0.0, deadline - asyncio.get_running_loop().time()))
+
+
+class _Streak:
+    """Deliveries refused in a row: since when, how many, and how many since the last
+    summary."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self._since = self._summarised_at = 0.0
+        self._refused = self._unsummarised = 0
+
+    def begin(self, now: float) -> None:
+        self.active = True
+        self._since = self._summarised_at = now
+        self._refused = self._unsummarised = 0
+
+    def count(self) -> None:
+        self._refused += 1
+        self._unsummarised += 1
+
+    def due(self, now: float, *, every_s: float) -> dict[str, float | int] | None:
+        """The summary of the last `every_s`, once they have passed; else None."""
+        if now - self._summarised_at < every_s:
+            return None
+        summary = {
+            "refused": self._unsummarised,
+            "refused_total": self._refused,
+            "for_s": round(now - self._since, 1),
+        }
+        self._summarised_at, self._unsummarised = now, 0
+        return summary
+
+    def end(self) -> dict[str, float | int]:
+        self.active = False
+        return {"refused": self._refused, "for_s": round(time.monotonic() - self._since, 1)}
 
 
 def _ms_since(started: float) -> float:

@@ -18,6 +18,7 @@ import pytest
 
 from processor.config import Config
 from processor.errors import ConfigError
+from processor.ingress import app as ingress_app
 from processor.ingress.app import run_ingress
 from processor.ingress.signing import sign_hmac_sha256
 from tests.ingress_harness import (
@@ -273,6 +274,47 @@ async def test_a_publish_not_acknowledged_in_time_is_503_kafka_timeout(serve: Se
     payload = await response.json()
     assert payload["error"] == "kafka_timeout"
     assert "0.2 s" in payload["detail"]
+
+
+async def test_kafka_refusing_writes_is_one_warning_then_one_line_when_it_takes_them_again(
+    serve: Serve,
+) -> None:
+    publisher = RecordingPublisher(outcome=ConnectionError())
+    buffer = io.StringIO()
+    with captured_logs(buffer):
+        client = await serve(publisher=publisher)
+        for n in range(5):
+            response = await client.post("/webhooks", data=delivery(n), headers=signed(delivery(n)))
+            assert response.status == 503
+        publisher.outcome = None
+        response = await client.post("/webhooks", data=delivery(9), headers=signed(delivery(9)))
+        assert response.status == 202
+        metrics = await (await client.probe("/metrics")).text()
+
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    said = [(e["event"], e["level"]) for e in lines if e["event"].startswith("ingress.")]
+    said = [(event, level) for event, level in said if level != "debug"]
+    assert said == [("ingress.refusing", "warning"), ("ingress.accepting", "info")]
+    assert lines[-1]["refused"] == 5
+    assert [e["delivery_id"] for e in lines if e["event"] == "ingress.rejected"] == [
+        f"whd_{n}" for n in range(5)
+    ], "each refusal is still a DEBUG line"
+    assert 'processor_ingress_requests_total{code="503"} 5.0' in metrics
+
+
+async def test_a_long_refusal_is_summarised_on_an_interval(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingress_app, "REFUSING_SUMMARY_S", 0.0)  # every refusal is due
+    buffer = io.StringIO()
+    with captured_logs(buffer):
+        client = await serve(publisher=RecordingPublisher(outcome=ConnectionError()))
+        for n in range(3):
+            await client.post("/webhooks", data=delivery(n), headers=signed(delivery(n)))
+
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    summaries = [e for e in lines if e["event"] == "ingress.still_refusing"]
+    assert [(e["refused"], e["refused_total"]) for e in summaries] == [(1, 1), (1, 2)]
 
 
 @pytest.mark.parametrize("log_accepted", [False, True])
