@@ -62,7 +62,7 @@ def _development_command() -> Iterator[None]:
             "`processor broker` and `processor dev` are development commands: run them "
             "from a source checkout of the repository (`make setup`, then "
             "`.venv/bin/processor ...`). This installation has only the runtime "
-            "commands: worker, ingress, topics create, replay, schema, tail."
+            "commands: worker, ingress, topics create, replay, schema, tail, find."
         ) from None
 
 
@@ -189,6 +189,13 @@ def tail(args: argparse.Namespace, config: Config) -> int:
     return run_tail(config, options, as_json=args.json)
 
 
+def find(args: argparse.Namespace, config: Config) -> int:
+    from processor.ops.find import FindOptions, run_find
+
+    options = FindOptions(delivery_id=args.delivery_id, uid=args.uid, since=args.since)
+    return run_find(config, options, as_json=args.json)
+
+
 def _moment(text: str) -> datetime:
     """An ISO 8601 time for --since/--until; a naive one is taken as UTC."""
     try:
@@ -238,6 +245,7 @@ _EXAMPLES = """\
 examples:
   processor dev                                   # the whole pipeline on this machine
   processor tail integration.status.completed     # the last 10 records, decoded
+  processor find whd_01HZX3 --uid user_123        # where a delivery went, and why
   processor replay --from webhooks.dlq --dry-run  # what a replay would move back
   processor worker --help                         # more on one command"""
 
@@ -255,9 +263,9 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "ingress": (
         "The HTTP door: POST ingress.path (/webhooks) verifies the provider's signature "
-        "and answers 202 once Kafka has the delivery; /healthz, /readyz and /metrics on "
-        "the same port (ingress.port, 8080). Needs WEBHOOK_SECRET. Runs until SIGTERM "
-        "or Ctrl-C, answering the requests in flight.",
+        "and answers 202 once Kafka has the delivery (ingress.port, 8080); /healthz, "
+        "/readyz and /metrics on ingress.management_port (8081). Needs WEBHOOK_SECRET. "
+        "Runs until SIGTERM or Ctrl-C, answering the requests in flight.",
         "WEBHOOK_SECRET=$(cat secret) processor ingress",
     ),
     "topics": ("The pipeline's topics.", "processor topics create"),
@@ -282,11 +290,17 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "tail(1) shows a file; joins no consumer group and commits nothing.",
         "processor tail webhooks.dlq --last 5 --json",
     ),
+    "find": (
+        "Where a delivery is and what happened to it: its copies in the raw topic (sent, "
+        "replayed), where each was routed or why it went to the DLQ, and the retries dedup "
+        "dropped; exits 1 when it is in none of the topics. Joins no group, commits nothing.",
+        "processor find whd_01HZX3 --uid user_123 --since 2026-11-30T12:00:00Z",
+    ),
     "dev": (
         "The whole pipeline in one terminal, for development: the local Kafka, the "
         "topics, the ingress and workers; prints the URL, the secret and commands to "
         "try. Ctrl-C stops everything.",
-        "processor dev --workers 3 --port 8081",
+        "processor dev --workers 3 --port 8090",
     ),
     "broker": ("The local Apache Kafka for development and tests.", "processor broker status"),
 }
@@ -418,6 +432,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="one JSON object per record, value included"
     )
     tail_parser.set_defaults(handler=tail)
+
+    find_parser = _command(
+        commands,
+        "find",
+        "where a delivery is and what happened to it, read from the topics",
+        parents=[common],
+    )
+    find_parser.add_argument("delivery_id", metavar="DELIVERY_ID", help="its `id`, e.g. whd_...")
+    find_parser.add_argument(
+        "--uid", help="its data.uid: read only the partition that user's records go to (faster)"
+    )
+    find_parser.add_argument(
+        "--since",
+        type=_moment,
+        metavar="TIME",
+        help="read only records from this time on (ISO 8601, e.g. 2026-11-30T12:00:00Z)",
+    )
+    find_parser.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    find_parser.set_defaults(handler=find)
 
     dev_parser = _command(
         commands,

@@ -45,7 +45,16 @@ from processor.kafka.clients import (
 )
 from processor.shutdown import stop_on_signals, unless_stopped
 
-__all__ = ["DEFAULT_LAST", "RecordReader", "Shown", "TailOptions", "run_tail", "tail", "text_line"]
+__all__ = [
+    "DEFAULT_LAST",
+    "Record",
+    "RecordReader",
+    "Shown",
+    "TailOptions",
+    "run_tail",
+    "tail",
+    "text_line",
+]
 
 # Without --last or --from-beginning: as many as tail(1) shows.
 DEFAULT_LAST: Final = 10

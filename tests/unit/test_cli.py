@@ -179,7 +179,9 @@ def test_help_says_what_the_pipeline_is_with_examples_and_no_developer_notes(
     assert "frozen" not in text, "a developer's note"
 
 
-@pytest.mark.parametrize("command", ["worker", "ingress", "replay", "tail", "dev", "schema"])
+@pytest.mark.parametrize(
+    "command", ["worker", "ingress", "replay", "tail", "find", "dev", "schema"]
+)
 def test_each_commands_help_says_what_it_does_and_shows_an_example(
     command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
