@@ -57,6 +57,17 @@ class IngressMetrics:
             "Deliveries handed to the producer and not yet acknowledged or timed out.",
             registry=self.registry,
         )
+        self.deliveries_in_flight = Gauge(
+            "processor_ingress_deliveries_in_flight",
+            "Deliveries being read, verified or published now (at most ingress.max_in_flight).",
+            registry=self.registry,
+        )
+        self.shed = Counter(
+            "processor_ingress_shed",
+            "Deliveries answered 503 at once, unread, because ingress.max_in_flight were "
+            "being handled.",
+            registry=self.registry,
+        )
 
     def count_response(self, status: int) -> None:
         # One child per status code, looked up once: labels() costs more than inc().

@@ -75,6 +75,9 @@ log = structlog.get_logger(__name__)
 READY_TIMEOUT_S: Final = 2.0
 # While Kafka refuses, one line this often says how many deliveries were refused since.
 REFUSING_SUMMARY_S: Final = 30.0
+# Shedding has ended once a delivery is taken in after this long without shedding one
+# (slots free up between sheds while it lasts).
+SHED_QUIET_S: Final = 1.0
 
 _encode_json = msgspec.json.encode
 
@@ -101,14 +104,26 @@ class _Ingress:
         # logs the change, not every probe.
         self._not_ready: str | None = None
         self._refusing = _Streak()
+        self._shedding = _Streak()
+        self._in_flight = 0
+        self._max_in_flight = config.ingress.max_in_flight
 
     async def webhook(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
+        if self._in_flight >= self._max_in_flight:
+            return self._shed(started)
+        if self._shedding.active and self._shedding.quiet_for_s() >= SHED_QUIET_S:
+            log.info("ingress.shedding_ended", **self._shedding.end())
         received_at = format_received_at(datetime.now(UTC))
+        self._in_flight += 1
+        self._metrics.deliveries_in_flight.inc()
         try:
             envelope = await self._accept(request, received_at)
         except Refusal as refusal:
             return self._refused(refusal, started)
+        finally:
+            self._in_flight -= 1
+            self._metrics.deliveries_in_flight.dec()
         self._metrics.count_response(202)
         if self._refusing.active:
             log.info("ingress.accepting", **self._refusing.end())
@@ -137,6 +152,33 @@ class _Ingress:
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the answer proper is still to come
         return None
+
+    def _shed(self, started: float) -> web.Response:
+        """503 at once, the body unread: the ingress holds max_in_flight deliveries
+        already, and one more would only wait behind them past the sender's timeout."""
+        self._metrics.shed.inc()
+        now = time.monotonic()
+        if not self._shedding.active:
+            self._shedding.begin(now)
+            log.warning(
+                "ingress.shedding",
+                max_in_flight=self._max_in_flight,
+                detail="more deliveries arrive than Kafka and this process take: each one "
+                "beyond ingress.max_in_flight is answered 503 + Retry-After at once (the "
+                "provider retries); add ingress replicas if it lasts",
+            )
+        elif (summary := self._shedding.due(now, every_s=REFUSING_SUMMARY_S)) is not None:
+            log.warning("ingress.still_shedding", **summary)
+        self._shedding.count()
+        refusal = Refusal(
+            503,
+            "overloaded",
+            f"the ingress is handling {self._max_in_flight} deliveries already; retry later",
+            headers=self._retry_after,
+        )
+        self._metrics.count_response(503)
+        log.debug("ingress.rejected", status=503, error="overloaded", latency_ms=_ms_since(started))
+        return refusal.response()
 
     def _refused(self, refusal: Refusal, started: float) -> web.Response:
         self._metrics.count_response(refusal.status)
@@ -390,17 +432,22 @@ class _Streak:
 
     def __init__(self) -> None:
         self.active = False
-        self._since = self._summarised_at = 0.0
+        self._since = self._summarised_at = self._last_at = 0.0
         self._refused = self._unsummarised = 0
 
     def begin(self, now: float) -> None:
         self.active = True
-        self._since = self._summarised_at = now
+        self._since = self._summarised_at = self._last_at = now
         self._refused = self._unsummarised = 0
 
     def count(self) -> None:
         self._refused += 1
         self._unsummarised += 1
+        self._last_at = time.monotonic()
+
+    def quiet_for_s(self) -> float:
+        """Since the last refusal counted."""
+        return time.monotonic() - self._last_at
 
     def due(self, now: float, *, every_s: float) -> dict[str, float | int] | None:
         """The summary of the last `every_s`, once they have passed; else None."""

@@ -13,6 +13,7 @@ import hmac
 import io
 import json
 import time
+from typing import Any
 
 import pytest
 
@@ -315,6 +316,44 @@ async def test_a_long_refusal_is_summarised_on_an_interval(
     lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
     summaries = [e for e in lines if e["event"] == "ingress.still_refusing"]
     assert [(e["refused"], e["refused_total"]) for e in summaries] == [(1, 1), (1, 2)]
+
+
+async def test_beyond_max_in_flight_a_delivery_is_503_at_once_unread_and_said_once(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingress_app, "SHED_QUIET_S", 0.0)
+    publisher = RecordingPublisher(hang=True)  # Kafka slow: the first two stay in flight
+    buffer = io.StringIO()
+    with captured_logs(buffer):
+        client = await serve(publisher=publisher, max_in_flight=2, publish_timeout_s=1.0)
+
+        def post(n: int) -> Any:
+            return client.post("/webhooks", data=delivery(n), headers=signed(delivery(n)))
+
+        held = [asyncio.create_task(post(n)) for n in range(2)]
+        while len(publisher.records) < 2:
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        shed = [await post(n) for n in (3, 4)]
+        answered_in = time.monotonic() - started
+        assert [r.status for r in await asyncio.gather(*held)] == [503, 503]  # kafka_timeout
+        publisher.hang = False
+        after = await post(5)
+        metrics = await (await client.probe("/metrics")).text()
+
+    assert [r.status for r in shed] == [503, 503]
+    assert answered_in < 0.5, "a shed delivery waits for nothing"
+    assert all(r.headers["Retry-After"] == "5" for r in shed)
+    assert (await shed[0].json())["error"] == "overloaded"
+    assert after.status == 202
+    assert [r.value for r in publisher.records] == [delivery(0), delivery(1), delivery(5)]
+    assert "processor_ingress_shed_total 2.0" in metrics
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    said = [
+        e["event"] for e in lines if e["event"].startswith("ingress.") and e["level"] != "debug"
+    ]
+    assert said.count("ingress.shedding") == 1
+    assert said[-2:] == ["ingress.shedding_ended", "ingress.accepting"]
 
 
 @pytest.mark.parametrize("log_accepted", [False, True])
