@@ -16,9 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import DefaultPartitioner
 
 from processor.config import Config
-from processor.dedup.changelog import KafkaChangelog
 from processor.dedup.idwindow import fingerprint, id_hash
-from processor.dedup.record import ChangelogRecord, changelog_records
 from processor.kafka.aiokafka_internals import GroupFenced, GroupMember, group_member
 from processor.kafka.batching import produce_batch
 from processor.kafka.clients import StableOffsetsConsumer, read_to_end
@@ -222,39 +220,3 @@ async def test_a_worker_upgraded_in_place_restores_a_changelog_written_one_recor
     )
     written = [r.value for r in changelog if r.value and r.value.startswith(b"ids1")]
     assert 1 <= len(written) < len(later), "a record per checkpoint, not per id"
-
-
-async def test_a_restore_waits_for_a_transaction_open_on_the_changelog(config: Config) -> None:
-    """A worker that died mid-checkpoint leaves its transaction open on the changelog
-    until Kafka aborts it; a restore meanwhile must not stop short of the ids committed
-    after it began (a read_committed reader stops at its first record)."""
-    config = with_guarantee(config, "exactly_once")
-    await create_topics(config)
-    topic, bootstrap = config.topics.dedup, config.kafka.bootstrap_servers
-
-    def remembered(ids: range) -> list[ChangelogRecord]:
-        known = {id_hash(f"whd_{n}"): n for n in ids}
-        return changelog_records(topic, 0, known, offsets=(ids[0], ids[-1]), per_record=100)
-
-    dead = MemberProducer(bootstrap_servers=bootstrap, transactional_id="dead", flush_timeout_s=5)
-    live = MemberProducer(bootstrap_servers=bootstrap, transactional_id="live", flush_timeout_s=5)
-    changelog = KafkaChangelog(config)
-    await dead.start()
-    await live.start()
-    await changelog.start()
-    try:
-        await dead.begin_transaction()  # dies before its commit
-        await asyncio.gather(*await produce_batch(dead, remembered(range(0, 10))))
-        async with live.transaction():  # the next owner's checkpoint, after it
-            await asyncio.gather(*await produce_batch(live, remembered(range(10, 20))))
-        restoring = asyncio.create_task(changelog.read(0))
-        await asyncio.sleep(1)
-        assert not restoring.done(), f"restored {len(restoring.result())} ids past it"
-
-        await dead.abort_transaction()  # as Kafka does after the transaction timeout
-        restored = await asyncio.wait_for(restoring, 10)
-    finally:
-        await changelog.stop()
-        await live.stop()
-        await dead.stop()
-    assert len(restored) == 10, "the ids committed after the open transaction"
