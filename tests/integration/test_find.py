@@ -86,31 +86,30 @@ async def test_a_delivery_dead_lettered_replayed_and_routed_is_found_with_each_c
     assert "dead-lettered (ValidationError: " in line
     assert "1 copy dropped as retries" in line
 
-
-async def test_with_uid_it_reads_one_partition_per_topic_and_finds_the_same(
-    history: Config,
-) -> None:
-    everywhere = await find(history, FindOptions(delivery_id=ID))
+    # --uid: one partition per topic, the same copies; --since: nothing before it.
     one = await find(history, FindOptions(delivery_id=ID, uid="user_7"))
-
-    def where(copies: list[Copy]) -> list[tuple[str, str, int, int]]:
-        return sorted((c.role, c.record.topic, c.record.partition, c.record.offset) for c in copies)
-
-    assert where(one.copies) == where(everywhere.copies)
-    assert len(one.copies) == 5
-    assert one.scanned < everywhere.scanned
-
-
-async def test_since_bounds_the_scan_and_an_absent_delivery_exits_1(history: Config) -> None:
+    assert where(one.copies) == where(report.copies)
+    assert one.scanned < report.scanned
     later = datetime.now(UTC) + timedelta(hours=1)
     assert not (await find(history, FindOptions(delivery_id=ID, since=later))).found
-    assert not (await find(history, FindOptions(delivery_id="whd_nobody"))).found
+
+
+def where(copies: list[Copy]) -> list[tuple[str, str, int, int]]:
+    return sorted((c.role, c.record.topic, c.record.partition, c.record.offset) for c in copies)
+
+
+async def test_a_delivery_in_none_of_the_topics_exits_1_saying_where_it_looked(
+    config: Config,
+) -> None:
+    await create_topics(config)
+    await produce_raw(config, [Delivery(b"user_7", WALLET, "unrouted")])
+    assert not (await find(config, FindOptions(delivery_id="whd_nobody"))).found
 
     command = [sys.executable, "-m", "processor.cli", "--config", str(REPO / "config.yaml")]
     absent = await asyncio.to_thread(
         subprocess.run,
         [*command, "find", "whd_nobody", "--uid", "user_7"],
-        env=worker_env(history), capture_output=True, text=True, timeout=60, check=False,
+        env=worker_env(config), capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert absent.returncode == 1, absent.stderr
     assert "whd_nobody is in none of" in absent.stderr
