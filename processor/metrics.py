@@ -59,13 +59,13 @@ class IngressMetrics:
         )
         self.deliveries_in_flight = Gauge(
             "processor_ingress_deliveries_in_flight",
-            "Deliveries being read, verified or published now (at most ingress.max_in_flight).",
+            "Verified deliveries waiting for Kafka now (at most ingress.max_in_flight).",
             registry=self.registry,
         )
         self.shed = Counter(
             "processor_ingress_shed",
-            "Deliveries answered 503 at once, unread, because ingress.max_in_flight were "
-            "being handled.",
+            "Verified deliveries answered 503 at once, unpublished, because "
+            "ingress.max_in_flight were waiting for Kafka already.",
             registry=self.registry,
         )
 

@@ -250,9 +250,10 @@ class IngressConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
     max_body_bytes: PositiveInt = 1_048_576
     # 503 + Retry-After when Kafka has not acknowledged within this; the provider retries.
     publish_timeout_s: PositiveFloat = 10.0
-    # Deliveries handled at once (read, verified, published); beyond, 503 + Retry-After
-    # at once, before reading the body: an overload is answered, never queued. 1024 kept
-    # the most 202s of the bounds measured under a flood (docs/benchmarks.md#overload).
+    # Verified deliveries waiting for Kafka at once; beyond, 503 + Retry-After at once,
+    # unpublished: an overload is answered, never queued. Counted after the signature, so
+    # senders of anything else cannot take the places. 1024 kept the most 202s of the
+    # bounds measured under a flood (docs/benchmarks.md#overload).
     max_in_flight: PositiveInt = 1024
     retry_after_s: PositiveInt = 5
     # "hmac-sha256" (the provider's X-Webhook-Signature), "standard-webhooks", or "none"

@@ -139,6 +139,13 @@ def _check_ports(config: Config, options: DevOptions) -> None:
         (config.worker.metrics_host, port, f"worker-{index}'s metrics", "--metrics-port")
         for index, port in _worker_ports(options)
     ]
+    users: dict[int, str] = {}
+    for _, port, user, option in wanted:
+        if (first := users.setdefault(port, user)) != user:
+            raise DevConflict(
+                f"port {port} is asked for twice, for {first} and for {user}: pick another "
+                f"with {option}"
+            )
     for host, port, user, option in wanted:
         if port_in_use(port, host):
             raise DevConflict(

@@ -75,6 +75,8 @@ log = structlog.get_logger(__name__)
 READY_TIMEOUT_S: Final = 2.0
 # While Kafka refuses, one line this often says how many deliveries were refused since.
 REFUSING_SUMMARY_S: Final = 30.0
+# The 503s of Kafka not taking writes: one state, said once (ingress.refusing).
+_KAFKA_REFUSALS: Final = frozenset({"kafka_timeout", "kafka_unavailable"})
 # Shedding has ended once a delivery is taken in after this long without shedding one
 # (slots free up between sheds while it lasts).
 SHED_QUIET_S: Final = 1.0
@@ -110,20 +112,11 @@ class _Ingress:
 
     async def webhook(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
-        if self._in_flight >= self._max_in_flight:
-            return self._shed(started)
-        if self._shedding.active and self._shedding.quiet_for_s() >= SHED_QUIET_S:
-            log.info("ingress.shedding_ended", **self._shedding.end())
         received_at = format_received_at(datetime.now(UTC))
-        self._in_flight += 1
-        self._metrics.deliveries_in_flight.inc()
         try:
             envelope = await self._accept(request, received_at)
         except Refusal as refusal:
             return self._refused(refusal, started)
-        finally:
-            self._in_flight -= 1
-            self._metrics.deliveries_in_flight.dec()
         self._metrics.count_response(202)
         if self._refusing.active:
             log.info("ingress.accepting", **self._refusing.end())
@@ -153,9 +146,10 @@ class _Ingress:
         request.writer.output_size = 0  # the answer proper is still to come
         return None
 
-    def _shed(self, started: float) -> web.Response:
-        """503 at once, the body unread: the ingress holds max_in_flight deliveries
-        already, and one more would only wait behind them past the sender's timeout."""
+    def _shed(self, delivery_id: str) -> Refusal:
+        """503 at once, unpublished: the ingress holds max_in_flight deliveries for Kafka
+        already, and one more would only wait behind them past the sender's timeout.
+        Counted after the signature, so only genuine deliveries take a place."""
         self._metrics.shed.inc()
         now = time.monotonic()
         if not self._shedding.active:
@@ -170,19 +164,17 @@ class _Ingress:
         elif (summary := self._shedding.due(now, every_s=REFUSING_SUMMARY_S)) is not None:
             log.warning("ingress.still_shedding", **summary)
         self._shedding.count()
-        refusal = Refusal(
+        return Refusal(
             503,
             "overloaded",
             f"the ingress is handling {self._max_in_flight} deliveries already; retry later",
             headers=self._retry_after,
+            delivery_id=delivery_id,
         )
-        self._metrics.count_response(503)
-        log.debug("ingress.rejected", status=503, error="overloaded", latency_ms=_ms_since(started))
-        return refusal.response()
 
     def _refused(self, refusal: Refusal, started: float) -> web.Response:
         self._metrics.count_response(refusal.status)
-        if refusal.status == 503:
+        if refusal.error in _KAFKA_REFUSALS:
             self._refusing_to_write(refusal)
         (log.debug if refusal.status == 503 else log.info)(
             "ingress.rejected",
@@ -226,7 +218,17 @@ class _Ingress:
         except SignatureError as exc:
             raise Refusal(401, "invalid_signature", exc.reason) from None
         envelope = decode(body)
-        await self._publish(body, envelope, content_type=content_type, received_at=received_at)
+        if self._in_flight >= self._max_in_flight:
+            raise self._shed(envelope.id)
+        if self._shedding.active and self._shedding.quiet_for_s() >= SHED_QUIET_S:
+            log.info("ingress.shedding_ended", **self._shedding.end())
+        self._in_flight += 1
+        self._metrics.deliveries_in_flight.inc()
+        try:
+            await self._publish(body, envelope, content_type=content_type, received_at=received_at)
+        finally:
+            self._in_flight -= 1
+            self._metrics.deliveries_in_flight.dec()
         return envelope
 
     async def _publish(

@@ -33,10 +33,12 @@ from aiokafka.consumer import fetcher
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.errors import (
     GroupAuthorizationFailedError,
+    GroupCoordinatorNotAvailableError,
     IllegalGenerationError,
     KafkaError,
     NotCoordinatorForGroupError,
     UnknownMemberIdError,
+    UnknownTopicOrPartitionError,
     for_code,
 )
 from aiokafka.producer.message_accumulator import MessageAccumulator, MessageBatch
@@ -326,7 +328,7 @@ def commit_offsets_as_member(
         try:
             node_id = await sender._find_coordinator(CoordinationType.GROUP, group_id)
         except GroupAuthorizationFailedError as exc:
-            sender._txn_manager.error_transaction(exc)
+            _abortable_error(sender._txn_manager, exc)
             return
         await _TxnOffsetCommitAsMember(sender, offsets, member_of(group_id)).do(node_id)
 
@@ -498,6 +500,8 @@ def read_stable_offsets(consumer: AIOKafkaConsumer) -> None:
             for partition, offset, _epoch, metadata, code, _ in found:
                 if code == _UNSTABLE_OFFSET_COMMIT:
                     raise UnstableOffsets(f"{topic}-{partition}")
+                if code == UnknownTopicOrPartitionError.errno:
+                    continue  # as aiokafka: no committed offset to read
                 if code:
                     raise _fetch_error(coordinator, code)
                 if offset >= 0:  # -1: nothing committed
@@ -512,8 +516,8 @@ def read_stable_offsets(consumer: AIOKafkaConsumer) -> None:
 def _fetch_error(coordinator: GroupCoordinator, code: int) -> KafkaError:
     """What aiokafka's own fetch does with an error: retriable ones are asked again."""
     error: KafkaError = for_code(code)()
-    if isinstance(error, NotCoordinatorForGroupError):
-        coordinator.coordinator_dead()
+    if isinstance(error, NotCoordinatorForGroupError | GroupCoordinatorNotAvailableError):
+        coordinator.coordinator_dead()  # found anew before the retry
     return error
 
 

@@ -115,6 +115,8 @@ async def find(config: Config, options: FindOptions, *, progress: TextIO | None 
         partitions = await _partitions(consumer, topics, options.uid)
         consumer.assign(partitions)
         starts = await _starts(consumer, partitions, options.since)
+        # Before the ends: a copy routed after them is then not taken for a dropped one.
+        committed = await _committed(config)
         ends = await consumer.end_offsets(partitions)
         for tp, offset in starts.items():
             consumer.seek(tp, offset)
@@ -136,7 +138,6 @@ async def find(config: Config, options: FindOptions, *, progress: TextIO | None 
     report.sent = len(received) - report.replayed
     left = len(received) - (len(report.copies) - len(received))
     if left > 0:
-        committed = await _committed(config, {(r.partition) for r in received})
         behind = sum(1 for r in received if r.offset >= committed.get(r.partition, 0))
         report.not_routed_yet = min(left, behind)
         report.dropped_as_retries = left - report.not_routed_yet
@@ -192,18 +193,16 @@ async def _starts(
     return {tp: ends[tp] if at is None else max(at.offset, begins[tp]) for tp, at in times.items()}
 
 
-async def _committed(config: Config, partitions: set[int]) -> dict[int, int]:
-    """The worker group's committed offsets of those raw partitions."""
+async def _committed(config: Config) -> dict[int, int]:
+    """The worker group's committed offset of each raw partition."""
     admin = AIOKafkaAdminClient(**client_options(config.kafka))
-    await admin.start()
     try:
+        await admin.start()
         offsets = await admin.list_consumer_group_offsets(config.worker.group_id)
     finally:
         await admin.close()
     return {
-        tp.partition: meta.offset
-        for tp, meta in offsets.items()
-        if tp.topic == config.topics.raw and tp.partition in partitions
+        tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == config.topics.raw
     }
 
 

@@ -148,7 +148,11 @@ class ExactlyOnce:
     async def visible(self, offsets: Mapping[TopicPartition, int]) -> None:
         """A transaction's offsets show in the group only once Kafka has written its
         markers, after the commit returns; the next owner reads them as soon as it is
-        assigned, and an older offset would route records twice."""
+        assigned, and an older offset would route records twice. After the group
+        refused this worker's last transaction, none of them was committed: nothing to
+        wait for (the worker is rejoining)."""
+        if self._member is None:
+            return
         try:
             async with asyncio.timeout(self._commit_timeout_s):
                 for partition, offset in offsets.items():

@@ -64,8 +64,7 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
         # Under the batch lock: a batch fetched meanwhile waits for the restore.
         async with self._in_flight:
-            # Exactly once: fencing the previous owners first means what is restored
-            # next is all they will ever have committed.
+            # Exactly once: the member the partitions' offsets are committed as, from now.
             await self._guarantee.assigned(assigned)
             if self._dedup is not None:
                 await self._dedup.assigned(assigned)

@@ -318,7 +318,7 @@ async def test_a_long_refusal_is_summarised_on_an_interval(
     assert [(e["refused"], e["refused_total"]) for e in summaries] == [(1, 1), (1, 2)]
 
 
-async def test_beyond_max_in_flight_a_delivery_is_503_at_once_unread_and_said_once(
+async def test_beyond_max_in_flight_a_delivery_is_503_at_once_unpublished_and_said_once(
     serve: Serve, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ingress_app, "SHED_QUIET_S", 0.0)
@@ -335,6 +335,7 @@ async def test_beyond_max_in_flight_a_delivery_is_503_at_once_unread_and_said_on
             await asyncio.sleep(0.01)
         started = time.monotonic()
         shed = [await post(n) for n in (3, 4)]
+        forged = await client.post("/webhooks", data=delivery(6), headers=signed(b"other"))
         answered_in = time.monotonic() - started
         assert [r.status for r in await asyncio.gather(*held)] == [503, 503]  # kafka_timeout
         publisher.hang = False
@@ -342,6 +343,7 @@ async def test_beyond_max_in_flight_a_delivery_is_503_at_once_unread_and_said_on
         metrics = await (await client.probe("/metrics")).text()
 
     assert [r.status for r in shed] == [503, 503]
+    assert forged.status == 401, "only genuine deliveries are counted, or shed"
     assert answered_in < 0.5, "a shed delivery waits for nothing"
     assert all(r.headers["Retry-After"] == "5" for r in shed)
     assert (await shed[0].json())["error"] == "overloaded"

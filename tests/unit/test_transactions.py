@@ -328,6 +328,20 @@ async def test_a_member_the_group_refused_gives_its_partitions_up_until_assigned
     assert factory.journal[-1] == "#0 commit"
 
 
+async def test_a_revoke_after_a_refused_transaction_waits_for_no_offsets_to_show(
+    guarantee: ExactlyOnce, factory: Factory
+) -> None:
+    factory.made[0].fail_offsets = GroupFenced("refused")
+    checkpoint = guarantee.begin()
+    await checkpoint.produce({P0: [out(b"a")]})
+    with pytest.raises(ProduceFailed):
+        await asyncio.wait_for(checkpoint.commit({P0: 5}), 1)
+
+    with capture_logs() as logs:
+        await asyncio.wait_for(guarantee.visible({P0: 5}), 0.1)  # commit_timeout_s: 0.2
+    assert not [e for e in logs if e["event"] == "partitions.commit_not_visible"]
+
+
 async def test_a_refused_transaction_that_cannot_be_aborted_closes_its_producer(
     guarantee: ExactlyOnce, factory: Factory
 ) -> None:
@@ -383,6 +397,7 @@ async def test_visible_returns_once_the_group_shows_the_offsets_committed(
 ) -> None:
     committed = Committed()
     guarantee = exactly_once(factory, committed)
+    await guarantee.assigned([P0])
     waiting = asyncio.create_task(guarantee.visible({P0: 7}))
     committed.offsets[P0] = 6  # an older checkpoint's
     await asyncio.sleep(0.05)
@@ -396,6 +411,7 @@ async def test_offsets_that_never_show_are_a_warning_not_a_wait_without_end(
     factory: Factory,
 ) -> None:
     guarantee = exactly_once(factory, Committed())
+    await guarantee.assigned([P0])
 
     with capture_logs() as logs:
         await asyncio.wait_for(guarantee.visible({P0: 7}), 1)  # commit_timeout_s: 0.2
