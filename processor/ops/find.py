@@ -50,6 +50,8 @@ __all__ = ["Copy", "FindOptions", "Report", "find", "run_find"]
 
 # A scan of fewer records than this ends before a progress bar would tell anything.
 PROGRESS_FROM: Final = 100_000
+# How long the group's coordinator may take to answer for its committed offsets.
+COMMITTED_WITHIN_S: Final = 10.0
 
 Role = Literal["received", "routed", "unrouted", "dead-lettered"]
 
@@ -194,11 +196,20 @@ async def _starts(
 
 
 async def _committed(config: Config) -> dict[int, int]:
-    """The worker group's committed offset of each raw partition."""
+    """The worker group's committed offset of each raw partition. A coordinator that is
+    not there yet (a cluster just started) is asked again, within COMMITTED_WITHIN_S."""
     admin = AIOKafkaAdminClient(**client_options(config.kafka))
     try:
         await admin.start()
-        offsets = await admin.list_consumer_group_offsets(config.worker.group_id)
+        async with asyncio.timeout(COMMITTED_WITHIN_S):
+            while True:
+                try:
+                    offsets = await admin.list_consumer_group_offsets(config.worker.group_id)
+                    break
+                except KafkaError as exc:
+                    if not exc.retriable:
+                        raise
+                    await asyncio.sleep(0.2)
     finally:
         await admin.close()
     return {
