@@ -29,6 +29,7 @@ from typing import Any, Final
 import aiokafka
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.client import AIOKafkaClient, CoordinationType
+from aiokafka.conn import AIOKafkaConnection
 from aiokafka.consumer import fetcher
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.errors import (
@@ -67,10 +68,12 @@ __all__ = [
     "MemoryRecords",
     "UnstableOffsets",
     "abandon",
+    "broker_versions",
     "check_layout",
     "client_of",
     "commit_offsets_as_member",
     "group_member",
+    "kip447_missing",
     "read_fetched_records_with",
     "read_stable_offsets",
     "remove_static_member",
@@ -90,7 +93,14 @@ def check_layout() -> None:
     """Raise ImportError naming this module if an internal it uses is missing (another
     aiokafka than the one it was written for). Run at import."""
     expected: dict[type[Any] | ModuleType, tuple[str, ...]] = {
-        AIOKafkaClient: ("_metadata_update", "_get_conn", "coordinator_lookup", "send"),
+        AIOKafkaClient: (
+            "_metadata_update",
+            "_get_conn",
+            "coordinator_lookup",
+            "send",
+            "get_random_node",
+        ),
+        AIOKafkaConnection: ("_versions",),
         AIOKafkaConsumer: ("_client", "_coordinator", "_group_instance_id"),
         AIOKafkaProducer: ("_sender", "_message_accumulator", "_txn_manager", "_closed"),
         Sender: ("sender_task", "_do_txn_offset_commit", "_find_coordinator", "_coordinator_dead"),
@@ -474,6 +484,36 @@ class _TxnOffsetCommitV3(Request[_TxnOffsetCommitRequestV3]):  # type: ignore[mi
         self, request_struct_class: type[_TxnOffsetCommitRequestV3]
     ) -> _TxnOffsetCommitRequestV3:
         return request_struct_class(*self._fields)
+
+
+# The request versions KIP-447 needs, by API key: TxnOffsetCommit v3 and OffsetFetch v7
+# (Kafka 2.5 and later).
+KIP_447: Final = {28: ("TxnOffsetCommit", 3), 9: ("OffsetFetch", 7)}
+
+
+def kip447_missing(versions: dict[int, tuple[int, int]]) -> list[str]:
+    """What of KIP-447 a broker lacks, given the (min, max) version it speaks of each API
+    key (its ApiVersions answer); empty when it has it all."""
+    missing = []
+    for key, (name, needed) in KIP_447.items():
+        low, high = versions.get(key, (0, -1))
+        if not low <= needed <= high:
+            spoken = "none" if high < 0 else f"v{low}-v{high}"
+            missing.append(f"{name} v{needed} (it speaks {spoken})")
+    return missing
+
+
+async def broker_versions(client: AIOKafkaClient) -> dict[int, tuple[int, int]]:
+    """The request versions a broker of the bootstrapped `client`'s cluster speaks, as its
+    connection negotiated them (ApiVersions); raises KafkaError when none can be reached."""
+    node = client.get_random_node()
+    if node is None:
+        raise KafkaError("no broker in the cluster's metadata to ask for its versions")
+    conn = await client._get_conn(node)
+    if conn is None:
+        raise KafkaError(f"broker {node} cannot be reached to ask for its versions")
+    versions: dict[int, tuple[int, int]] = conn._versions
+    return versions
 
 
 def read_stable_offsets(consumer: AIOKafkaConsumer) -> None:

@@ -41,10 +41,13 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 
+from processor.errors import ConfigError
 from processor.kafka.aiokafka_internals import (
     GroupMember,
     abandon,
+    broker_versions,
     commit_offsets_as_member,
+    kip447_missing,
     sender_failure,
 )
 from processor.kafka.batching import BatchBuilder, BatchProducer
@@ -145,6 +148,17 @@ class MemberProducer(BoundedProducer):
         super().__init__(**options)
         self._members: dict[str, GroupMember] = {}
         commit_offsets_as_member(self, self._members.__getitem__)
+
+    async def require_kip447(self) -> None:
+        """Raise ConfigError, saying what to do, unless the cluster speaks the request
+        versions that commit offsets as a member (Kafka 2.5 and later); without them every
+        transaction would fail, again and again, for a reason no retry fixes."""
+        if missing := kip447_missing(await broker_versions(self.client)):
+            raise ConfigError(
+                "worker.guarantee exactly_once needs Kafka 2.5 or later, and the cluster's "
+                f"brokers lack {', '.join(missing)}: upgrade them, or run "
+                "worker.guarantee: at_least_once"
+            )
 
     async def send_offsets_as(
         self, offsets: Mapping[TopicPartition, int], member: GroupMember

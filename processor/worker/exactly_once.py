@@ -54,6 +54,9 @@ class TransactionalProducer(Producer, Protocol):
     async def abandon(self, reason: BaseException) -> None:
         """Close at once, without flushing; what is queued or in flight fails."""
 
+    async def require_kip447(self) -> None:
+        """Raise ConfigError unless the cluster speaks what send_offsets_as needs."""
+
     async def begin_transaction(self) -> None: ...
     async def commit_transaction(self) -> None: ...
     async def abort_transaction(self) -> None: ...
@@ -93,11 +96,13 @@ class ExactlyOnce:
         self._fenced: set[TopicPartition] = set()  # said once each, until assigned again
 
     async def start(self) -> None:
-        """Start the producer now, so that a worker that cannot write says so at once;
-        one that cannot start now is started by the first transaction."""
+        """Start the producer now, so that a worker that cannot write says so at once,
+        and a cluster too old for exactly once is a ConfigError; a producer that cannot
+        start now is started by the first transaction."""
         try:
             async with asyncio.timeout(self._produce_timeout_s):
-                await self._started()
+                producer = await self._started()
+                await producer.require_kip447()
         except (KafkaError, TimeoutError) as exc:
             log.warning(
                 "producer.start_failed",

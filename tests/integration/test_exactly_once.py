@@ -83,6 +83,7 @@ async def test_a_transactions_offsets_commit_as_the_member_and_a_stale_one_is_re
     await consumer.start()
     await producer.start()
     try:
+        await producer.require_kip447()  # Kafka 4.4 speaks both versions
         consumer.subscribe([raw])
         async with asyncio.timeout(30):
             while not consumer.assignment():

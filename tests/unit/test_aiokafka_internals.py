@@ -16,7 +16,7 @@ import pytest
 from aiokafka.producer.sender import Sender
 
 from processor.kafka import aiokafka_internals
-from processor.kafka.aiokafka_internals import WRITTEN_FOR, check_layout
+from processor.kafka.aiokafka_internals import WRITTEN_FOR, check_layout, kip447_missing
 
 PROCESSOR = Path(__file__).resolve().parents[2] / "processor"
 
@@ -61,3 +61,15 @@ def test_no_other_module_of_processor_reaches_into_aiokafka() -> None:
             }:
                 found.append(f"{path.name}:{node.lineno}: .{node.attr}")
     assert found == []
+
+
+def test_what_of_kip447_a_broker_lacks_is_named_with_what_it_speaks() -> None:
+    assert kip447_missing({28: (0, 4), 9: (1, 9)}) == []
+    assert kip447_missing({28: (0, 2), 9: (1, 6)}) == [
+        "TxnOffsetCommit v3 (it speaks v0-v2)",
+        "OffsetFetch v7 (it speaks v1-v6)",
+    ]
+    assert kip447_missing({}) == [
+        "TxnOffsetCommit v3 (it speaks none)",
+        "OffsetFetch v7 (it speaks none)",
+    ]

@@ -14,6 +14,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError, ProducerFenced
 from structlog.testing import capture_logs
 
+from processor.errors import ConfigError
 from processor.kafka.aiokafka_internals import GroupFenced, GroupMember
 from processor.kafka.batching import RawRecord
 from processor.testing import FakeBatchProducer
@@ -57,6 +58,9 @@ class TxnProducer(FakeBatchProducer):
 
     async def abandon(self, reason: BaseException) -> None:
         self.note(f"abandon {type(reason).__name__}")
+
+    async def require_kip447(self) -> None:
+        pass  # the cluster speaks it: tests/integration/test_exactly_once.py asks Kafka
 
     async def begin_transaction(self) -> None:
         self.note("begin")
@@ -173,6 +177,22 @@ async def test_one_producer_serves_every_assignment_of_the_worker(factory: Facto
     await guarantee.stop()
 
     assert factory.journal == ["#0 start", "#0 stop"]
+
+
+async def test_a_cluster_too_old_for_exactly_once_stops_the_start_saying_so(
+    factory: Factory,
+) -> None:
+    def too_old() -> TxnProducer:
+        producer = factory()
+
+        async def require_kip447() -> None:
+            raise ConfigError("the cluster's brokers lack TxnOffsetCommit v3")
+
+        producer.require_kip447 = require_kip447  # type: ignore[method-assign]
+        return producer
+
+    with pytest.raises(ConfigError, match="TxnOffsetCommit v3"):
+        await exactly_once(too_old).start()
 
 
 async def test_a_checkpoints_partitions_go_in_one_transaction_as_the_assigned_member(
