@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Final, NamedTuple
 
@@ -105,8 +106,12 @@ class _Ingress:
         # The last /readyz answer's reason: a probe every few seconds during an outage
         # logs the change, not every probe.
         self._not_ready: str | None = None
-        self._refusing = _Streak()
-        self._shedding = _Streak()
+        self._refusing = _Streak(
+            began="ingress.refusing", still="ingress.still_refusing", ended="ingress.accepting"
+        )
+        self._shedding = _Streak(
+            began="ingress.shedding", still="ingress.still_shedding", ended="ingress.shedding_ended"
+        )
         self._in_flight = 0
         self._max_in_flight = config.ingress.max_in_flight
 
@@ -119,7 +124,7 @@ class _Ingress:
             return self._refused(refusal, started)
         self._metrics.count_response(202)
         if self._refusing.active:
-            log.info("ingress.accepting", **self._refusing.end())
+            self._refusing.end()
         if self._log_accepted:
             log.info(
                 "ingress.accepted",
@@ -151,19 +156,14 @@ class _Ingress:
         already, and one more would only wait behind them past the sender's timeout.
         Counted after the signature, so only genuine deliveries take a place."""
         self._metrics.shed.inc()
-        now = time.monotonic()
-        if not self._shedding.active:
-            self._shedding.begin(now)
-            log.warning(
-                "ingress.shedding",
-                max_in_flight=self._max_in_flight,
-                detail="more deliveries arrive than Kafka and this process take: each one "
+        self._shedding.refused(
+            said={
+                "max_in_flight": self._max_in_flight,
+                "detail": "more deliveries arrive than Kafka and this process take: each one "
                 "beyond ingress.max_in_flight is answered 503 + Retry-After at once (the "
                 "provider retries); add ingress replicas if it lasts",
-            )
-        elif (summary := self._shedding.due(now, every_s=REFUSING_SUMMARY_S)) is not None:
-            log.warning("ingress.still_shedding", **summary)
-        self._shedding.count()
+            }
+        )
         return Refusal(
             503,
             "overloaded",
@@ -190,19 +190,15 @@ class _Ingress:
         """Kafka not taking writes is a state: said when it begins, summarised while it
         lasts, and ended by the next 202 (`ingress.accepting`); each refused request is a
         DEBUG line and a count in /metrics, not a warning of its own."""
-        now = time.monotonic()
-        if not self._refusing.active:
-            self._refusing.begin(now)
-            log.warning(
-                "ingress.refusing",
-                delivery_id=refusal.delivery_id,
-                error=refusal.error,
-                detail=refusal.detail,
-                then="every delivery is answered 503 + Retry-After until Kafka takes one again",
-            )
-        elif (summary := self._refusing.due(now, every_s=REFUSING_SUMMARY_S)) is not None:
-            log.warning("ingress.still_refusing", error=refusal.error, **summary)
-        self._refusing.count()
+        self._refusing.refused(
+            said={
+                "delivery_id": refusal.delivery_id,
+                "error": refusal.error,
+                "detail": refusal.detail,
+                "then": "every delivery is answered 503 + Retry-After until Kafka takes one again",
+            },
+            summarised={"error": refusal.error},
+        )
 
     async def _accept(self, request: web.Request, received_at: str) -> Envelope:
         """Run every check, then publish; raises Refusal at the first that fails."""
@@ -221,7 +217,7 @@ class _Ingress:
         if self._in_flight >= self._max_in_flight:
             raise self._shed(envelope.id)
         if self._shedding.active and self._shedding.quiet_for_s() >= SHED_QUIET_S:
-            log.info("ingress.shedding_ended", **self._shedding.end())
+            self._shedding.end()
         self._in_flight += 1
         self._metrics.deliveries_in_flight.inc()
         try:
@@ -429,43 +425,47 @@ async def _drain(listener: Listener | None, producer: RenewingProducer, *, withi
 
 
 class _Streak:
-    """Deliveries refused in a row: since when, how many, and how many since the last
-    summary."""
+    """Deliveries refused in a row for one reason, said as a state rather than a line
+    each: `began` (WARNING) at the first, `still` (WARNING) with the counts at most every
+    REFUSING_SUMMARY_S while it lasts, `ended` (INFO) with the total."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, began: str, still: str, ended: str) -> None:
+        self._began, self._still, self._ended = began, still, ended
         self.active = False
         self._since = self._summarised_at = self._last_at = 0.0
         self._refused = self._unsummarised = 0
 
-    def begin(self, now: float) -> None:
-        self.active = True
-        self._since = self._summarised_at = self._last_at = now
-        self._refused = self._unsummarised = 0
-
-    def count(self) -> None:
+    def refused(
+        self, *, said: Mapping[str, object], summarised: Mapping[str, object] | None = None
+    ) -> None:
+        """Count one refusal; `said` goes with the streak's first line, `summarised` with
+        each summary."""
+        now = time.monotonic()
+        if not self.active:
+            self.active = True
+            self._since = self._summarised_at = now
+            self._refused = self._unsummarised = 0
+            log.warning(self._began, **said)
+        elif now - self._summarised_at >= REFUSING_SUMMARY_S:
+            log.warning(
+                self._still,
+                **(summarised or {}),
+                refused=self._unsummarised,
+                refused_total=self._refused,
+                for_s=round(now - self._since, 1),
+            )
+            self._summarised_at, self._unsummarised = now, 0
         self._refused += 1
         self._unsummarised += 1
-        self._last_at = time.monotonic()
+        self._last_at = now
 
     def quiet_for_s(self) -> float:
         """Since the last refusal counted."""
         return time.monotonic() - self._last_at
 
-    def due(self, now: float, *, every_s: float) -> dict[str, float | int] | None:
-        """The summary of the last `every_s`, once they have passed; else None."""
-        if now - self._summarised_at < every_s:
-            return None
-        summary = {
-            "refused": self._unsummarised,
-            "refused_total": self._refused,
-            "for_s": round(now - self._since, 1),
-        }
-        self._summarised_at, self._unsummarised = now, 0
-        return summary
-
-    def end(self) -> dict[str, float | int]:
+    def end(self) -> None:
         self.active = False
-        return {"refused": self._refused, "for_s": round(time.monotonic() - self._since, 1)}
+        log.info(self._ended, refused=self._refused, for_s=round(time.monotonic() - self._since, 1))
 
 
 def _ms_since(started: float) -> float:
